@@ -1,0 +1,124 @@
+# edge harness: train -> export -> quantize -> engine -> bench -> check -> camera
+# `make demo` and `make test` do all set-up on a fresh machine (venv, Python packages, Debian data).
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+EDGE       := $(VENV)/bin/edge
+RUN        ?= runs/demo
+PRETRAINED ?= runs/imagenet-lite0
+DATA       ?= fashion-mnist
+MODEL      ?= tf_efficientnet_lite0
+SOURCE     ?= 0
+ARGS       ?=
+# torch / torchvision pins for a plain venv (x86_64 and aarch64 servers); a Jetson keeps JetPack's.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS     ?= train,cpu,opencv,dev
+TRT_STUBS  ?= tensorrt-stubs==10.13.0.35.1
+
+# On a Jetson (or where the system Python already has TensorRT) the venv sees the system packages
+# and only what cannot be imported is installed: JetPack's torch, TensorRT, OpenCV and
+# onnxruntime-gpu are never replaced.
+SYSTEM_STACK := $(shell { test -e /etc/nv_tegra_release || $(PYTHON) -c "import tensorrt" ; } >/dev/null 2>&1 && echo 1)
+
+.PHONY: install system-deps demo test lint typecheck typings train pretrained export calibrate quantize \
+        engine bench check camera device-check clean
+
+$(VENV)/.installed: pyproject.toml
+ifeq ($(SYSTEM_STACK),1)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --no-deps -e .
+	deps="$$($(PY) -m edge._deps $(subst $(comma), ,$(EXTRAS)))"; \
+	  if [ -n "$$deps" ]; then eval $(PY) -m pip install -q $$deps; fi
+else
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+endif
+	touch $@
+
+comma := ,
+
+install: $(VENV)/.installed system-deps
+
+# Debian packages the project reads or drives: Fashion-MNIST (demo and tests), Chromium (camera page test).
+system-deps:
+	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or be online for torchvision's download)"; fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && [ -z "$$EDGE_NO_CHROMIUM" ]; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the browser test will skip"; \
+	fi
+
+# TensorRT type stubs, patched as ../shared/TENSORRT.md section 0 says, for mypy on edge/tensorrt.py.
+typings: $(VENV)/.installed
+	@rm -rf typings && mkdir -p typings
+	@# --target keeps the stubs out of the venv: there a stub-only `tensorrt` folder would look installed.
+	@$(PY) -m pip install -q --no-deps --target typings/.src $(TRT_STUBS)
+	@cp -r typings/.src/tensorrt typings/.src/tensorrt_bindings typings/ && rm -rf typings/.src
+	@find typings -name '*.pyi' -exec sed -E -i 's/\bin: list\[/in_: list[/g' {} +
+	@find typings -name '*.pyi' -exec sed -i 's/power: Weights = None, channel_axis: int)/power: Weights = None, channel_axis: int = 0)/' {} +
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: typings
+	$(VENV)/bin/mypy
+
+test: install lint typecheck
+	$(PY) -m pytest -q $(ARGS)
+
+# ---- the pipeline ------------------------------------------------------------------------------
+pretrained: install
+	$(EDGE) pretrained --out $(PRETRAINED)
+
+train: install
+	$(EDGE) train --out $(RUN) --data $(DATA) --model $(MODEL) $(ARGS)
+
+export: install
+	$(EDGE) export $(RUN)
+
+calibrate: install
+	$(EDGE) calibrate $(RUN) --data $(DATA)
+
+quantize: export calibrate
+	$(EDGE) quantize $(RUN) --target cpu --data $(DATA) --method auto
+	$(EDGE) quantize $(RUN) --target trt --data $(DATA) --method auto
+
+engine: install
+	$(EDGE) engine $(RUN) --precision fp16
+	$(EDGE) engine $(RUN) --precision int8
+
+bench: install
+	$(EDGE) bench $(RUN) --eval $(DATA) $(ARGS)
+
+check: install
+	$(EDGE) check $(RUN)/bench/report.json $(ARGS)
+
+camera: install
+	$(EDGE) camera $(if $(filter command line,$(origin RUN)),$(RUN),$(PRETRAINED)) --source $(SOURCE) --show $(ARGS)
+
+# The main job on the embedded defaults, about 10 minutes on 2 CPU cores.
+demo: install
+	$(EDGE) pretrained --out $(PRETRAINED)
+	$(EDGE) train --out $(RUN) --data $(DATA) --model $(MODEL) --preset demo
+	$(EDGE) export $(RUN)
+	$(EDGE) calibrate $(RUN) --data $(DATA)
+	$(EDGE) quantize $(RUN) --target cpu --data $(DATA) --method auto
+	$(EDGE) quantize $(RUN) --target trt --data $(DATA) --method auto
+	$(EDGE) bench $(RUN) --eval $(DATA) --profile demo
+	$(EDGE) camera $(PRETRAINED) --source demo --jsonl $(PRETRAINED)/camera.jsonl --record $(PRETRAINED)/camera.mp4 --every-frame
+	$(EDGE) inspect $(RUN)
+
+# On a GPU machine without network: what is installed there, no pip (PYTHONPATH=.).
+device-check:
+	mkdir -p $${OUT:-runs/device-check}
+	PYTHONPATH=. $(PYTHON) -m pytest -q -m "gpu or tensorrt" -rs tests 2>&1 | tee $${OUT:-runs/device-check}/pytest.txt
+	PYTHONPATH=. $(PYTHON) -m bench.cuda_check --out $${OUT:-runs/device-check} 2>&1 | tee $${OUT:-runs/device-check}/bench.txt
+
+clean:
+	rm -rf runs typings .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""bench: latency / throughput / accuracy measurement, reports, comparison and the CI gate."""

@@ -1,0 +1,1 @@
+"""calibration: building, storing and reading INT8 calibration sets."""

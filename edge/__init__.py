@@ -1,0 +1,8 @@
+"""edge: the deployable core of the edge classification harness.
+
+Importing ``edge`` needs only numpy, onnx and rich: torch, onnxruntime, OpenCV and TensorRT are
+imported inside the functions that use them, so this package runs on a Jetson with JetPack's own
+builds, without CUDA-enabled torch, without TensorRT and without a camera.
+"""
+
+__version__ = "0.1.0"

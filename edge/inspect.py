@@ -1,0 +1,136 @@
+"""Show what an artifact is: its PreprocessSpec and manifest as tables (or JSON).
+
+PATH is a run directory (every artifact in it, with staleness), a checkpoint (.pt), an ONNX model,
+an engine, or any file with a ``.json`` manifest beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edge.artifacts import Manifest, is_stale, manifest_path, read_manifest
+from edge.errors import UserError
+from edge.spec import PreprocessSpec
+
+console = Console()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="run directory or artifact file")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if path.is_dir():
+        print_run(path, as_json=args.json)
+    else:
+        print_artifact(path, as_json=args.json)
+    return 0
+
+
+def spec_table(spec: PreprocessSpec, title: str = "PreprocessSpec") -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in spec.to_dict().items():
+        if key == "labels":
+            shown = ", ".join(value[:8]) + (f", ... ({len(value)} in all)" if len(value) > 8 else "")
+            table.add_row("labels", f"{len(value)}: {shown}")
+        else:
+            table.add_row(key, str(value))
+    return table
+
+
+def manifest_table(manifest: Manifest) -> Table:
+    table = Table(title=f"Manifest of {manifest.file}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("kind", manifest.kind)
+    table.add_row("sha256", manifest.sha256)
+    table.add_row("size", f"{manifest.size_bytes / 1e6:.2f} MB")
+    table.add_row("parent", f"{manifest.parent_file} ({(manifest.parent_sha256 or '-')[:16]})")
+    table.add_row("created", manifest.created_at)
+    for section in ("provenance", "metrics"):
+        for key, value in getattr(manifest, section).items():
+            table.add_row(f"{section}.{key}", _short(value))
+    env = manifest.environment
+    table.add_row("built on", f"{env.get('cpu_model', '?')} x{env.get('cpu_count', '?')} {env.get('gpu_name', '')}".strip())
+    table.add_row("packages", ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()))
+    return table
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def _spec_without_manifest(path: Path) -> PreprocessSpec:
+    if path.suffix in (".pt", ".pth"):
+        from train.checkpoint import read_checkpoint_spec
+
+        return read_checkpoint_spec(path)
+    if path.suffix == ".onnx":
+        from edge.spec import spec_from_onnx
+
+        return spec_from_onnx(path)
+    raise UserError(f"{path} has no manifest ({manifest_path(path).name}) and is not a checkpoint or ONNX model")
+
+
+def print_artifact(path: str | Path, as_json: bool = False) -> None:
+    path = Path(path)
+    manifest = read_manifest(path) if manifest_path(path).exists() else None
+    if as_json:
+        data = manifest.to_dict() if manifest else {"spec": _spec_without_manifest(path).to_dict()}
+        print(json.dumps(data, indent=2, default=str))
+        return
+    spec = manifest.preprocess_spec if manifest and manifest.spec else _spec_without_manifest(path)
+    console.print(spec_table(spec, title=f"PreprocessSpec of {path}"))
+    if manifest:
+        console.print(manifest_table(manifest))
+    else:
+        console.print(f"[yellow]{path} has no manifest beside it[/yellow]")
+
+
+def print_run(root: Path, as_json: bool = False) -> None:
+    from edge.run import RunDir
+
+    run_dir = RunDir.open(root)
+    artifacts = run_dir.artifacts()
+    if not artifacts:
+        raise UserError(f"{root} holds no artifacts: create them with `edge pretrained` or `edge train`")
+    parents = {"onnx-fp32": run_dir.checkpoint, "int8-cpu": run_dir.onnx, "int8-trt": run_dir.onnx}
+    if as_json:
+        print(json.dumps({n: read_manifest(p).to_dict() for n, p in artifacts.items() if manifest_path(p).exists()}, indent=2, default=str))
+        return
+    table = Table(title=f"Run {root}")
+    for column in ("artifact", "file", "kind", "size MB", "sha256", "status", "top-1"):
+        table.add_column(column)
+    spec = None
+    for name, path in artifacts.items():
+        if not manifest_path(path).exists():
+            table.add_row(name, path.name, "?", f"{path.stat().st_size / 1e6:.1f}", "-", "[red]no manifest[/red]", "-")
+            continue
+        manifest = read_manifest(path)
+        spec = spec or (manifest.preprocess_spec if manifest.spec else None)
+        parent = parents.get(name)
+        if name.startswith("trt-"):
+            parent = run_dir.int8_trt if "int8" in name else run_dir.onnx
+        stale = is_stale(path, parent) if parent is not None else False
+        status = {True: "[red]stale[/red]", None: "parent absent", False: "[green]current[/green]"}[stale]
+        top1 = manifest.metrics.get("top1")
+        table.add_row(
+            name, str(path.relative_to(root)), manifest.kind, f"{manifest.size_bytes / 1e6:.1f}",
+            manifest.sha256[:12], status, f"{100 * top1:.2f}%" if isinstance(top1, float) else "-",
+        )
+    if spec is not None:
+        console.print(spec_table(spec, title=f"PreprocessSpec of {root}"))
+    console.print(table)

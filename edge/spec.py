@@ -1,0 +1,238 @@
+"""PreprocessSpec: the one description of what a network expects as input.
+
+Training writes it into the checkpoint, export into the ONNX ``metadata_props``, every manifest
+carries it. Calibration, bench and camera build their inputs with :meth:`PreprocessSpec.apply`
+and take no mean/std/size flags of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+import numpy as np
+
+from edge.errors import UserError, require
+
+SPEC_VERSION = 1
+CROP_MODES = ("center", "resize")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+COLORS = ("rgb", "gray")
+CHANNEL_ORDERS = ("rgb", "bgr")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a frame becomes a network input.
+
+    ``crop="center"``: resize the shorter side to ``resize_size``, then take the central
+    ``input_size`` square (timm / torchvision eval). ``crop="resize"``: resize the whole frame to
+    ``input_size`` x ``input_size`` (aspect ratio not kept). ``color="gray"`` converts to one gray
+    channel and replicates it to three, so a Fashion-MNIST model sees gray camera frames.
+    ``channel_order`` is the order of the network's input channels.
+    """
+
+    input_size: int
+    resize_size: int
+    crop: str = "center"
+    interpolation: str = "bilinear"
+    color: str = "rgb"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "rgb"
+    labels: tuple[str, ...] = field(default_factory=tuple)
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
+        problems = []
+        if self.input_size <= 0 or self.resize_size <= 0:
+            problems.append(f"sizes must be positive (input {self.input_size}, resize {self.resize_size})")
+        if self.crop == "center" and self.resize_size < self.input_size:
+            problems.append(f"resize_size {self.resize_size} is smaller than input_size {self.input_size}")
+        for name, value, allowed in (
+            ("crop", self.crop, CROP_MODES),
+            ("interpolation", self.interpolation, INTERPOLATIONS),
+            ("color", self.color, COLORS),
+            ("channel_order", self.channel_order, CHANNEL_ORDERS),
+        ):
+            if value not in allowed:
+                problems.append(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            problems.append("mean and std need three values each, std > 0")
+        if problems:
+            raise UserError("invalid preprocess spec: " + "; ".join(problems))
+
+    # ---- construction -------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.input_size, self.input_size)
+
+    def replace(self, **changes: Any) -> "PreprocessSpec":
+        data = self.to_dict()
+        data.update(changes)
+        return PreprocessSpec.from_dict(data)
+
+    def with_input_size(self, input_size: int) -> "PreprocessSpec":
+        """Same spec at another input size, keeping the resize/crop ratio."""
+        ratio = self.resize_size / self.input_size
+        return self.replace(input_size=input_size, resize_size=int(math.floor(input_size * ratio + 1e-6)))
+
+    @classmethod
+    def from_timm(cls, model: Any, labels: Sequence[str] = ()) -> "PreprocessSpec":
+        """From a timm model's own pretrained config (``resolve_data_config``)."""
+        timm_data = require("timm.data", "train", "Reading a timm model's preprocessing")
+        cfg = timm_data.resolve_data_config({}, model=model)
+        _, height, width = cfg["input_size"]
+        crop_pct = float(cfg.get("crop_pct") or 1.0)
+        return cls(
+            input_size=int(height),
+            resize_size=int(math.floor(height / crop_pct)),
+            crop="center",
+            interpolation=_normalise_interpolation(cfg.get("interpolation", "bilinear")),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            labels=tuple(labels),
+        )
+
+    @classmethod
+    def from_torchvision(cls, weights: Any) -> "PreprocessSpec":
+        """From a torchvision ``Weights`` entry (its eval transforms and categories)."""
+        preset = weights.transforms()
+        crop = preset.crop_size[0] if isinstance(preset.crop_size, (list, tuple)) else preset.crop_size
+        resize = preset.resize_size[0] if isinstance(preset.resize_size, (list, tuple)) else preset.resize_size
+        interpolation = getattr(preset.interpolation, "value", str(preset.interpolation))
+        return cls(
+            input_size=int(crop),
+            resize_size=int(resize),
+            crop="center",
+            interpolation=_normalise_interpolation(interpolation),
+            mean=tuple(preset.mean),
+            std=tuple(preset.std),
+            labels=tuple(weights.meta.get("categories") or ()),
+        )
+
+    # ---- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        data["labels"] = list(self.labels)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessSpec":
+        if not isinstance(data, dict):
+            raise UserError(f"preprocess spec must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"preprocess spec has unknown fields {unknown}: written by a newer version?")
+        missing = sorted({"input_size", "resize_size"} - set(data))
+        if missing:
+            raise UserError(f"preprocess spec is missing {missing}")
+        if int(data.get("version", SPEC_VERSION)) > SPEC_VERSION:
+            raise UserError(f"preprocess spec version {data['version']} is newer than this tool ({SPEC_VERSION})")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"preprocess spec is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    # ---- the inference-side preprocessing ----------------------------------------------
+    def apply(self, frame_bgr_uint8: np.ndarray) -> np.ndarray:
+        """One decoded frame (HxWx3 BGR or HxW gray, uint8) -> float32 CHW network input."""
+        cv2 = require("cv2", "opencv", "Preprocessing images")
+        frame = np.asarray(frame_bgr_uint8)
+        if frame.dtype != np.uint8:
+            raise UserError(f"frames must be uint8 images, got {frame.dtype}")
+        if frame.ndim == 3 and frame.shape[2] == 1:
+            frame = frame[:, :, 0]
+        if frame.ndim == 3 and frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+        if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3) or min(frame.shape[:2]) < 1:
+            raise UserError(f"frames must be HxWx3 BGR or HxW gray, got shape {frame.shape}")
+
+        if self.color == "gray":
+            gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            image = self._resize_and_crop(cv2, gray)
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        else:
+            bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            image = self._resize_and_crop(cv2, bgr)
+            if self.channel_order == "rgb":
+                image = image[:, :, ::-1]
+
+        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
+        inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
+        chw = (image.astype(np.float32) - mean) * inv_std
+        return np.ascontiguousarray(chw.transpose(2, 0, 1))
+
+    def apply_batch(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Several frames -> float32 NCHW batch."""
+        if len(frames) == 0:
+            return np.zeros((0, *self.input_shape), dtype=np.float32)
+        return np.stack([self.apply(f) for f in frames]).astype(np.float32, copy=False)
+
+    def _resize_and_crop(self, cv2: Any, image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        if self.crop == "resize":
+            return self._resize(cv2, image, self.input_size, self.input_size)
+        scale = self.resize_size / min(height, width)
+        new_w = max(self.input_size, int(round(width * scale)))
+        new_h = max(self.input_size, int(round(height * scale)))
+        resized = self._resize(cv2, image, new_w, new_h)
+        top = int(round((new_h - self.input_size) / 2.0))
+        left = int(round((new_w - self.input_size) / 2.0))
+        return resized[top : top + self.input_size, left : left + self.input_size]
+
+    def _resize(self, cv2: Any, image: np.ndarray, width: int, height: int) -> np.ndarray:
+        if image.shape[1] == width and image.shape[0] == height:
+            return image
+        shrinking = width < image.shape[1] and height < image.shape[0]
+        # Downscaling with a plain bilinear/bicubic kernel aliases; PIL (the training side)
+        # antialiases. INTER_AREA is OpenCV's antialiased downscale.
+        flag = cv2.INTER_AREA if shrinking else _CV2_INTERPOLATION[self.interpolation](cv2)
+        return cv2.resize(image, (width, height), interpolation=flag)
+
+
+_CV2_INTERPOLATION = {
+    "nearest": lambda cv2: cv2.INTER_NEAREST,
+    "bilinear": lambda cv2: cv2.INTER_LINEAR,
+    "bicubic": lambda cv2: cv2.INTER_CUBIC,
+    "area": lambda cv2: cv2.INTER_AREA,
+    "lanczos": lambda cv2: cv2.INTER_LANCZOS4,
+}
+
+
+def _normalise_interpolation(name: str) -> str:
+    name = str(name).lower().replace("interpolationmode.", "")
+    return {"random": "bilinear", "box": "area", "hamming": "bilinear"}.get(name, name)
+
+
+def spec_from_onnx(model_or_path: Any) -> PreprocessSpec:
+    """Read the spec an export wrote into an ONNX model's ``metadata_props``."""
+    import onnx
+
+    model = onnx.load(str(model_or_path), load_external_data=False) if not hasattr(model_or_path, "graph") else model_or_path
+    props = {p.key: p.value for p in model.metadata_props}
+    if "preprocess_spec" not in props:
+        raise UserError(f"{model_or_path} has no preprocess_spec in its metadata: re-export it with `edge export`")
+    return PreprocessSpec.from_json(props["preprocess_spec"])
