@@ -17,9 +17,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edge.errors import UserError
 from edge.spec import PreprocessSpec
@@ -94,11 +95,33 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 # ---- environment fingerprint ----------------------------------------------------------------
 
 _PACKAGES = (
-    "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "torchvision", "timm",
-    "opencv-python", "opencv-python-headless", "tensorrt", "rich",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "torch",
+    "torchvision",
+    "timm",
+    "opencv-python",
+    "opencv-python-headless",
+    "tensorrt",
+    "rich",
 )
-_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-              "amx_int8", "neon", "asimd", "asimddp", "i8mm")
+_CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "asimddp",
+    "i8mm",
+)
 
 
 def _package_versions() -> dict[str, str]:
@@ -148,10 +171,17 @@ def _gpu_info() -> dict[str, Any]:
     if shutil.which("nvidia-smi") is None:
         return {}
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip().splitlines()
+        out = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         version_out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return {}

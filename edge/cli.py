@@ -13,7 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from edge.errors import UserError
 
@@ -41,6 +41,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge",
         description="Train, optimize, measure and run image classifiers for edge devices.",
+        epilog=f"{TENSORRT_UNVERIFIED}: `edge selftest --tensorrt` proves it on your device.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

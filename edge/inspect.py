@@ -109,7 +109,11 @@ def print_run(root: Path, as_json: bool = False) -> None:
         raise UserError(f"{root} holds no artifacts: create them with `edge pretrained` or `edge train`")
     parents = {"onnx-fp32": run_dir.checkpoint, "int8-cpu": run_dir.onnx, "int8-trt": run_dir.onnx}
     if as_json:
-        print(json.dumps({n: read_manifest(p).to_dict() for n, p in artifacts.items() if manifest_path(p).exists()}, indent=2, default=str))
+        print(
+            json.dumps(
+                {n: read_manifest(p).to_dict() for n, p in artifacts.items() if manifest_path(p).exists()}, indent=2, default=str
+            )
+        )
         return
     table = Table(title=f"Run {root}")
     for column in ("artifact", "file", "kind", "size MB", "sha256", "status", "top-1"):
@@ -128,8 +132,13 @@ def print_run(root: Path, as_json: bool = False) -> None:
         status = {True: "[red]stale[/red]", None: "parent absent", False: "[green]current[/green]"}[stale]
         top1 = manifest.metrics.get("top1")
         table.add_row(
-            name, str(path.relative_to(root)), manifest.kind, f"{manifest.size_bytes / 1e6:.1f}",
-            manifest.sha256[:12], status, f"{100 * top1:.2f}%" if isinstance(top1, float) else "-",
+            name,
+            str(path.relative_to(root)),
+            manifest.kind,
+            f"{manifest.size_bytes / 1e6:.1f}",
+            manifest.sha256[:12],
+            status,
+            f"{100 * top1:.2f}%" if isinstance(top1, float) else "-",
         )
     if spec is not None:
         console.print(spec_table(spec, title=f"PreprocessSpec of {root}"))

@@ -43,10 +43,9 @@ def pack_run(run_path: str | Path, out: str | Path | None = None) -> Path:
         raise UserError(f"{run.root} has no deployable artifacts: run `edge export {run.root}` first")
     out = Path(out) if out else run.root / f"{run.root.name}-deploy.tar.gz"
     contents = [str(f.relative_to(run.root)) for f in files]
-    with atomic_path(out) as tmp:
-        with tarfile.open(tmp, "w:gz") as archive:
-            for path, arcname in zip(files, contents):
-                archive.add(path, arcname=f"{run.root.name}/{arcname}")
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
+        for path, arcname in zip(files, contents):
+            archive.add(path, arcname=f"{run.root.name}/{arcname}")
     write_manifest(out, "bundle", None, provenance={"run": str(run.root), "contents": contents})
     return out
 
@@ -54,5 +53,10 @@ def pack_run(run_path: str | Path, out: str | Path | None = None) -> Path:
 def run(args: argparse.Namespace) -> int:
     out = pack_run(args.run, args.out)
     manifest = read_manifest(out)
-    print(json.dumps({"bundle": str(out), "size_mb": round(manifest.size_bytes / 1e6, 2), "contents": manifest.provenance["contents"]}, indent=2))
+    print(
+        json.dumps(
+            {"bundle": str(out), "size_mb": round(manifest.size_bytes / 1e6, 2), "contents": manifest.provenance["contents"]},
+            indent=2,
+        )
+    )
     return 0

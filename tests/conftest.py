@@ -42,7 +42,9 @@ def _camera_available() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {
         "gpu": None if _cuda_available() else "needs a CUDA device: torch.cuda.is_available() is False here",
-        "tensorrt": None if (_tensorrt_available() and _cuda_available()) else "needs TensorRT and a CUDA device (not on this machine)",
+        "tensorrt": None
+        if (_tensorrt_available() and _cuda_available())
+        else "needs TensorRT and a CUDA device (not on this machine)",
         "camera": None if _camera_available() else "needs a real camera (/dev/video*), none here",
     }
     for item in items:

@@ -20,9 +20,10 @@ import hashlib
 import logging
 import os
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,16 @@ from edge.errors import UserError, require
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_LABELS = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -110,8 +120,13 @@ class ImageSplit(Sequence):
         idx = np.asarray(indices, dtype=np.int64)
         base = self._load
         return ImageSplit(
-            self.source, name or self.name, self.classes, self.labels[idx], [self.ids[i] for i in idx],
-            lambda i: base(int(idx[i])), list(self.skipped),
+            self.source,
+            name or self.name,
+            self.classes,
+            self.labels[idx],
+            [self.ids[i] for i in idx],
+            lambda i: base(int(idx[i])),
+            list(self.skipped),
         )
 
     def take(self, count: int | None, seed: int = 0) -> "ImageSplit":
@@ -143,9 +158,7 @@ class DataSource:
         return self.splits[name].take(limit, seed)
 
 
-def open_data(
-    source: str | os.PathLike[str], seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION
-) -> DataSource:
+def open_data(source: str | os.PathLike[str], seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> DataSource:
     """``fashion-mnist`` or an ImageFolder directory -> DataSource with train/val/test splits."""
     text = str(source)
     if text.lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
@@ -208,7 +221,11 @@ def fashion_mnist(seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> 
 
     def split(name: str, images: np.ndarray, labels: np.ndarray, idx: np.ndarray, origin: str) -> ImageSplit:
         return ImageSplit(
-            "fashion-mnist", name, FASHION_MNIST_LABELS, labels[idx], [f"{origin}:{i}" for i in idx],
+            "fashion-mnist",
+            name,
+            FASHION_MNIST_LABELS,
+            labels[idx],
+            [f"{origin}:{i}" for i in idx],
             lambda i: images[idx[i]],
         )
 

@@ -139,8 +139,7 @@ def map_lite0_state_dict(source: dict[str, Any], target: dict[str, Any]) -> dict
     for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
         if tuple(tensor.shape) != tuple(expected.shape):
             raise UserError(
-                f"Lite0 weight mapping failed: {src_name} {tuple(tensor.shape)} does not fit "
-                f"{dst_name} {tuple(expected.shape)}"
+                f"Lite0 weight mapping failed: {src_name} {tuple(tensor.shape)} does not fit {dst_name} {tuple(expected.shape)}"
             )
         mapped[dst_name] = tensor
     return mapped

@@ -95,13 +95,14 @@ class Runner(abc.ABC):
     def check_batch(self, batch: Any) -> np.ndarray:
         if not isinstance(batch, np.ndarray):
             raise RunnerInputError(
-                f"infer expects a numpy float32 NCHW array, got {type(batch).__name__}; "
-                "build it with spec.apply_batch(frames)"
+                f"infer expects a numpy float32 NCHW array, got {type(batch).__name__}; build it with spec.apply_batch(frames)"
             )
         if batch.dtype != np.float32:
             raise RunnerInputError(f"infer expects float32 input, got {batch.dtype}; use batch.astype(np.float32)")
         if batch.ndim == 3 and batch.shape == self.input_shape:
-            raise RunnerInputError(f"infer expects a batch (N, {', '.join(map(str, self.input_shape))}); add a batch axis with batch[None]")
+            raise RunnerInputError(
+                f"infer expects a batch (N, {', '.join(map(str, self.input_shape))}); add a batch axis with batch[None]"
+            )
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
             raise RunnerInputError(
                 f"incompatible input shape {tuple(batch.shape)}: this model takes (N, "

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+
+from edge.errors import UserError
+from edge.spec import PreprocessSpec
+
+
+def make_spec(**kw):
+    base = dict(input_size=32, resize_size=36, crop="center", interpolation="bilinear", labels=["a", "b"])
+    base.update(kw)
+    return PreprocessSpec(**base)
+
+
+def test_json_round_trip_keeps_every_field():
+    spec = make_spec(color="gray", mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), channel_order="bgr")
+    again = PreprocessSpec.from_json(spec.to_json())
+    assert again == spec
+    assert json.loads(spec.to_json())["labels"] == ["a", "b"]
+
+
+def test_unknown_field_is_rejected():
+    data = make_spec().to_dict()
+    data["gamma"] = 2.2
+    with pytest.raises(UserError, match="unknown fields .*gamma"):
+        PreprocessSpec.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"crop": "zoom"}, "crop 'zoom' is not one of"),
+        ({"color": "hsv"}, "color 'hsv'"),
+        ({"resize_size": 16}, "smaller than input_size"),
+        ({"std": (0.0, 1.0, 1.0)}, "std > 0"),
+    ],
+)
+def test_invalid_spec_names_the_problem(changes, message):
+    with pytest.raises(UserError, match=message):
+        make_spec(**changes)
+
+
+def test_apply_center_crop_normalises_and_orders_channels():
+    spec = make_spec(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[..., 0] = 255  # blue in BGR
+    out = spec.apply(frame)
+    assert out.shape == (3, 32, 32) and out.dtype == np.float32
+    assert np.allclose(out[2], 1.0) and np.allclose(out[0], 0.0)  # rgb order: blue is channel 2
+    assert out.flags["C_CONTIGUOUS"]
+
+
+def test_apply_center_crop_takes_the_middle():
+    spec = make_spec(input_size=4, resize_size=4, mean=(0, 0, 0), std=(1, 1, 1))
+    frame = np.zeros((4, 8, 3), np.uint8)
+    frame[:, 2:6] = 255  # the central 4 columns are white
+    out = spec.apply(frame)
+    assert np.allclose(out, 1.0)
+
+
+def test_gray_spec_replicates_a_gray_channel_from_colour_frames():
+    spec = make_spec(color="gray", crop="resize", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    frame = np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)
+    out = spec.apply(frame)
+    assert out.shape == (3, 32, 32)
+    assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], out[2])
+    gray_input = spec.apply(frame[..., 0])  # an HxW gray frame is accepted too
+    assert gray_input.shape == (3, 32, 32)
+
+
+def test_apply_rejects_float_frames_with_the_fix():
+    with pytest.raises(UserError, match="uint8"):
+        make_spec().apply(np.zeros((32, 32, 3), np.float32))
+
+
+def test_with_input_size_keeps_crop_ratio():
+    spec = make_spec(input_size=224, resize_size=256).with_input_size(112)
+    assert (spec.input_size, spec.resize_size) == (112, 128)
+
+
+def test_apply_batch_stacks():
+    spec = make_spec()
+    batch = spec.apply_batch([np.zeros((40, 40, 3), np.uint8)] * 3)
+    assert batch.shape == (3, 3, 32, 32)
+
+
+def test_spec_from_timm_model_config():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    spec = PreprocessSpec.from_timm(model, labels=["x"])
+    assert (spec.input_size, spec.resize_size, spec.interpolation) == (224, 256, "bicubic")
+    assert spec.mean == (0.5, 0.5, 0.5)
+
+
+def test_spec_from_torchvision_weights():
+    tv = pytest.importorskip("torchvision.models")
+    spec = PreprocessSpec.from_torchvision(tv.ResNet50_Weights.IMAGENET1K_V2)
+    assert (spec.input_size, spec.resize_size) == (224, 232)
+    assert spec.num_classes == 1000 and spec.labels[0] == "tench"
