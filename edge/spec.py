@@ -232,7 +232,13 @@ def spec_from_onnx(model_or_path: Any) -> PreprocessSpec:
     """Read the spec an export wrote into an ONNX model's ``metadata_props``."""
     import onnx
 
-    model = onnx.load(str(model_or_path), load_external_data=False) if not hasattr(model_or_path, "graph") else model_or_path
+    if hasattr(model_or_path, "graph"):
+        model = model_or_path
+    else:
+        try:
+            model = onnx.load(str(model_or_path), load_external_data=False)
+        except Exception as exc:  # protobuf DecodeError and friends: a corrupt or truncated file
+            raise UserError(f"{model_or_path} is not a readable ONNX model ({type(exc).__name__}): re-export it") from exc
     props = {p.key: p.value for p in model.metadata_props}
     if "preprocess_spec" not in props:
         raise UserError(f"{model_or_path} has no preprocess_spec in its metadata: re-export it with `edge export`")

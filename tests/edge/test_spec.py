@@ -98,3 +98,12 @@ def test_spec_from_torchvision_weights():
     spec = PreprocessSpec.from_torchvision(tv.ResNet50_Weights.IMAGENET1K_V2)
     assert (spec.input_size, spec.resize_size) == (224, 232)
     assert spec.num_classes == 1000 and spec.labels[0] == "tench"
+
+
+def test_spec_from_a_corrupt_onnx_file_is_a_user_error(tmp_path):
+    from edge.spec import spec_from_onnx
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\xff\xfe not protobuf")
+    with pytest.raises(UserError, match="not a readable ONNX model"):
+        spec_from_onnx(bad)

@@ -1,0 +1,240 @@
+"""Measure latency, throughput, memory and accuracy of every artifact of a run on every device.
+
+    edge bench RUN --eval fashion-mnist                      # full matrix, full test split
+    edge bench RUN --eval fashion-mnist --profile demo       # batch 1, 8, 32; short windows; 300 images
+    edge bench RUN --artifacts onnx-fp32,int8-cpu --devices cpu --batch-sizes 1,8 --threads 2
+    edge bench --zoo resnet18,resnet50,tf_efficientnet_lite0 # params, GMACs, published top-1, latency
+
+Each artifact x device runs in its own process. Latency is ms per batch, compute-only (a
+preprocessed batch in host memory) and end-to-end (from decoded images, with preprocessing)
+separately; throughput is images / wall time. Accuracy is measured on the test split of --eval
+against the float parent, with paired flips for `edge check`. Reports go to RUN/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bench.timing import percentile_samples_needed
+from edge.errors import UserError
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # the whole matrix: the numbers a release quotes
+    "full": {
+        "batch_sizes": "1,2,4,8,16,32,64",
+        "warmup_s": 1.0,
+        "min_iters": 50,
+        "min_seconds": 2.0,
+        "eval_count": None,
+        "single_stream": percentile_samples_needed(99),
+        "max_seconds": 60.0,
+    },
+    # `make demo`: about 2 minutes on 2 cores, accuracy on a fixed test subset
+    "demo": {
+        "batch_sizes": "1,8,32",
+        "warmup_s": 0.2,
+        "min_iters": 5,
+        "min_seconds": 0.4,
+        "eval_count": 300,
+        "single_stream": percentile_samples_needed(90),
+        "max_seconds": 5.0,
+    },
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", help="run directory (runs/NAME); not needed with --zoo")
+    parser.add_argument("--artifacts", default="all", help="'all' or a comma list: torch-fp32,onnx-fp32,int8-cpu,int8-trt,trt-*")
+    parser.add_argument("--devices", default="cpu,cuda", help="comma list of cpu, cuda (absent devices are listed as skipped)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full", help="defaults for the options below")
+    parser.add_argument("--batch-sizes", help="comma list of batch sizes (full: 1,2,4,8,16,32,64; demo: 1,8,32)")
+    parser.add_argument(
+        "--eval", metavar="DATA", help="evaluation data: 'fashion-mnist' or an ImageFolder directory (test split)"
+    )
+    parser.add_argument("--eval-count", type=int, help="stratified subset of the test split (full: all; demo: 300)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation subset")
+    parser.add_argument("--warmup-s", type=float, help="warm-up seconds per cell")
+    parser.add_argument("--min-iters", type=int, help="at least this many timed calls per cell")
+    parser.add_argument("--min-seconds", type=float, help="and at least this many seconds per cell")
+    parser.add_argument("--threads", type=int, help="intra-op CPU threads (recorded; default: the backend's)")
+    parser.add_argument("--single-stream", type=int, metavar="N", help="single-stream samples at batch 1 (0: off)")
+    parser.add_argument("--no-end-to-end", action="store_true", help="skip end-to-end (preprocessing) timing")
+    parser.add_argument("--max-drop", type=float, default=0.5, help="drop budget in points, to flag too-small eval sets")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a row's worker is stopped")
+    parser.add_argument("--out", type=Path, help="report directory (default RUN/bench)")
+    parser.add_argument("--zoo", help="compare models instead: comma list of architectures (no weights needed)")
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32]; anything else, or a value <= 0, is a user error."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"{what} must be a comma list of whole numbers, got {text!r}") from exc
+    bad = [v for v in values if v <= 0]
+    if not values or bad:
+        raise UserError(f"{what} must be positive, got {text!r}")
+    return sorted(set(values))
+
+
+def parse_devices(text: str) -> list[str]:
+    from edge.runners import DEVICES
+
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    unknown = [d for d in devices if d not in DEVICES]
+    if unknown or not devices:
+        raise UserError(f"unknown device(s) {unknown or text!r}: use a comma list of {', '.join(DEVICES)}")
+    return list(dict.fromkeys(devices))
+
+
+def artifact_labels(path: Path) -> tuple[str, ...]:
+    """The class labels an artifact predicts (its spec)."""
+    from edge.artifacts import artifact_spec, manifest_path
+
+    if path.suffix in (".pt", ".pth") and not manifest_path(path).exists():
+        from train.checkpoint import read_checkpoint_spec
+
+        return read_checkpoint_spec(path).labels
+    return artifact_spec(path).labels
+
+
+def check_classes(artifacts: dict[str, Path], classes: tuple[str, ...], data: str) -> None:
+    """Evaluation classes must be the model's labels, in the same order (index i is class i)."""
+    for name, path in artifacts.items():
+        labels = artifact_labels(path)
+        if tuple(labels) != tuple(classes):
+            if set(labels) == set(classes):
+                detail = "same classes in another order"
+            else:
+                detail = f"model has {len(labels)} labels ({', '.join(labels[:4])}, ...), data has {len(classes)} ({', '.join(classes[:4])}, ...)"
+            raise UserError(
+                f"evaluation data {data!r} does not match {name}'s labels ({detail}): evaluate on the data the model was trained on"
+            )
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    profile = PROFILES[args.profile]
+
+    def pick(name: str, key: str | None = None) -> Any:
+        value = getattr(args, name)
+        return profile[key or name] if value is None else value
+
+    return {
+        "batch_sizes": parse_int_list(pick("batch_sizes"), "--batch-sizes"),
+        "warmup_s": pick("warmup_s"),
+        "min_iters": pick("min_iters"),
+        "min_seconds": pick("min_seconds"),
+        "max_seconds": profile["max_seconds"],
+        "eval_count": pick("eval_count"),
+        "single_stream": pick("single_stream"),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # CI logs and pipes: wide enough for the headline table
+        console = Console(width=170)
+    if args.threads is not None and args.threads <= 0:
+        raise UserError(f"--threads must be positive, got {args.threads}")
+    if args.timeout <= 0:
+        raise UserError(f"--timeout must be positive, got {args.timeout}")
+    devices = parse_devices(args.devices)
+    if args.zoo:
+        from bench.zoo import run_zoo
+
+        return run_zoo(args.zoo, devices, args.threads, args.out, args.timeout, console)
+    if not args.run:
+        raise UserError("give a run directory (edge bench runs/NAME) or --zoo MODELS")
+    return run_bench(args, devices, console)
+
+
+def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:
+    from bench.matrix import BenchPlan, EvalPlan, run_matrix, select_artifacts
+    from bench.report import build_report, rich_headline, write_report
+    from bench.timing import TimingWindow
+    from edge.run import RunDir
+
+    settings = _settings(args)
+    if settings["eval_count"] is not None and settings["eval_count"] <= 0:
+        raise UserError(f"--eval-count must be positive, got {settings['eval_count']}")
+    if settings["single_stream"] < 0:
+        raise UserError(f"--single-stream must be >= 0, got {settings['single_stream']}")
+    window = TimingWindow(
+        settings["warmup_s"],
+        settings["min_iters"],
+        settings["min_seconds"],
+        max(settings["max_seconds"], settings["min_seconds"]),
+    )
+    run_dir = RunDir.open(args.run)
+    artifacts = select_artifacts(run_dir, args.artifacts)
+
+    eval_plan, eval_info, labels = None, None, None
+    if args.eval:
+        from train.data import open_data
+
+        split = open_data(args.eval, seed=args.seed).split("test").take(settings["eval_count"], args.seed)
+        check_classes(artifacts, tuple(split.classes), args.eval)
+        labels = [int(v) for v in split.labels]
+        eval_plan = EvalPlan(args.eval, settings["eval_count"], args.seed)
+        eval_info = {
+            "data": args.eval,
+            "split": "test",
+            "count": len(split),
+            "seed": args.seed,
+            "fingerprint": split.fingerprint(),
+            "classes": list(split.classes),
+            "labels": labels,
+        }
+
+    plan = BenchPlan(
+        run=run_dir.root,
+        artifacts=artifacts,
+        devices=devices,
+        batch_sizes=settings["batch_sizes"],
+        window=window,
+        threads=args.threads,
+        eval=eval_plan,
+        single_stream_samples=settings["single_stream"],
+        end_to_end=not args.no_end_to_end,
+        timeout_s=args.timeout,
+        profile=args.profile,
+        max_drop=args.max_drop,
+    )
+    rows = run_matrix(plan, labels, console)
+    report = build_report(
+        {
+            "run": str(run_dir.root),
+            "profile": args.profile,
+            "artifacts": list(artifacts),
+            "devices": devices,
+            "batch_sizes": plan.batch_sizes,
+            "threads": args.threads,
+            "window": window.__dict__,
+            "single_stream_samples": plan.single_stream_samples,
+            "end_to_end": plan.end_to_end,
+            "max_drop": args.max_drop,
+        },
+        eval_info,
+        rows,
+    )
+    out_dir = args.out or run_dir.bench
+    paths = write_report(report, out_dir, spec=_report_spec(artifacts))
+    console.print(rich_headline(report, title=f"bench: {run_dir.root} ({args.profile})"))
+    console.print(f"report: {paths['json']} (also {paths['md'].name}, {paths['csv'].name}, {paths['png'].name})")
+    return 0 if any(r.get("status") == "ok" for r in rows) else 1
+
+
+def _report_spec(artifacts: dict[str, Path]) -> Any:
+    """The float model's spec for the report's manifest (None when no artifact has one)."""
+    from edge.artifacts import artifact_spec
+
+    for path in artifacts.values():
+        try:
+            return artifact_spec(path)
+        except UserError:
+            continue
+    return None

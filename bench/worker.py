@@ -1,0 +1,260 @@
+"""One bench row in its own process: ``python -m bench.worker JOB.json RESULT.json``.
+
+The parent (``bench.matrix``) starts one worker per artifact x device, so a crash, a stuck CUDA
+context or a missing backend loses one row, and the peak memory read here (RSS via getrusage,
+``torch.cuda.max_memory_allocated`` on CUDA) is this row's own. The worker writes its result
+atomically and prints ``progress DONE TOTAL WHAT`` lines for the parent's progress bar.
+
+A job is ``{"kind": "artifact" | "zoo", ...}`` (see ``bench.matrix.artifact_job`` and
+``bench.zoo.zoo_job``). A row whose device or backend is absent comes back ``skipped`` with the
+reason; any other failure comes back ``error`` with its message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.power import PowerMeter
+from bench.timing import TimingWindow, time_calls
+from edge.artifacts import atomic_write_json
+from edge.errors import MissingDependencyError, UserError
+from edge.spec import PreprocessSpec
+
+
+class Skip(Exception):
+    """The row cannot run here (device or backend absent): recorded as skipped, not as an error."""
+
+
+def _progress(done: int, total: int, what: str) -> None:
+    print(f"progress {done} {total} {what}", flush=True)
+
+
+# ---- availability ------------------------------------------------------------------------------
+
+
+def unavailable_reason(path: Path, device: str) -> str | None:
+    """Why ``path`` cannot run on ``device`` here, or None. Checked before loading anything."""
+    suffix = path.suffix
+    if suffix in (".engine", ".plan"):
+        from edge.runners import tensorrt_available
+
+        if device != "cuda":
+            return "TensorRT engines run on CUDA only"
+        if not tensorrt_available():
+            return "TensorRT is not installed here"
+    if device != "cuda":
+        return None
+    if suffix in (".pt", ".pth", ".engine", ".plan"):
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA device (torch.cuda.is_available() is False)"
+    if suffix == ".onnx":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed"
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "ONNX Runtime has no CUDAExecutionProvider here (needs onnxruntime-gpu and a CUDA device)"
+    return None
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+
+def peak_memory(device: str) -> dict[str, float | None]:
+    """Peak RSS of this process (MiB) and, on CUDA with torch loaded, peak GPU memory allocated."""
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    gpu = None
+    if device == "cuda" and "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.max_memory_allocated() / 2**20
+    return {"peak_rss_mib": rss_kib / 1024.0, "peak_gpu_mib": gpu}
+
+
+# ---- evaluation data ---------------------------------------------------------------------------
+
+
+def load_eval_images(data: str, count: int | None, seed: int) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...], str]:
+    """Decoded test images (uint8, as a camera delivers them), labels, class names, fingerprint."""
+    from train.data import open_data
+
+    split = open_data(data, seed=seed).split("test").take(count, seed)
+    images = [split.image(i) for i in range(len(split))]
+    return images, np.asarray(split.labels, dtype=np.int64), tuple(split.classes), split.fingerprint()
+
+
+def synthetic_frames(spec: PreprocessSpec, count: int, seed: int = 0) -> list[np.ndarray]:
+    """Random decoded frames for end-to-end timing when no evaluation data is given."""
+    rng = np.random.default_rng(seed)
+    side = max(spec.resize_size, spec.input_size)
+    shape = (side, side) if spec.color == "gray" else (side, side, 3)
+    return [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(count)]
+
+
+def evaluate(runner: Any, spec: PreprocessSpec, images: list[np.ndarray], labels: np.ndarray, batch: int) -> dict[str, Any]:
+    """Top-1 / top-5 and the per-image top-1 predictions (kept for the gate's paired statistics)."""
+    preds: list[np.ndarray] = []
+    top5_hits = 0
+    total = len(images)
+    for start in range(0, total, batch):
+        chunk = spec.apply_batch(images[start : start + batch])
+        logits = runner.infer(chunk)
+        k = min(5, logits.shape[1])
+        top = np.argsort(-logits, axis=1)[:, :k]
+        preds.append(top[:, 0])
+        top5_hits += int(np.sum(top == labels[start : start + len(chunk), None]))
+        _progress(min(start + batch, total), total, "accuracy")
+    predictions = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    return {
+        "count": total,
+        "top1": float(np.mean(predictions == labels) * 100.0) if total else None,
+        "top5": float(top5_hits / total * 100.0) if total else None,
+        "predictions": predictions.astype(int).tolist(),
+    }
+
+
+# ---- timing ------------------------------------------------------------------------------------
+
+
+def time_cell(
+    runner: Any, spec: PreprocessSpec, frames: list[np.ndarray], batch: int, window: TimingWindow, end_to_end: bool
+) -> dict[str, Any]:
+    """Compute-only (infer on a preprocessed batch), device time where reported, and end-to-end."""
+    picked = [frames[i % len(frames)] for i in range(batch)]
+    inputs = spec.apply_batch(picked)
+
+    def compute(_: int) -> float | None:
+        runner.infer(inputs)
+        return runner.last_device_ms
+
+    with PowerMeter(runner.device) as meter:
+        stats, device_ms = time_calls(compute, window, batch)
+    cell: dict[str, Any] = {
+        "batch": batch,
+        "status": "ok",
+        "compute": stats.to_dict(),
+        "device_ms": None,
+        "end_to_end": None,
+        "power_source": meter.source,
+        "energy_j_per_image": meter.joules_per_item(stats.wall_s, stats.samples * batch),
+    }
+    if device_ms:
+        cell["device_ms"] = {
+            "p50_ms": float(np.percentile(device_ms, 50)),
+            "p90_ms": float(np.percentile(device_ms, 90)),
+            "mean_ms": float(np.mean(device_ms)),
+            "samples": len(device_ms),
+        }
+    if end_to_end:
+
+        def from_decoded(_: int) -> None:
+            runner.infer(spec.apply_batch(picked))
+
+        e2e, _ = time_calls(from_decoded, window, batch)
+        cell["end_to_end"] = e2e.to_dict()
+    return cell
+
+
+def single_stream(runner: Any, spec: PreprocessSpec, frames: list[np.ndarray], samples: int, warmup_s: float) -> dict[str, Any]:
+    """MLPerf-style single stream: one decoded frame at a time, the next query after the answer."""
+    window = TimingWindow(warmup_s=warmup_s, min_iters=samples, min_seconds=0.0, max_seconds=120.0)
+
+    def one_query(i: int) -> None:
+        runner.infer(spec.apply_batch([frames[i % len(frames)]]))
+
+    stats, _ = time_calls(one_query, window, 1)
+    return stats.to_dict()
+
+
+# ---- jobs --------------------------------------------------------------------------------------
+
+
+def run_artifact_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Measure one artifact on one device: every batch size, single stream, accuracy."""
+    from edge.runners import select_runner
+
+    path, device = Path(job["path"]), job["device"]
+    result: dict[str, Any] = {"artifact": job["name"], "device": device, "path": str(path), "cells": []}
+    reason = unavailable_reason(path, device)
+    if reason:
+        raise Skip(reason)
+    window = TimingWindow(**job["window"])
+    runner = select_runner(path, device=device, threads=job.get("threads"))
+    spec = runner.spec
+    images, labels = None, None
+    if job.get("eval"):
+        images, labels, _, _ = load_eval_images(job["eval"]["data"], job["eval"]["count"], job["eval"]["seed"])
+    frames = images if images else synthetic_frames(spec, max(job["batch_sizes"]))
+    with runner:
+        result["runner"] = runner.describe()
+        result["threads"] = runner.threads
+        total = len(job["batch_sizes"])
+        for i, batch in enumerate(job["batch_sizes"]):
+            _progress(i, total, f"batch {batch}")
+            try:
+                result["cells"].append(time_cell(runner, spec, frames, batch, window, job.get("end_to_end", True)))
+            except UserError as exc:  # e.g. a batch beyond an engine's profile: this cell only
+                result["cells"].append({"batch": batch, "status": "error", "error": str(exc)})
+        _progress(total, total, "timing")
+        if job.get("single_stream"):
+            _progress(0, 1, "single stream")
+            result["single_stream"] = single_stream(runner, spec, frames, job["single_stream"]["samples"], window.warmup_s)
+        if images is not None and labels is not None:
+            result["accuracy"] = evaluate(runner, spec, images, labels, job.get("eval_batch", 32))
+    result.update(peak_memory(device))
+    return result
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run a job, turning absence into ``skipped`` and failures into ``error`` (never raising)."""
+    started = time.time()
+    try:
+        if job["kind"] == "zoo":
+            from bench.zoo import run_zoo_job
+
+            result = run_zoo_job(job)
+        else:
+            result = run_artifact_job(job)
+        result["status"] = "ok"
+    except (Skip, MissingDependencyError) as exc:
+        result = {"status": "skipped", "reason": str(exc)}
+    except UserError as exc:
+        result = {"status": "error", "error": str(exc)}
+    except Exception as exc:  # a bug or a backend crash in this row: record it, the matrix goes on
+        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+    result.setdefault("artifact", job.get("name"))
+    result.setdefault("device", job.get("device"))
+    result["seconds"] = time.time() - started
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m bench.worker JOB.json RESULT.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(args[0]).read_text())
+    # Run through the importable module, not __main__, so bench.worker.Skip raised by
+    # bench.zoo is the class run_job catches.
+    from bench import worker
+
+    atomic_write_json(args[1], worker.run_job(job))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Model comparison: the measured version of the usual "fast / medium / slow" table.
+
+    edge bench --zoo resnet18,resnet50,efficientnet_b0,efficientnet_b4,vit_b_16,tf_efficientnet_lite0,mobilenet_v3_large
+
+For each architecture: parameters, GMACs at its own input size (counted with
+``torch.utils.flop_counter``, which counts 2 FLOPs per multiply-accumulate), the published
+ImageNet top-1 of its pretrained weights where the metadata has it, and the measured latency at
+batch 1 and 32 on each device. Timing needs no weights (``pretrained=False``): the arithmetic is
+the same. Each model x device runs in its own worker process (``bench.worker``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.timing import TimingWindow, time_calls
+from edge.errors import UserError
+
+ZOO_BATCHES = (1, 32)
+ZOO_WINDOW = TimingWindow(warmup_s=0.5, min_iters=10, min_seconds=1.0, max_seconds=15.0)
+
+
+def count_macs(model: Any, input_shape: tuple[int, ...]) -> float:
+    """Multiply-accumulates of one forward pass at batch 1 (FlopCounterMode counts 2 per MAC)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *input_shape))
+    return counter.get_total_flops() / 2.0
+
+
+def zoo_job(arch: str, device: str, threads: int | None, window: TimingWindow) -> dict[str, Any]:
+    return {
+        "kind": "zoo",
+        "name": arch,
+        "arch": arch,
+        "device": device,
+        "threads": threads,
+        "batch_sizes": list(ZOO_BATCHES),
+        "window": asdict(window),
+    }
+
+
+def run_zoo_job(job: dict[str, Any]) -> dict[str, Any]:
+    """In the worker: build ``arch`` without weights, count it, time it on the job's device."""
+    from bench.worker import Skip, peak_memory, unavailable_reason
+    from edge.runners.torch_runner import TorchRunner
+    from train.models import build_model, pretrained_spec, zoo_entry
+
+    arch, device = job["arch"], job["device"]
+    reason = unavailable_reason(Path("zoo.pt"), device)
+    if reason:
+        raise Skip(reason)
+    entry = zoo_entry(arch)
+    spec = pretrained_spec(arch)
+    model = build_model(arch, num_classes=None, pretrained=False).eval()
+    result: dict[str, Any] = {
+        "arch": arch,
+        "library": entry.library,
+        "imagenet_top1": entry.imagenet_top1,
+        "input_size": spec.input_size,
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "macs": count_macs(model, spec.input_shape),
+        "cells": [],
+    }
+    window = TimingWindow(**job["window"])
+    rng = np.random.default_rng(0)
+    with TorchRunner(Path(f"{arch}.pt"), spec, device=device, threads=job.get("threads"), model=model) as runner:
+        result["threads"] = runner.threads
+        for batch in job["batch_sizes"]:
+            print(f"progress 0 1 batch {batch}", flush=True)
+            inputs = rng.standard_normal((batch, *spec.input_shape)).astype(np.float32)
+
+            def call(_: int, inputs: np.ndarray = inputs) -> float | None:
+                runner.infer(inputs)
+                return runner.last_device_ms
+
+            stats, device_ms = time_calls(call, window, batch)
+            result["cells"].append(
+                {
+                    "batch": batch,
+                    "status": "ok",
+                    "compute": stats.to_dict(),
+                    "device_p50_ms": float(np.median(device_ms)) if device_ms else None,
+                }
+            )
+    result.update(peak_memory(device))
+    return result
+
+
+def parse_zoo(text: str) -> list[str]:
+    """Comma list of architectures, each checked against the zoo before any work starts."""
+    from train.models import zoo_entry
+
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise UserError("--zoo needs a comma list of architectures, e.g. resnet18,tf_efficientnet_lite0")
+    for name in names:
+        zoo_entry(name)
+    return names
+
+
+def zoo_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "model",
+        "params M",
+        "GMACs",
+        "ImageNet top-1",
+        "input",
+        "device",
+        "p50 b1 ms",
+        "p50 b32 ms",
+        "img/s b32",
+        "peak RSS MiB",
+        "note",
+    ]
+    lines = []
+    for row in rows:
+        cells = {c["batch"]: c for c in row.get("cells", [])}
+
+        def p50(batch: int, cells: dict[int, Any] = cells) -> str:
+            return f"{cells[batch]['compute']['p50_ms']:.2f}" if batch in cells else "n/a"
+
+        note = row.get("reason") or row.get("error") or ""
+        lines.append(
+            [
+                row["arch"],
+                f"{row['params'] / 1e6:.1f}" if "params" in row else "n/a",
+                f"{row['macs'] / 1e9:.2f}" if "macs" in row else "n/a",
+                f"{row['imagenet_top1']:.1f}" if row.get("imagenet_top1") is not None else "n/a",
+                str(row.get("input_size", "n/a")),
+                row["device"],
+                p50(1),
+                p50(32),
+                f"{cells[32]['compute']['items_per_s']:.1f}" if 32 in cells else "n/a",
+                f"{row['peak_rss_mib']:.0f}" if row.get("peak_rss_mib") else "n/a",
+                f"{row['status']}: {note}" if note else "",
+            ]
+        )
+    return header, lines
+
+
+def run_zoo(text: str, devices: list[str], threads: int | None, out: Path | None, timeout_s: float, console: Any) -> int:
+    """Measure every architecture on every device; print the table; write zoo.json/zoo.md to ``out``."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from bench.matrix import run_worker
+    from bench.report import bench_environment
+    from edge.artifacts import atomic_write_json, atomic_write_text
+
+    archs = parse_zoo(text)
+    rows = []
+    with Progress(console=console) as progress:
+        task = progress.add_task("zoo", total=len(archs) * len(devices))
+        for arch in archs:
+            for device in devices:
+                progress.update(task, description=f"zoo: {arch} on {device}")
+                result = run_worker(zoo_job(arch, device, threads, ZOO_WINDOW), timeout_s)
+                result.update(arch=arch, device=device)
+                rows.append(result)
+                progress.advance(task)
+    header, lines = zoo_table(rows)
+    table = Table(title="model comparison (latency: torch eager, random weights, ms per batch)")
+    for name in header:
+        table.add_column(name, justify="left" if name in ("model", "device", "note") else "right")
+    for line in lines:
+        table.add_row(*line, style="dim" if line[-1].startswith("skipped") else None)
+    console.print(table)
+    if out is not None:
+        atomic_write_json(
+            out / "zoo.json", {"schema": "edge-zoo-report", "schema_version": 1, "environment": bench_environment(), "rows": rows}
+        )
+        md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        md += ["| " + " | ".join(line) + " |" for line in lines]
+        atomic_write_text(out / "zoo.md", "\n".join(md) + "\n")
+        console.print(f"zoo report: {out / 'zoo.json'} and {out / 'zoo.md'}")
+    return 0 if any(r.get("status") == "ok" for r in rows) else 1
