@@ -1,0 +1,597 @@
+"""Classify a camera or video stream live with any artifact (checkpoint, ONNX, INT8, TensorRT engine).
+
+    edge camera runs/imagenet-lite0 --source 0 --show
+    edge camera runs/demo/model.int8-cpu.onnx --source clip.mp4 --every-frame --jsonl out.jsonl --record out.mp4
+    edge camera runs/demo --source csi://0 --backend tensorrt --device cuda --serve 0.0.0.0:8080
+
+A capture thread reads and preprocesses the source (the artifact's own PreprocessSpec), overlapping
+the model's work on the previous frame. Live sources and --realtime files hand the model only the
+newest frame, dropping and counting older ones, so latency stays near one frame instead of growing;
+--every-frame classifies every frame in order (deterministic replay; what a file gets without
+--realtime). At the end it prints achieved FPS, inference-only FPS, capture-to-result latency
+percentiles and dropped frames; --serve shows the same live in a browser. Without a display, --show
+falls back to headless. Ctrl-C ends the run after the current frame: the recording is playable and
+the JSONL complete (a second Ctrl-C stops at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.camera_outputs import JsonlLog, Prediction, VideoRecorder, draw_overlay, jsonl_record, open_window, top_k
+from edge.camera_sources import (
+    Frame,
+    FrameGrabber,
+    RetryPolicy,
+    SourceSpec,
+    capture_fps,
+    capture_frame_count,
+    open_capture,
+    parse_source,
+)
+from edge.errors import UserError, require
+
+LIVE_WINDOW = 300  # results behind the live statistics (the final summary uses all of them)
+
+
+@dataclass
+class CameraOptions:
+    """Everything ``edge camera`` takes besides the model; validated before any work starts."""
+
+    source: str = "0"
+    backend: str = "auto"
+    device: str = "cpu"
+    threads: int | None = None
+    topk: int = 3
+    every_frame: bool = False
+    realtime: bool = False
+    loop: bool = False
+    show: bool = False
+    record: str | None = None
+    jsonl: str | None = None
+    serve: str | None = None
+    max_frames: int | None = None
+    duration: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    quiet: bool = False
+
+    def validate(self, source: SourceSpec) -> None:
+        if self.topk < 1:
+            raise UserError(f"--topk must be at least 1, got {self.topk}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UserError(f"--max-frames must be at least 1, got {self.max_frames}")
+        if self.duration is not None and self.duration <= 0:
+            raise UserError(f"--duration must be positive, got {self.duration}")
+        if source.live and (self.realtime or self.loop):
+            flag = "--realtime" if self.realtime else "--loop"
+            raise UserError(f"{flag} is for video files; {source.text} is a live source that keeps its own clock")
+        if self.record is not None:
+            suffix = Path(self.record).suffix.lower()
+            if suffix not in (".mp4", ".m4v", ".mov", ".avi"):
+                raise UserError(f"--record {self.record}: use a .mp4 or .avi path")
+        if self.serve is not None:
+            from edge.camera_server import parse_address
+
+            parse_address(self.serve)
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+
+class CameraMetrics:
+    """Per-frame timings and the figures made from them (all times in seconds, reported in ms)."""
+
+    def __init__(self) -> None:
+        self.latency = array("d")  # capture -> result
+        self.inference = array("d")  # runner.infer only
+        self.preprocess = array("d")  # spec.apply
+        self.first_result: float | None = None
+        self.last_result: float | None = None
+        self._recent: deque[tuple[float, float, float]] = deque(maxlen=LIVE_WINDOW)
+
+    def add(self, latency: float, inference: float, preprocess: float, result_at: float) -> None:
+        self.latency.append(latency)
+        self.inference.append(inference)
+        self.preprocess.append(preprocess)
+        self.first_result = result_at if self.first_result is None else self.first_result
+        self.last_result = result_at
+        self._recent.append((result_at, latency, inference))
+
+    @property
+    def classified(self) -> int:
+        return len(self.latency)
+
+    def figures(self, recent: bool = False) -> dict[str, float | None]:
+        """Achieved FPS (results per second of wall time), inference-only FPS, latency percentiles."""
+        if recent:
+            rows = list(self._recent)
+            count = len(rows)
+            span = rows[-1][0] - rows[0][0] if rows else 0.0
+            latency = np.array([r[1] for r in rows])
+            inference = np.array([r[2] for r in rows])
+        else:
+            count = self.classified
+            span = (self.last_result or 0.0) - (self.first_result or 0.0)
+            latency = np.frombuffer(self.latency, dtype=np.float64) if self.latency else np.zeros(0)
+            inference = np.frombuffer(self.inference, dtype=np.float64) if self.inference else np.zeros(0)
+        out: dict[str, float | None] = {
+            "achieved_fps": (count - 1) / span if count >= 2 and span > 0 else None,
+            "inference_fps": float(len(inference) / inference.sum()) if len(inference) and inference.sum() > 0 else None,
+        }
+        for name, values in (("latency", latency), ("inference", inference)):
+            for q in (50, 90, 99):
+                out[f"{name}_p{q}_ms"] = float(np.percentile(values, q) * 1000) if len(values) else None
+        pre = np.frombuffer(self.preprocess, dtype=np.float64) if self.preprocess else np.zeros(0)
+        out["preprocess_p50_ms"] = float(np.median(pre) * 1000) if len(pre) else None
+        return out
+
+
+@dataclass
+class CameraResult:
+    """What a run did: its figures, counts and why it ended."""
+
+    figures: dict[str, float | None]
+    captured: int
+    classified: int
+    dropped: int
+    retries: int
+    reconnects: int
+    end_reason: str
+    source: str
+    model: str
+    runner: dict[str, Any]
+    wall_s: float
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = dict(self.figures)
+        data.update(
+            captured=self.captured,
+            classified=self.classified,
+            dropped=self.dropped,
+            retries=self.retries,
+            reconnects=self.reconnects,
+            end_reason=self.end_reason,
+            source=self.source,
+            model=self.model,
+            runner=self.runner,
+            wall_s=self.wall_s,
+            outputs=self.outputs,
+        )
+        return data
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def resolve_source(options: CameraOptions, model: str | Path) -> tuple[SourceSpec, float | None]:
+    """The parsed source; ``demo`` becomes the demo video beside the model (written on first use)."""
+    source = parse_source(options.source)
+    if source.kind != "demo":
+        return source, None
+    from edge.camera_demo import ensure_demo_video
+
+    model_path = Path(model)
+    directory = model_path if model_path.is_dir() else model_path.parent
+    video = ensure_demo_video(directory)
+    return SourceSpec("demo", "file", str(video.path), live=False), video.fps
+
+
+def run_camera(
+    model: str | Path,
+    options: CameraOptions,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    console: Any = None,
+) -> CameraResult:
+    """Classify ``options.source`` with ``model`` until the source ends, a limit is reached, ``stop``
+    is set, the window is closed or Ctrl-C; returns the figures. ``on_ready`` gets the served URL etc."""
+    from edge.runners import select_runner
+
+    stop = stop or threading.Event()
+    source = parse_source(options.source)  # validate the source string before any work
+    options.validate(source)
+    if not Path(model).exists():
+        raise UserError(f"{model} does not exist: give a run directory or an artifact file (.pt, .onnx, .engine)")
+    source, _ = resolve_source(options, model)
+    runner = select_runner(model, device=options.device, backend=options.backend, threads=options.threads)
+    capture = open_capture(source, read_timeout_s=options.retry.stall_timeout_s / 2)
+
+    session = _Session(runner, source, options, stop, console)
+    session.capture = capture
+    try:
+        with _ctrl_c_stops(session):
+            session.start(capture, on_ready)
+            session.loop()
+    except KeyboardInterrupt:
+        session.end_reason = "interrupted (Ctrl-C)"
+    finally:
+        session.close()
+    return session.result()
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(session: "_Session") -> Iterator[None]:
+    """The first Ctrl-C ends the run after the frame in hand (so the JSONL and the recording hold the
+    same frames); a second one interrupts at once. Only the main thread can own signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if session.stop.is_set():
+            raise KeyboardInterrupt
+        session.end_reason = "interrupted (Ctrl-C)"
+        session.stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Session:
+    """One run's moving parts; ``close`` always leaves finished files behind."""
+
+    def __init__(self, runner: Any, source: SourceSpec, options: CameraOptions, stop: threading.Event, console: Any):
+        self.runner = runner
+        self.spec = runner.spec
+        self.source = source
+        self.options = options
+        self.stop = stop
+        self.console = console
+        self.metrics = CameraMetrics()
+        self.end_reason = ""
+        self.grabber: FrameGrabber | None = None
+        self.capture: Any = None  # released here unless the grabber took it over
+        self.recorder: VideoRecorder | None = None
+        self.jsonl: JsonlLog | None = None
+        self.server: Any = None
+        self.window: Any = None
+        self.outputs: dict[str, str] = {}
+        self.started = time.monotonic()
+        self.wall_clock_offset = time.time() - self.started
+        self.progress: Any = None
+        self._last_recorded = -1
+        self._last_stats = -1.0
+        self._stats: dict[str, Any] = {}
+        self._active = False
+        self._cv2_threads: int | None = None
+
+    # ---- set-up -------------------------------------------------------------------------
+    def start(self, capture: Any, on_ready: Callable[[dict[str, Any]], None] | None) -> None:
+        options, source = self.options, self.source
+        cv2 = require("cv2", "opencv", "The camera classifier")
+        # The model's threads already use the cores; OpenCV's own pool for the per-frame resize
+        # would fight them (more threads than cores) and slow both down.
+        self._cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        self.runner.activate()
+        self._active = True
+        # The first call pays for lazy initialisation (allocations, kernel selection); keep it out of the figures.
+        self.runner.infer(np.zeros((1, *self.spec.input_shape), dtype=np.float32))
+        fps_declared = capture_fps(capture)
+        every_frame = options.every_frame or (not source.live and not options.realtime)
+        realtime_fps = None
+        if options.realtime:
+            if fps_declared is None:
+                raise UserError(f"--realtime needs the file's frame rate, and {source.text} declares none")
+            realtime_fps = fps_declared
+        self.grabber = FrameGrabber(
+            lambda: open_capture(source, read_timeout_s=options.retry.stall_timeout_s / 2),
+            live=source.live,
+            every_frame=every_frame,
+            realtime_fps=realtime_fps,
+            loop=options.loop,
+            retry=options.retry,
+            preprocess=self.spec.apply,
+        )
+        if options.jsonl is not None:
+            self.jsonl = JsonlLog(options.jsonl)
+        if options.record is not None:
+            self.recorder = VideoRecorder(options.record, fps_declared or 30.0)
+        if options.show:
+            self.window, problem = open_window()
+            if self.window is None:
+                self._notice(f"--show: {problem}; running headless (use --serve or --record to see the output)")
+        if options.serve is not None:
+            from edge.camera_server import StreamServer, parse_address
+
+            self.server = StreamServer(*parse_address(options.serve))
+            self._notice(f"serving the annotated stream on {self.server.url}")
+        self._start_progress(None if source.live or options.loop else capture_frame_count(capture))
+        self.grabber.start(capture)
+        if on_ready is not None:
+            on_ready({"url": self.server.url if self.server else None})
+
+    def _notice(self, text: str) -> None:
+        if not self.options.quiet:
+            self._console().print(text, highlight=False, soft_wrap=True)
+
+    def _console(self) -> Any:
+        if self.console is None:
+            from rich.console import Console
+
+            # With --jsonl - stdout carries the records only; everything else goes to stderr.
+            self.console = Console(stderr=self.options.jsonl == "-")
+        return self.console
+
+    def _start_progress(self, total: int | None) -> None:
+        if self.options.quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns: list[Any] = [TextColumn("[bold]camera[/bold] {task.description}")]
+        if total:
+            columns += [BarColumn(), MofNCompleteColumn()]
+        columns += [TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
+        self.progress = Progress(*columns, console=self._console(), transient=False)
+        self.progress.start()
+        self._task = self.progress.add_task(self.source.text[-40:], total=total, status="starting")
+
+    # ---- the loop -------------------------------------------------------------------------
+    def loop(self) -> None:
+        assert self.grabber is not None
+        options, grabber = self.options, self.grabber
+        deadline = self.started + options.duration if options.duration else None
+        stall_limit = options.retry.stall_timeout_s
+        while not self.stop.is_set():
+            frame = grabber.get(timeout=0.05)
+            if frame is None:
+                if grabber.finished:
+                    self.end_reason = grabber.stats.end_reason or "source ended"
+                    return
+                if grabber.stalled_for() > stall_limit:
+                    self.end_reason = f"source stalled: a read blocked for more than {stall_limit:g} s"
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.end_reason = f"duration of {options.duration:g} s reached"
+                    return
+                continue
+            assert frame.tensor is not None  # the grabber preprocesses every frame it delivers
+            t1 = time.monotonic()
+            logits = self.runner.infer(frame.tensor[None])
+            t2 = time.monotonic()
+            predictions = top_k(logits[0], self.spec.labels, options.topk)
+            result_at = time.monotonic()
+            self.metrics.add(result_at - frame.captured_at, t2 - t1, frame.preprocess_s, result_at)
+            if not self._emit(frame, predictions, result_at, t2 - t1):
+                self.end_reason = "window closed"
+                return
+            if options.max_frames is not None and self.metrics.classified >= options.max_frames:
+                self.end_reason = f"{options.max_frames} frames classified"
+                return
+            if deadline is not None and result_at >= deadline:
+                self.end_reason = f"duration of {options.duration:g} s reached"
+                return
+        self.end_reason = self.end_reason or "stopped"
+
+    def _emit(self, frame: Frame, predictions: list[Prediction], result_at: float, inference_s: float) -> bool:
+        """Hand one result to every output; False when the user closed the window."""
+        if result_at - self._last_stats >= 0.25:  # live figures a few times a second, not per frame
+            self._last_stats = result_at
+            self._stats = self.live_stats(predictions)
+            if self.progress is not None:
+                completed = None if self.source.live else frame.index + 1
+                self.progress.update(self._task, completed=completed, status=_progress_status(self._stats))
+        if self.jsonl is not None:
+            fps = self.grabber.stats.fps if self.grabber else None
+            source_time = frame.index / fps if (fps and not self.source.live) else None
+            latency_ms = (result_at - frame.captured_at) * 1000
+            captured_unix = self.wall_clock_offset + frame.captured_at
+            self.jsonl.write(jsonl_record(frame.index, captured_unix, predictions, latency_ms, inference_s * 1000, source_time))
+        if self.recorder is None and self.server is None and self.window is None:
+            return True
+        annotated = draw_overlay(frame.image, predictions, _status_line(self._stats))
+        if self.recorder is not None:
+            # A live run holds each annotated frame over the source frames it stands for, so the
+            # recording plays at the source's speed.
+            repeat = 1 if self._last_recorded < 0 else frame.index - self._last_recorded
+            self.recorder.write(annotated, repeat=repeat)
+            self._last_recorded = frame.index
+        if self.server is not None:
+            cv2 = require("cv2", "opencv", "Serving the stream")
+            ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            self.server.publish(jpeg.tobytes() if ok else None, self._stats)
+        if self.window is not None:
+            return bool(self.window.show(annotated))
+        return True
+
+    def live_stats(self, predictions: list[Prediction] | None = None) -> dict[str, Any]:
+        """The statistics on the served page (a rolling window of recent frames)."""
+        figures = self.metrics.figures(recent=True)
+        grabber = self.grabber.stats if self.grabber else None
+        stats: dict[str, Any] = {k: (round(v, 2) if v is not None else None) for k, v in figures.items()}
+        stats.update(
+            captured=grabber.captured if grabber else 0,
+            classified=self.metrics.classified,
+            dropped=grabber.dropped if grabber else 0,
+            source=self.source.text,
+            model=f"{self.runner.path.name} ({self.runner.name})",
+            top1=f"{predictions[0].label} {100 * predictions[0].prob:.1f}%" if predictions else None,
+            topk=[{"class_id": p.class_id, "label": p.label, "prob": round(p.prob, 4)} for p in predictions or []],
+        )
+        return stats
+
+    # ---- tear-down ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the reader, finish every output file, stop serving; safe to call after any failure."""
+        if self.grabber is not None and self.grabber.started:
+            self.grabber.stop()
+        elif self.capture is not None:
+            self.capture.release()
+        if self.progress is not None:
+            self.progress.stop()
+        if self.recorder is not None:
+            path = self.recorder.close()
+            if path is not None:
+                self.outputs["recording"] = str(path)
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.outputs["jsonl"] = self.options.jsonl or ""
+        if self.server is not None:
+            self.server.close()
+        if self.window is not None:
+            self.window.close()
+        if self._active:
+            self.runner.deactivate()
+        if self._cv2_threads is not None:
+            require("cv2", "opencv", "The camera classifier").setNumThreads(self._cv2_threads)
+
+    def result(self) -> CameraResult:
+        grabber = self.grabber.stats if self.grabber else None
+        return CameraResult(
+            figures=self.metrics.figures(),
+            captured=grabber.captured if grabber else 0,
+            classified=self.metrics.classified,
+            dropped=grabber.dropped if grabber else 0,
+            retries=grabber.retries if grabber else 0,
+            reconnects=grabber.reconnects if grabber else 0,
+            end_reason=self.end_reason,
+            source=self.source.text,
+            model=str(self.runner.path),
+            runner=self.runner.describe(),
+            wall_s=time.monotonic() - self.started,
+            outputs=self.outputs,
+        )
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _status_line(stats: dict[str, Any]) -> str:
+    if not stats:
+        return "starting"
+    return (
+        f"{_fmt(stats['achieved_fps'])} FPS | infer {_fmt(stats['inference_p50_ms'])} ms | "
+        f"latency {_fmt(stats['latency_p50_ms'])} ms | dropped {stats['dropped']}"
+    )
+
+
+def _progress_status(stats: dict[str, Any]) -> str:
+    return f"{_fmt(stats['achieved_fps'])} FPS, p50 {_fmt(stats['latency_p50_ms'], 0)} ms, {stats['dropped']} dropped, {(stats['top1'] or '')[:24]}"
+
+
+def summary_table(result: CameraResult) -> Any:
+    """The end-of-run figures as a rich table."""
+    from rich.table import Table
+
+    fig = result.figures
+    table = Table(
+        title=f"edge camera: {result.source} -> {Path(result.model).name} ({result.runner.get('backend')}:{result.runner.get('device')})"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("achieved FPS", _fmt(fig["achieved_fps"])),
+        ("inference-only FPS", _fmt(fig["inference_fps"])),
+        ("capture-to-result latency p50 / p90 / p99 (ms)", " / ".join(_fmt(fig[f"latency_p{q}_ms"]) for q in (50, 90, 99))),
+        ("inference p50 / p90 / p99 (ms)", " / ".join(_fmt(fig[f"inference_p{q}_ms"]) for q in (50, 90, 99))),
+        ("preprocess p50 (ms)", _fmt(fig["preprocess_p50_ms"], 2)),
+        ("frames captured / classified / dropped", f"{result.captured} / {result.classified} / {result.dropped}"),
+        ("source retries / reconnects", f"{result.retries} / {result.reconnects}"),
+        ("threads", str(result.runner.get("threads"))),
+        ("ended because", result.end_reason),
+    ]
+    rows += [(name, path) for name, path in result.outputs.items()]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edge.runners import BACKENDS, DEVICES
+
+    parser.add_argument(
+        "model", metavar="RUN|ARTIFACT", help="a run directory (model.onnx, else checkpoint.pt) or an artifact file"
+    )
+    parser.add_argument(
+        "--source", default="0", help="0 | /dev/videoN | file.mp4 | rtsp://... | csi://N | gst:PIPELINE | demo (default 0)"
+    )
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's own)")
+    parser.add_argument("--topk", type=int, default=3, help="classes shown per frame (default 3)")
+    mode = parser.add_argument_group("frame handling")
+    mode.add_argument(
+        "--every-frame", action="store_true", help="classify every frame in order, dropping none (files: deterministic replay)"
+    )
+    mode.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play a file at its own frame rate, like a camera (frames are dropped when the model is slower)",
+    )
+    mode.add_argument("--loop", action="store_true", help="start a file again at its end")
+    mode.add_argument("--max-frames", type=int, default=None, help="stop after this many classified frames")
+    mode.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--show", action="store_true", help="show an OpenCV window (q or Esc quits); headless without a display")
+    out.add_argument("--record", metavar="OUT.mp4", default=None, help="write the annotated video (.mp4 or .avi)")
+    out.add_argument("--jsonl", metavar="PATH|-", default=None, help="one JSON line per classified frame (- for stdout)")
+    out.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the annotated MJPEG stream and live statistics (binds 127.0.0.1 unless a host is given)",
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress line and no summary table")
+    faults = parser.add_argument_group("stalled sources")
+    faults.add_argument("--retries", type=int, default=3, help="reopen attempts when a live source stops delivering (default 3)")
+    faults.add_argument(
+        "--retry-delay", type=float, default=0.5, help="first wait between attempts in seconds, doubling each time (default 0.5)"
+    )
+    faults.add_argument(
+        "--stall-timeout", type=float, default=10.0, help="a read blocked this many seconds ends the run (default 10)"
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> CameraOptions:
+    return CameraOptions(
+        source=args.source,
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
+        topk=args.topk,
+        every_frame=args.every_frame,
+        realtime=args.realtime,
+        loop=args.loop,
+        show=args.show,
+        record=args.record,
+        jsonl=args.jsonl,
+        serve=args.serve,
+        max_frames=args.max_frames,
+        duration=args.duration,
+        retry=RetryPolicy(retries=args.retries, delay_s=args.retry_delay, stall_timeout_s=args.stall_timeout),
+        quiet=args.quiet,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    options = options_from_args(args)
+    console = Console(stderr=options.jsonl == "-")
+    result = run_camera(args.model, options, console=console)
+    if not options.quiet:
+        console.print(summary_table(result))
+    if result.end_reason.startswith("interrupted"):
+        return 130
+    failed = ("source stalled", "capture error", "no frame could be decoded")
+    return 1 if result.end_reason.startswith(failed) else 0

@@ -1,0 +1,247 @@
+"""What the camera classifier does with a result: the overlay, the recording, the JSONL log and the window.
+
+Files are written beside their target under a temporary name and renamed when the run ends (also
+after Ctrl-C), so a recording is always a finished, playable file and a JSONL log never ends in a
+half-written line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from edge.errors import UserError, require
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of a top-k result."""
+
+    class_id: int
+    label: str
+    prob: float
+
+
+def top_k(logits: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction]:
+    """Softmax over one row of logits and the ``k`` most probable classes, best first."""
+    row = np.asarray(logits, dtype=np.float64).reshape(-1)
+    exp = np.exp(row - row.max())
+    probs = exp / exp.sum()
+    order = np.argsort(-probs, kind="stable")[: max(1, k)]
+    return [Prediction(int(i), labels[i] if i < len(labels) else f"class {i}", float(probs[i])) for i in order]
+
+
+# ---- overlay ----------------------------------------------------------------------------------
+
+
+def draw_overlay(frame: np.ndarray, predictions: list[Prediction], status: str) -> np.ndarray:
+    """A copy of ``frame`` with the top-k labels, their probabilities and a status line drawn on it."""
+    cv2 = require("cv2", "opencv", "The camera overlay")
+    image = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    height, width = image.shape[:2]
+    scale = max(0.35, min(1.0, width / 900))
+    thickness = 1 if scale < 0.6 else 2
+    line_h = int(28 * scale) + 4
+    lines = [f"{p.label[:32]}  {100 * p.prob:5.1f}%" for p in predictions] + [status]
+    box_h = line_h * len(lines) + 8
+    box_w = min(width, int(max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for t in lines)) + 16)
+    # A darkened box keeps the text readable on any background.
+    image[:box_h, :box_w] = (image[:box_h, :box_w] * 0.35).astype(np.uint8)
+    for i, text in enumerate(lines):
+        color = (80, 255, 80) if i == 0 else (255, 255, 255) if i < len(predictions) else (0, 215, 255)
+        y = 4 + line_h * (i + 1) - 6
+        cv2.putText(image, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+    return image
+
+
+# ---- files written atomically at the end of the run --------------------------------------------
+
+
+def _temporary_beside(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent)
+    os.close(fd)
+    os.chmod(name, 0o644)
+    return Path(name)
+
+
+class VideoRecorder:
+    """Writes annotated frames to ``.mp4`` (MPEG-4) or ``.avi`` (MJPEG); renamed into place on ``close``."""
+
+    def __init__(self, path: str | os.PathLike[str], fps: float):
+        from edge.camera_demo import video_fourcc
+
+        self.cv2 = require("cv2", "opencv", "Recording video")
+        self.path = Path(path)
+        self.fourcc = video_fourcc(self.cv2, self.path)  # validates the suffix before any work
+        self.fps = fps
+        self.frames = 0
+        self._writer: Any = None
+        self._tmp: Path | None = None
+        self._size: tuple[int, int] | None = None
+
+    def write(self, frame: np.ndarray, repeat: int = 1) -> None:
+        """Append ``frame`` (``repeat`` times: a live run keeps the recording on the source's clock)."""
+        height, width = frame.shape[:2]
+        if self._writer is None:
+            self._tmp = _temporary_beside(self.path)
+            self._writer = self.cv2.VideoWriter(str(self._tmp), self.fourcc, self.fps, (width, height))
+            if not self._writer.isOpened():
+                self.discard()
+                raise UserError(f"cannot record to {self.path}: OpenCV has no encoder for {self.path.suffix} here (try .avi)")
+            self._size = (width, height)
+        if (width, height) != self._size:
+            frame = self.cv2.resize(frame, self._size)
+        for _ in range(max(1, repeat)):
+            self._writer.write(frame)
+            self.frames += 1
+
+    def close(self) -> Path | None:
+        """Finish the file (release writes the index that makes it playable) and move it into place."""
+        if self._writer is None or self._tmp is None:
+            return None
+        self._writer.release()
+        self._writer = None
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        return self.path
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp is not None and self._tmp.exists():
+            self._tmp.unlink()
+        self._tmp = None
+
+
+class JsonlLog:
+    """One JSON object per classified frame, to a file (renamed into place on ``close``) or stdout (``-``)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.lines = 0
+        self._tmp: Path | None = None
+        self._handle: TextIO
+        if target == "-":
+            self._handle = sys.stdout
+        else:
+            path = Path(target)
+            if path.is_dir():
+                raise UserError(f"--jsonl {path} is a directory: give a file path (or - for stdout)")
+            self._tmp = _temporary_beside(path)
+            self._handle = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, record: dict[str, Any]) -> None:
+        # One write per line: an interrupt between records never leaves a partial line.
+        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._handle.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        if self._tmp is None:
+            self._handle.flush()
+            return
+        if not self._handle.closed:
+            self._handle.close()
+            os.replace(self._tmp, self.target)
+
+
+def jsonl_record(
+    frame_index: int,
+    captured_unix: float,
+    predictions: list[Prediction],
+    latency_ms: float,
+    inference_ms: float,
+    source_time_s: float | None,
+) -> dict[str, Any]:
+    """The JSONL schema: one classified frame."""
+    return {
+        "frame": frame_index,
+        "captured_at": round(captured_unix, 6),
+        "source_time_s": None if source_time_s is None else round(source_time_s, 4),
+        "latency_ms": round(latency_ms, 3),
+        "inference_ms": round(inference_ms, 3),
+        "topk": [{"class_id": p.class_id, "label": p.label, "prob": round(p.prob, 6)} for p in predictions],
+    }
+
+
+JSONL_FIELDS = ("frame", "captured_at", "source_time_s", "latency_ms", "inference_ms", "topk")
+
+
+# ---- the window ---------------------------------------------------------------------------------
+
+
+def display_problem(cv2: Any) -> str | None:
+    """Why no window can be shown here, or None when one can."""
+    gui = next((line for line in cv2.getBuildInformation().splitlines() if line.strip().startswith("GUI:")), "")
+    if gui and gui.split(":", 1)[1].strip().upper() in ("NONE", "NO", ""):
+        return "this OpenCV has no GUI support (opencv-python-headless?)"
+    if not sys.platform.startswith("linux"):
+        return None
+    display, wayland = os.environ.get("DISPLAY"), os.environ.get("WAYLAND_DISPLAY")
+    if not (display or wayland):
+        return "no display (DISPLAY/WAYLAND_DISPLAY unset)"
+    if wayland and Path(os.environ.get("XDG_RUNTIME_DIR", "/run/user/0"), wayland).exists():
+        return None
+    # Qt aborts the whole process (no exception) when the X server is not there: look first.
+    if display and not _x_display_reachable(display):
+        return f"display {display} is not reachable"
+    return None
+
+
+def _x_display_reachable(display: str) -> bool:
+    """True when an X server answers at ``display`` (':0' -> its unix socket, 'host:10.0' -> TCP 6010)."""
+    import socket
+
+    host, _, rest = display.rpartition(":")
+    try:
+        number = int(rest.split(".")[0])
+    except ValueError:
+        return False
+    if host in ("", "unix"):
+        return Path(f"/tmp/.X11-unix/X{number}").exists()
+    try:
+        with socket.create_connection((host, 6000 + number), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Window:
+    """An OpenCV window; ``show`` returns False when the user pressed q or Esc (or closed it)."""
+
+    NAME = "edge camera"
+
+    def __init__(self) -> None:
+        self.cv2 = require("cv2", "opencv", "The camera window")
+        self.cv2.namedWindow(self.NAME, self.cv2.WINDOW_NORMAL)
+
+    def show(self, image: np.ndarray) -> bool:
+        self.cv2.imshow(self.NAME, image)
+        key = self.cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
+            return False
+        return self.cv2.getWindowProperty(self.NAME, self.cv2.WND_PROP_VISIBLE) >= 1
+
+    def close(self) -> None:
+        self.cv2.destroyWindow(self.NAME)
+
+
+def open_window() -> tuple[Window | None, str | None]:
+    """A window, or (None, why not) when this machine cannot show one."""
+    cv2 = require("cv2", "opencv", "The camera window")
+    problem = display_problem(cv2)
+    if problem is not None:
+        return None, problem
+    try:
+        return Window(), None
+    except cv2.error as exc:
+        return None, f"OpenCV cannot open a window: {str(exc).strip().splitlines()[-1][:120]}"
