@@ -74,3 +74,55 @@ def pretrained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs") / "imagenet-lite0"
     write_pretrained_run(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def pretrained_onnx_run(pretrained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``pretrained_run`` with model.onnx exported (and verified) beside the checkpoint."""
+    import shutil
+
+    from edge.export import export_onnx
+
+    root = tmp_path_factory.mktemp("runs") / "imagenet-lite0-onnx"
+    shutil.copytree(pretrained_run, root)
+    export_onnx(root, verify_limit=4)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pretrained_int8_run(pretrained_onnx_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pretrained_onnx_run`` plus model.int8-cpu.onnx, calibrated on scikit-image photos and crops
+    (the ImageNet model has no ImageNet data here); acceptance on other crops of the photos."""
+    import shutil
+
+    from calibration.sets import photo_calibration_set
+    from edge.quantize import quantize_run
+
+    root = tmp_path_factory.mktemp("runs") / "imagenet-lite0-int8"
+    shutil.copytree(pretrained_onnx_run, root)
+    photo_calibration_set(root, count=32, seed=0)
+    quantize_run(root, target="cpu", method="percentile", eval_limit=16)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fashion_onnx_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Fashion-MNIST run for the INT8 stages: Lite0 with its ImageNet backbone and a fresh
+    10-class head (not trained: tests compare INT8 with its float parent, not with the labels),
+    32 px gray, exported with the default (dynamo) exporter."""
+    from edge.artifacts import write_manifest
+    from edge.export import export_onnx
+    from train.checkpoint import save_checkpoint
+    from train.data import FASHION_MNIST_LABELS
+    from train.models import LITE0, build_model, pretrained_spec
+
+    root = tmp_path_factory.mktemp("runs") / "fashion-32"
+    root.mkdir()
+    spec = pretrained_spec(LITE0).replace(
+        labels=list(FASHION_MNIST_LABELS), color="gray", crop="resize", input_size=32, resize_size=32
+    )
+    model = build_model(LITE0, num_classes=10, pretrained=True)
+    path = save_checkpoint(root / "checkpoint.pt", model, LITE0, spec, config={"data": "fashion-mnist", "seed": 0})
+    write_manifest(path, "checkpoint", spec, provenance={"arch": LITE0, "trained": False})
+    export_onnx(root, verify_limit=16)
+    return root

@@ -1,0 +1,218 @@
+"""Figures for the INT8 targets (issue 4): not a test, a script that prints what it measured.
+
+    python -m bench.quantize_benchmark [--run runs/demo] [--data fashion-mnist] [--skip-rss]
+
+1. Throughput of RUN/model.int8-cpu.onnx vs RUN/model.onnx in ONNX Runtime at batch 8 (median of
+   timed windows; the ratio is what to compare across machines).
+2. Calibration peak RSS per method for 512 images at 224 px (the ImageNet Lite0 on scikit-image
+   photo crops), each method in its own subprocess so each peak is its own.
+3. Wall time of calibration + quantization of 512 images (`edge calibrate` + `quantize --method
+   auto`, target cpu) on RUN.
+4. Accuracy of that INT8 model against its float parent on the full test split: drop in points
+   and top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.run import RunDir
+
+RSS_IMAGES = 512
+RSS_SIZE = 224
+
+
+def throughput(path: Path, batch: int, threads: int | None, seconds: float) -> dict[str, float]:
+    """Images/s of one ONNX file at ``batch``: warm-up, then timed windows of at least ``seconds``."""
+    from edge.runners import select_runner
+
+    with select_runner(path, threads=threads) as runner:
+        data = np.random.default_rng(0).standard_normal((batch, *runner.spec.input_shape)).astype(np.float32)
+        for _ in range(10):
+            runner.infer(data)
+        latencies = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or len(latencies) < 50:
+            t0 = time.perf_counter()
+            runner.infer(data)
+            latencies.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - start
+    return {
+        "p50_ms": 1000 * statistics.median(latencies),
+        "images_per_s": batch * len(latencies) / wall,
+        "iterations": len(latencies),
+    }
+
+
+def rss_child(method: str, run: str, images: int) -> None:
+    """Subprocess body: calibrate ``images`` cached images with one method, print peak RSS."""
+    from calibration.collect import collect_ranges
+    from calibration.reader import iter_batches
+    from calibration.sets import load_calibration_set
+    from edge.quantize import calibration_batch
+    from edge.quantize_onnx import TARGET_CONFIGS, prepare_float_model
+
+    before = peak_rss_mb()
+    tensor = load_calibration_set(run).tensor[:images]
+    config = TARGET_CONFIGS["cpu"]
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = prepare_float_model(Path(run) / "model.onnx", Path(tmp) / "float.onnx")
+        start = time.perf_counter()
+        collect_ranges(prepared, iter_batches(tensor, calibration_batch(tensor.shape[-1])), (method,), config.op_types, False)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"method": method, "peak_rss_mb": peak_rss_mb(), "start_rss_mb": before, "seconds": seconds}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent
+    across fork and exec, so a child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def calibration_rss(work: Path) -> list[dict[str, Any]]:
+    """Peak RSS per method for 512 photo crops at 224 px, one subprocess per method."""
+    from calibration.sets import photo_calibration_set
+    from edge.export import export_onnx
+    from train.models import write_pretrained_run
+
+    run = work / "imagenet-224"
+    write_pretrained_run(run)
+    export_onnx(run, verify_limit=4)
+    photo_calibration_set(run, count=RSS_IMAGES, seed=0)
+    rows = []
+    for method in ("minmax", "entropy", "percentile"):
+        out = (
+            subprocess.run(
+                [sys.executable, "-m", "bench.quantize_benchmark", "--rss-child", method, "--run", str(run)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        rows.append(json.loads(out))
+    return rows
+
+
+def calibrate_and_quantize(run: Path, data: str, work: Path) -> dict[str, Any]:
+    """512-image calibration + auto quantization (target cpu) on a copy of RUN, accepted on the full test split."""
+    from calibration.sets import build_calibration_set
+    from edge.artifacts import read_manifest
+    from edge.quantize import quantize_run
+
+    copy = work / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("calibration", "model.int8-*", "bench", "engines", "*.pt"))
+    start = time.perf_counter()
+    build_calibration_set(copy, data, size=RSS_IMAGES, seed=0)
+    drawn = time.perf_counter() - start
+    path = quantize_run(copy, target="cpu", method="auto", data=data, eval_limit=0)
+    metrics = read_manifest(path).metrics
+    return {"calibration_set_s": drawn, **metrics, "path": path}
+
+
+def _print_throughput(console: Any, run: RunDir, int8: Path, args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    fp32 = throughput(run.onnx, args.batch, args.threads, args.seconds)
+    q8 = throughput(int8, args.batch, args.threads, args.seconds)
+    table = Table(title=f"ONNX Runtime CPU throughput at batch {args.batch} ({run.root})")
+    for column in ("model", "p50 ms/batch", "images/s", "iterations"):
+        table.add_column(column)
+    for name, row in (("fp32 model.onnx", fp32), ("int8-cpu", q8)):
+        table.add_row(name, f"{row['p50_ms']:.2f}", f"{row['images_per_s']:.0f}", str(row["iterations"]))
+    table.add_row(
+        "ratio int8/fp32", f"{fp32['p50_ms'] / q8['p50_ms']:.2f}x (p50)", f"{q8['images_per_s'] / fp32['images_per_s']:.2f}x", ""
+    )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.quantize_benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", default="runs/demo", help="a fine-tuned run with model.onnx (default runs/demo)")
+    parser.add_argument("--data", default="fashion-mnist", help="its data (default fashion-mnist)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: physical cores)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed window per model")
+    parser.add_argument("--skip-rss", action="store_true", help="skip the 224 px peak-RSS measurement")
+    parser.add_argument("--skip-throughput", action="store_true", help="skip the INT8/FP32 throughput")
+    parser.add_argument("--skip-accuracy", action="store_true", help="skip calibration+quantization and the full test set")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child:
+        rss_child(args.rss_child, args.run, RSS_IMAGES)
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge.quantize import quantize_run
+
+    console = Console()
+    run = RunDir.open(args.run)
+    with tempfile.TemporaryDirectory(prefix="edge-qbench-") as tmp_name:
+        work = Path(tmp_name)
+        if not args.skip_accuracy:
+            result = calibrate_and_quantize(run.root, args.data, work)
+            table = Table(title=f"calibration + quantization (512 images, target cpu, auto) on {run.root}")
+            for column in (
+                "calib set s",
+                "calib+quant s",
+                "total incl. acceptance s",
+                "top-1",
+                "float top-1",
+                "drop (points)",
+                "agreement",
+                "test images",
+            ):
+                table.add_column(column)
+            table.add_row(
+                f"{result['calibration_set_s']:.1f}",
+                f"{result['calibration_set_s'] + result['quantization_s']:.1f}",
+                f"{result['calibration_set_s'] + result['total_s']:.1f}",
+                f"{100 * result['top1']:.2f}%",
+                f"{100 * result['parent_top1']:.2f}%",
+                f"{result['drop_points']:.2f}",
+                f"{100 * result['agreement']:.2f}%",
+                str(result["eval_count"]),
+            )
+            console.print(table)
+            int8 = result["path"]
+        else:
+            int8 = (
+                run.int8_cpu if run.int8_cpu.exists() else quantize_run(run.root, target="cpu", method="minmax", data=args.data)
+            )
+        if not args.skip_throughput:
+            _print_throughput(console, run, Path(int8), args)
+        if not args.skip_rss:
+            rows = calibration_rss(work)
+            table = Table(
+                title=f"calibration peak RSS, {RSS_IMAGES} images at {RSS_SIZE} px (ImageNet Lite0, one process per method)"
+            )
+            for column in ("method", "peak RSS MB", "RSS before MB", "collect s"):
+                table.add_column(column)
+            for row in rows:
+                table.add_row(row["method"], f"{row['peak_rss_mb']:.0f}", f"{row['start_rss_mb']:.0f}", f"{row['seconds']:.1f}")
+            console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

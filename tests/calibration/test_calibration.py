@@ -1,0 +1,126 @@
+"""calibration/: stratified sets from the training split, the reader, chunked range collection."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.collect import collect_ranges
+from calibration.reader import calibration_reader, iter_batches
+from calibration.sets import build_calibration_set, load_calibration_set
+from edge.artifacts import read_manifest, sha256_file
+from edge.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def calib_run(fashion_onnx_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("calib") / "run"
+    shutil.copytree(fashion_onnx_run, root)
+    return root
+
+
+def test_set_is_a_stratified_draw_from_the_training_split(calib_run: Path) -> None:
+    calib = build_calibration_set(calib_run, "fashion-mnist", size=50, seed=3, progress=False)
+    assert calib.tensor.shape == (50, 3, 32, 32) and calib.tensor.dtype == np.float32
+    items = calib.provenance["items"]
+    assert all(item.startswith("train:") for item in items)  # never the t10k test images
+    assert sorted(calib.provenance["class_counts"].values()) == [5] * 10
+    manifest = read_manifest(calib.path)
+    assert manifest.kind == "calibration" and manifest.sha256 == sha256_file(calib.path)
+    assert manifest.parent_file == "model.onnx"
+    again = build_calibration_set(calib_run, "fashion-mnist", size=50, seed=3, progress=False)
+    assert again.content_hash == calib.content_hash
+    other = build_calibration_set(calib_run, "fashion-mnist", size=50, seed=4, progress=False)
+    assert other.content_hash != calib.content_hash
+
+
+def test_short_set_and_missing_classes_warn_with_counts(
+    calib_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "tiny"
+    rng = np.random.default_rng(0)
+    import cv2
+
+    for name, count in (("a", 6), ("b", 6), ("c", 1)):
+        (data / name).mkdir(parents=True)
+        for i in range(count):
+            cv2.imwrite(str(data / name / f"{i}.png"), rng.integers(0, 255, (20, 20), dtype=np.uint8))
+    from edge.artifacts import write_manifest
+    from edge.spec import PreprocessSpec
+
+    run = tmp_path / "run"
+    shutil.copytree(calib_run, run, ignore=shutil.ignore_patterns("calibration"))
+    spec = PreprocessSpec(input_size=32, resize_size=32, crop="resize", color="gray", labels=("a", "b", "c"))
+    (run / "model.onnx.json").unlink()
+    write_manifest(run / "model.onnx", "onnx", spec)
+    with caplog.at_level(logging.WARNING):
+        calib = build_calibration_set(run, str(data), size=40, seed=0, progress=False)
+    assert len(calib) < 40
+    assert f"calibration set has {len(calib)} images, fewer than the 40 requested" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_calibration_set(run, str(data), size=2, seed=0, progress=False)
+    assert "calibration set misses class(es) ['" in caplog.text and "class counts: {'a': " in caplog.text
+
+
+def test_wrong_data_or_size_is_refused(calib_run: Path) -> None:
+    with pytest.raises(UserError, match="at least 1"):
+        build_calibration_set(calib_run, "fashion-mnist", size=0)
+    with pytest.raises(UserError, match="does not exist"):
+        build_calibration_set(calib_run, "/nonexistent/data")
+    with pytest.raises(UserError, match="build it with `edge calibrate"):
+        load_calibration_set(calib_run / "calibration" / "missing.npy")
+
+
+def test_reader_batches_and_refuses_nan() -> None:
+    tensor = np.random.default_rng(0).standard_normal((10, 3, 4, 4)).astype(np.float32)
+    reader = calibration_reader(tensor, "input", batch_size=4)
+    sizes = []
+    while (feed := reader.get_next()) is not None:
+        sizes.append(len(feed["input"]))
+    assert sizes == [4, 4, 2] and len(reader) == 3
+    tensor[7, 1, 2, 3] = np.inf
+    with pytest.raises(UserError, match=r"calibration batch 1 \(items 4..7\) contains 1 NaN/Inf"):
+        list(iter_batches(tensor, 4))
+
+
+def test_chunked_ranges_match_onnxruntime_on_the_whole_set(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    """Minmax from batches equals ORT's calibrator over everything; percentile stays close."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    tensor = load_calibration_set(_calibrated(fashion_onnx_run, tmp_path)).tensor
+    ours = collect_ranges(fashion_onnx_run / "model.onnx", iter_batches(tensor, 8), ("minmax", "percentile"), symmetric=True)
+    reference = {}
+    for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
+        calibrator = create_calibrator(
+            fashion_onnx_run / "model.onnx",
+            None,
+            str(tmp_path / f"aug-{method}.onnx"),
+            calibrate_method=method,
+            extra_options={"symmetric": True},
+        )
+        calibrator.collect_data(calibration_reader(np.asarray(tensor), "input", batch_size=64))
+        reference[method] = calibrator.compute_data()
+    minmax_ref = reference[CalibrationMethod.MinMax]
+    shared = set(ours["minmax"].data) & set(minmax_ref.data)
+    assert len(shared) > 50
+    for name in shared:
+        np.testing.assert_allclose(
+            np.ravel(ours["minmax"].data[name].range_value), np.ravel(minmax_ref.data[name].range_value), rtol=1e-6
+        )
+    pct_ref = reference[CalibrationMethod.Percentile]
+    highs = [
+        (ours["percentile"].data[n].highest, pct_ref.data[n].highest) for n in set(ours["percentile"].data) & set(pct_ref.data)
+    ]
+    ratios = np.array([a / b for a, b in highs if b > 1e-3])
+    assert np.median(np.abs(ratios - 1)) < 0.05
+
+
+def _calibrated(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run, target)
+    return build_calibration_set(target, "fashion-mnist", size=32, seed=0, progress=False).path

@@ -1,0 +1,239 @@
+"""edge/quantize.py and friends: INT8 QDQ per target, auto, acceptance metrics, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edge.artifacts import read_manifest
+from edge.errors import UserError
+from edge.quantize import quantize_run
+from edge.quantize_onnx import check_tensorrt_rules, default_reduce_range
+from tests.conftest import PHOTO_CLASSES
+
+ACCEPTANCE_KEYS = {"top1", "top5", "parent_top1", "drop_points", "agreement", "eval_count", "size_ratio", "simulated", "accepted"}
+
+
+@pytest.fixture(scope="module")
+def fashion_quant_run(fashion_onnx_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fashion run with a 64-image calibration set, quantized for both targets."""
+    from calibration.sets import build_calibration_set
+
+    root = tmp_path_factory.mktemp("quant") / "run"
+    shutil.copytree(fashion_onnx_run, root)
+    build_calibration_set(root, "fashion-mnist", size=64, seed=0, progress=False)
+    quantize_run(root, target="cpu", method="auto", data="fashion-mnist", val_limit=100, eval_limit=200, max_excluded=2)
+    quantize_run(root, target="trt", method="minmax", data="fashion-mnist", eval_limit=200)
+    return root
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_int8_model_names_the_photos(pretrained_int8_run: Path, photos: dict) -> None:
+    from edge.runners import select_runner
+
+    path = pretrained_int8_run / "model.int8-cpu.onnx"
+    assert read_manifest(path).kind == "onnx-int8-cpu"
+    with select_runner(path) as runner:
+        logits = runner.infer(runner.spec.apply_batch([photos[name] for name in PHOTO_CLASSES]))
+    for name, row in zip(PHOTO_CLASSES, logits):
+        assert int(row.argmax()) in PHOTO_CLASSES[name], name
+
+
+def test_pretrained_int8_manifest(pretrained_int8_run: Path) -> None:
+    manifest = read_manifest(pretrained_int8_run / "model.int8-cpu.onnx")
+    assert manifest.parent_file == "model.onnx"
+    assert manifest.parent_sha256 == read_manifest(pretrained_int8_run / "model.onnx").sha256
+    assert set(manifest.metrics) >= ACCEPTANCE_KEYS
+    assert manifest.metrics["labelled"] is False  # photos: the float parent's top-1 is the label
+    assert manifest.metrics["parent_top1"] == 1.0
+    assert manifest.provenance["calibration"]["data"] == "scikit-image photos"
+
+
+@pytest.mark.slow
+def test_cpu_target_layout_and_metrics(fashion_quant_run: Path) -> None:
+    path = fashion_quant_run / "model.int8-cpu.onnx"
+    manifest = read_manifest(path)
+    metrics = manifest.metrics
+    assert set(metrics) >= ACCEPTANCE_KEYS
+    assert metrics["eval_count"] == 200 and metrics["simulated"] is False
+    assert metrics["drop_points"] == pytest.approx(100 * (metrics["parent_top1"] - metrics["top1"]), abs=1e-3)
+    assert 0.15 < metrics["size_ratio"] < 0.5  # int8 weights: about a quarter of the float file
+    assert metrics["eval_source"] == "fashion-mnist:test"
+    assert manifest.provenance["reduce_range"] is default_reduce_range()
+    model = onnx.load(str(path))
+    inits = _initializers(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    activation_zp = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(zp.dtype == np.uint8 for zp in activation_zp)  # asymmetric uint8 activations
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights]
+    assert weight_dq, "conv weights must be int8 initializers behind a DequantizeLinear"
+    for node in weight_dq:
+        weight, scale, zero = (inits[name] for name in node.input)
+        assert weight.dtype == np.int8 and not zero.any()  # symmetric int8
+        assert scale.shape == (weight.shape[0],)  # per channel
+
+
+@pytest.mark.slow
+def test_auto_records_its_tries_and_a_layer_report(fashion_quant_run: Path) -> None:
+    manifest = read_manifest(fashion_quant_run / "model.int8-cpu.onnx")
+    tries = manifest.provenance["tries"]
+    assert [t["method"] for t in tries[:3]] == ["minmax", "entropy", "percentile"]
+    assert all(t["eval_count"] == 100 for t in tries)
+    assert manifest.provenance["val_set"] == "fashion-mnist:val"
+    chosen = [
+        t
+        for t in tries
+        if t["method"] == manifest.provenance["chosen_method"] and t["excluded"] == manifest.provenance["nodes_excluded"]
+    ]
+    assert chosen
+    fitting = [t for t in tries[:3] if t["drop_points"] <= 0.5 and t["agreement"] >= 0.99]
+    assert fitting or len(tries) > 3, "auto must try keeping layers in float when no method fits the budget"
+    report = json.loads((fashion_quant_run / "model.int8-cpu.layers.json").read_text())
+    losses = [layer["loss_db"] for layer in report["layers"]]
+    assert len(losses) > 10 and losses == sorted(losses, reverse=True)
+    assert all(layer["keep_float"] for layer in report["layers"] if layer["producer_op"] != "input")
+    assert "model.int8-cpu.layers.json" in manifest.extra_files
+
+
+@pytest.mark.slow
+def test_trt_target_follows_tensorrt_rules(fashion_quant_run: Path) -> None:
+    path = fashion_quant_run / "model.int8-trt.onnx"
+    manifest = read_manifest(path)
+    assert manifest.kind == "onnx-int8-trt" and manifest.metrics["simulated"] is True
+    assert manifest.provenance["extra_options"]["QuantizeBias"] is False
+    model = onnx.load(str(path))
+    assert check_tensorrt_rules(model) == []
+    inits = _initializers(model)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and all(inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any() for n in qdq)
+    # Q/DQ only in front of weighted ops: every DequantizeLinear feeds a Conv or Gemm (a residual
+    # branch may share it).
+    consumers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    assert all(consumers[n.output[0]] & {"Conv", "Gemm", "MatMul"} for n in qdq if n.op_type == "DequantizeLinear")
+    assert not any(i.data_type == onnx.TensorProto.INT32 for i in model.graph.initializer)
+
+
+def test_tensorrt_rule_check_catches_violations(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["b", "s", "z"], ["bias"]), helper.make_node("Add", ["x", "bias"], ["y"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [
+            numpy_helper.from_array(np.arange(4, dtype=np.int32), "b"),
+            numpy_helper.from_array(np.float32(0.1), "s"),
+            numpy_helper.from_array(np.int32(3), "z"),
+        ],
+    )
+    problems = check_tensorrt_rules(helper.make_model(graph))
+    assert any("non-zero zero point" in p for p in problems)
+    assert any("int32 tensor b feeds DequantizeLinear" in p for p in problems)
+
+
+def test_reduce_range_default_follows_cpu_flags() -> None:
+    assert default_reduce_range(["avx2", "avx512f"], "x86_64") is True
+    assert default_reduce_range(["avx2", "avx512_vnni"], "x86_64") is False
+    assert default_reduce_range(["avx2", "avx_vnni"], "x86_64") is False
+    assert default_reduce_range([], "aarch64") is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target": "gpu"}, "unknown target 'gpu'"),
+        ({"method": "distribution"}, "unknown method 'distribution'"),
+        ({"max_drop": -1}, "max-drop"),
+        ({"eval_limit": -5}, "eval-limit"),
+        ({"min_agreement": 2}, "min-agreement"),
+    ],
+)
+def test_bad_arguments_fail_before_work(fashion_onnx_run: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        quantize_run(fashion_onnx_run, **kwargs)
+
+
+def test_missing_model_or_calibration(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="export the model first"):
+        quantize_run(tmp_path, target="cpu")
+    run = tmp_path / "run"
+    shutil.copytree(fashion_onnx_run, run, ignore=shutil.ignore_patterns("calibration"))
+    with pytest.raises(UserError, match="has no calibration set: run `edge calibrate"):
+        quantize_run(run, target="cpu")
+
+
+def test_corrupt_or_fixed_batch_model_is_refused(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(fashion_onnx_run, run)
+    (run / "model.onnx").write_bytes(b"not an onnx model at all")
+    with pytest.raises(UserError, match="not a readable ONNX model"):
+        quantize_run(run, target="cpu", data="fashion-mnist")
+    model = onnx.load(str(fashion_onnx_run / "model.onnx"))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.dim_value = 1
+    onnx.save(model, str(run / "model.onnx"))
+    with pytest.raises(UserError, match="fixed batch dimension"):
+        quantize_run(run, target="cpu", data="fashion-mnist")
+
+
+def test_nan_in_calibration_batch_is_refused(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    from calibration.sets import load_calibration_set, store_calibration_set
+    from edge.artifacts import artifact_spec
+    from edge.run import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(fashion_onnx_run, run)
+    spec = artifact_spec(run / "model.onnx")
+    images = [np.full((28, 28), 128, np.uint8) for _ in range(4)]
+    calib = store_calibration_set(
+        RunDir.open(run), spec, images, [f"x:{i}" for i in range(4)], np.zeros(4, int), data="synthetic", seed=0, requested=4
+    )
+    poisoned = np.array(load_calibration_set(calib.path).tensor)
+    poisoned[2, 0, 0, 0] = np.nan
+    np.save(tmp_path / "poisoned.npy", poisoned)
+    shutil.copy(calib.path.with_name(calib.path.name + ".json"), tmp_path / "poisoned.npy.json")
+    with pytest.raises(UserError, match=r"calibration batch 0 \(items 0..3\) contains 1 NaN/Inf"):
+        quantize_run(run, target="cpu", method="minmax", calibration=tmp_path / "poisoned.npy")
+
+
+def test_cli_quantize_prints_and_writes(fashion_quant_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from edge.cli import main
+
+    out = tmp_path / "cli.int8-cpu.onnx"
+    with caplog.at_level(logging.INFO):
+        code = main(
+            [
+                "quantize",
+                str(fashion_quant_run),
+                "--target",
+                "cpu",
+                "--method",
+                "minmax",
+                "--data",
+                "fashion-mnist",
+                "--eval-limit",
+                "50",
+                "--out",
+                str(out),
+            ]
+        )
+    assert code == 0
+    metrics = read_manifest(out).metrics
+    assert metrics["eval_count"] == 50
+    assert main(["quantize", str(fashion_quant_run), "--target", "cpu", "--max-drop", "-1"]) == 2
