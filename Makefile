@@ -10,6 +10,7 @@ PRETRAINED ?= runs/imagenet-lite0
 DATA       ?= fashion-mnist
 MODEL      ?= tf_efficientnet_lite0
 SOURCE     ?= 0
+PRESET     ?= demo
 ARGS       ?=
 # torch / torchvision pins for a plain venv (x86_64 and aarch64 servers); a Jetson keeps JetPack's.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
@@ -77,7 +78,7 @@ pretrained: install
 	$(EDGE) pretrained --out $(PRETRAINED)
 
 train: install
-	$(EDGE) train --out $(RUN) --data $(DATA) --model $(MODEL) $(ARGS)
+	$(EDGE) train --out $(RUN) --data $(DATA) --model $(MODEL) $(if $(PRESET),--preset $(PRESET)) $(ARGS)
 
 export: install
 	$(EDGE) export $(RUN)

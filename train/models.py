@@ -255,3 +255,55 @@ def write_pretrained_run(
     )
     write_manifest(path, "checkpoint", spec, provenance={"arch": arch, "weights": source, "trained": False})
     return path
+
+
+# ---- layer groups (gradual unfreezing, per-group learning rates) -------------------------------
+
+
+def head_parameter_names(model: Any) -> list[str]:
+    """Names of the head's parameters (the layer ``replace_head`` puts in)."""
+    head = classifier_name(model)
+    return [name for name, _ in model.named_parameters() if name == head or name.startswith(head + ".")]
+
+
+def layer_groups(model: Any) -> list[list[str]]:
+    """The backbone's parameter names in groups ordered from the input to the top (head excluded).
+
+    timm models group themselves (``group_matcher(coarse=True)``: stem, one group per stage,
+    final conv); other models are split along their module tree: a child holding most of the
+    parameters (``features``, ``encoder.layers``, ``layer4``) is opened into its own children, so
+    every group is a stage, not the whole network.
+    """
+    head = set(head_parameter_names(model))
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        groups = [[n for n in names if n not in head] for _, names in sorted(grouped.items())]
+    else:
+        groups = _tree_groups(model, "", head)
+    return [g for g in groups if g]
+
+
+def _tree_groups(module: Any, prefix: str, head: set[str]) -> list[list[str]]:
+    def names_of(child: Any, child_prefix: str) -> list[str]:
+        return [child_prefix + n for n, _ in child.named_parameters() if child_prefix + n not in head]
+
+    total = sum(p.numel() for n, p in module.named_parameters() if prefix + n not in head)
+    groups: list[list[str]] = []
+    own = [prefix + n for n, _ in module.named_parameters(recurse=False) if prefix + n not in head]
+    if own:  # parameters held directly (a ViT's class token, position embedding)
+        groups.append(own)
+    for name, child in module.named_children():
+        child_prefix = f"{prefix}{name}."
+        params = sum(p.numel() for n, p in child.named_parameters() if child_prefix + n not in head)
+        if params == 0:
+            continue
+        # Open containers of stages (Sequential/ModuleList) and wrappers holding nearly everything
+        # (a ViT's encoder); a residual block stays one group.
+        container = isinstance(child, (_torch().nn.Sequential, _torch().nn.ModuleList))
+        if len(list(child.children())) > 1 and ((container and params > total / 2) or params > 0.9 * total):
+            groups.extend(_tree_groups(child, child_prefix, head))
+        else:
+            groups.append(names_of(child, child_prefix))
+    return groups

@@ -1,0 +1,710 @@
+"""The training loop: transfer learning that ends in a deployable checkpoint.
+
+``train(config)`` reads the data (``train.data``), builds the pretrained model with a new head
+(``train.models``), trains it in one of three modes and writes, into the run directory:
+
+- ``checkpoint.pt`` — the best epoch by validation top-1 (what export, quantize and bench read)
+- ``last.pt``       — the latest state with optimizer, scheduler, scaler and RNG, for ``--resume``
+- ``metrics.csv`` / ``metrics.json``, ``curves.png``, ``confusion.png``
+
+Modes: ``feature-extract`` trains the head on a frozen backbone; ``finetune`` trains everything,
+the backbone at ``lr * backbone_lr_scale``; ``gradual`` starts frozen and unfreezes one layer group
+from the top every ``unfreeze_every`` epochs, each deeper group at half the learning rate of the one
+above it. Frozen layers keep their BatchNorm statistics (eval mode).
+
+Under ``torchrun`` the same loop runs with DistributedDataParallel; every rank sees its share of
+the same global batches as a single process would, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.artifacts import atomic_write_json, update_metrics, write_manifest
+from edge.errors import UserError, require
+from edge.spec import PreprocessSpec
+from train.augment import EpochBatches, EvalDataset, TrainDataset
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.config import TrainConfig, validate_config
+from train.data import ImageSplit, open_data
+from train.models import build_model, head_parameter_names, layer_groups, pretrained_spec
+from train.report import diagnose, history_table, plot_confusion, plot_curves, write_metrics
+
+log = logging.getLogger(__name__)
+
+# Each layer group below the top one trains at this fraction of the learning rate of the group above.
+GRADUAL_LR_DECAY = 0.5
+BEST = "checkpoint.pt"
+LAST = "last.pt"
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    checkpoint: Path
+    last: Path
+    best_epoch: int
+    best_val_top1: float
+    history: list[dict[str, Any]]
+    test: dict[str, Any] | None
+    stopped_early: bool
+    diagnosis: list[str] = field(default_factory=list)
+
+
+def train(config: TrainConfig, on_step: Callable[[Any, int, int], None] | None = None) -> TrainResult:
+    """Run a whole training job as ``config`` says (``on_step(trainer, epoch, step)`` after each step)."""
+    torch = require("torch", "train", "Training")
+    validate_config(config)
+    dist = _setup_distributed(torch)
+    try:
+        trainer = Trainer(config, dist, on_step)
+        return trainer.run()
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _setup_distributed(torch: Any) -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world <= 1:
+        return Distributed(device="cuda" if cuda else "cpu")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return Distributed(rank, world, local_rank, f"cuda:{local_rank}" if cuda else "cpu")
+
+
+def training_spec(arch: str, classes: tuple[str, ...], image_size: int | None, gray: bool) -> PreprocessSpec:
+    """The backbone's own preprocessing with the data's labels at ``image_size``.
+
+    Gray data (Fashion-MNIST) is replicated to three channels and resized whole: small images are
+    not center-cropped.
+    """
+    spec = pretrained_spec(arch).replace(labels=list(classes))
+    if gray:
+        size = image_size or spec.input_size
+        return spec.replace(color="gray", crop="resize", input_size=size, resize_size=size)
+    return spec.with_input_size(image_size) if image_size else spec
+
+
+def _is_gray(split: ImageSplit) -> bool:
+    if split.source == "fashion-mnist":
+        return True
+    probe = [split.image(i) for i in range(min(8, len(split)))]
+    return all(img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1) for img in probe)
+
+
+class Trainer:
+    """One training job; ``run()`` does the work. Attributes are public so tests can look inside."""
+
+    def __init__(self, config: TrainConfig, dist: Distributed, on_step: Callable[[Any, int, int], None] | None) -> None:
+        self.torch = require("torch", "train", "Training")
+        self.config = config
+        self.dist = dist
+        self.on_step = on_step
+        self.out = Path(config.out)
+        self.stop_requested = False
+        self.history: list[dict[str, Any]] = []
+        self.best_top1 = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, Any] | None = None
+        self.best_confusion: np.ndarray | None = None
+        self.bad_epochs = 0
+        self.epoch = 0
+        self.start_step = 0
+        self.epoch_sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+
+    # ---- set-up -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        torch, config = self.torch, self.config
+        _seed_everything(torch, config.seed)
+        resume = self._read_resume() if config.resume else None
+
+        data = open_data(config.data, seed=config.seed)
+        self.data = data
+        self.train_split = data.split("train", config.train_limit, config.seed)
+        self.val_split = data.split("val", config.val_limit, config.seed)
+        if len(self.train_split) < self.dist.world:
+            raise UserError(f"the training split has {len(self.train_split)} images, fewer than {self.dist.world} processes")
+        self.data_fingerprint = hashlib.sha256(
+            f"{self.train_split.fingerprint()}|{self.val_split.fingerprint()}".encode()
+        ).hexdigest()[:16]
+        self.spec = training_spec(config.model, data.classes, config.image_size, _is_gray(self.train_split))
+        if resume is not None:
+            self._check_resume_data(resume)
+
+        self.model_config = {"drop_rate": config.drop_rate}
+        model = build_model(
+            config.model,
+            num_classes=len(data.classes),
+            pretrained=resume is None and config.weights is None,
+            weights_path=config.weights if resume is None else None,
+            drop_rate=config.drop_rate,
+        )
+        if config.grad_checkpointing:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise UserError(f"--grad-checkpointing needs a timm model; {config.model} is a torchvision model")
+            model.set_grad_checkpointing(True)
+        self.model = model.to(self.dist.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.groups = layer_groups(self.model)
+        self.head = head_parameter_names(self.model)
+
+        self.sampler = EpochBatches(len(self.train_split), config.batch_size, config.seed, self.dist.rank, self.dist.world)
+        if self.sampler.steps_per_epoch() == 0:
+            raise UserError(f"the training split has {len(self.train_split)} images: fewer than one batch per process")
+        self.micro_batch = math.ceil(config.batch_size / self.dist.world)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        cuda = self.dist.device.startswith("cuda")
+        self.autocast_dtype = torch.float16 if cuda else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and cuda)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")
+        self.train_dataset = TrainDataset(self.train_split, self.spec, config.augment, config.seed)
+        self.trainable_groups = -1
+        self.net: Any = self.model
+        if resume is not None:
+            self._restore(resume)
+
+    def _build_optimizer(self) -> Any:
+        torch, config = self.torch, self.config
+        named = dict(self.model.named_parameters())
+        scaled: list[tuple[list[str], float]] = [(self.head, 1.0)]
+        if config.mode != "feature-extract":
+            depth = len(self.groups)
+            for index, names in enumerate(self.groups):
+                from_top = depth - index  # 1 = the group just below the head
+                decay = GRADUAL_LR_DECAY ** (from_top - 1) if config.mode == "gradual" else 1.0
+                scaled.append((names, config.backbone_lr_scale * decay))
+        param_groups = []
+        for names, scale in scaled:
+            # Biases and normalization weights take no weight decay (the usual AdamW recipe).
+            plain = [named[n] for n in names if named[n].ndim > 1]
+            flat = [named[n] for n in names if named[n].ndim <= 1]
+            for params, decay_value in ((plain, config.weight_decay), (flat, 0.0)):
+                if params:
+                    param_groups.append({"params": params, "lr": config.lr * scale, "weight_decay": decay_value})
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        return torch.optim.AdamW(param_groups, lr=config.lr)
+
+    def _build_scheduler(self) -> Any:
+        steps = self.sampler.steps_per_epoch()
+        total = max(1, self.config.epochs * steps)
+        warmup = min(total - 1, int(round(self.config.warmup_epochs * steps)))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return self.torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    def _set_trainable(self, epoch: int) -> None:
+        """Freeze or unfreeze layer groups for ``epoch``; rewrap DDP when the set changes."""
+        mode, total = self.config.mode, len(self.groups)
+        count = {"feature-extract": 0, "finetune": total}.get(mode, min(total, epoch // self.config.unfreeze_every))
+        if count == self.trainable_groups:
+            return
+        if self.trainable_groups >= 0:
+            log.info("epoch %d: %d of %d layer groups trainable", epoch + 1, count, total)
+        self.trainable_groups = count
+        trainable = set(self.head)
+        for names in self.groups[total - count :]:
+            trainable.update(names)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name in trainable)
+        if self.dist.world > 1:
+            ddp = self.torch.nn.parallel.DistributedDataParallel
+            self.net = ddp(self.model, device_ids=[self.dist.local_rank] if self.dist.device.startswith("cuda") else None)
+        else:
+            self.net = self.model
+
+    def _train_mode(self) -> None:
+        """Train mode, except normalization layers whose parameters are all frozen."""
+        self.model.train()
+        for module in self.model.modules():
+            params = list(module.parameters(recurse=False))
+            if (
+                isinstance(module, self.torch.nn.modules.batchnorm._BatchNorm)
+                and params
+                and not any(p.requires_grad for p in params)
+            ):
+                module.eval()
+
+    # ---- resume ---------------------------------------------------------------------------
+    def _read_resume(self) -> dict[str, Any]:
+        path = self.out / LAST
+        if not path.exists():
+            raise UserError(f"--resume: {path} does not exist; start the run without --resume")
+        payload = load_checkpoint(path)
+        if not payload.get("training_state"):
+            raise UserError(f"--resume: {path} holds no training state; start the run without --resume")
+        return payload
+
+    def _check_resume_data(self, payload: dict[str, Any]) -> None:
+        saved = tuple(payload["spec"]["labels"])
+        if saved != tuple(self.data.classes):
+            raise UserError(
+                f"--resume: the data's classes {list(self.data.classes)} differ from the checkpoint's {list(saved)}; "
+                "resume with the same data, or train a new run into another --out"
+            )
+        if payload.get("data_fingerprint") != self.data_fingerprint:
+            log.warning("--resume: the training data changed since the checkpoint (fingerprint differs)")
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        torch = self.torch
+        state = payload["training_state"]
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = list(payload["history"])
+        self.epoch, self.start_step = int(state["epoch"]), int(state["step"])
+        self.best_top1, self.best_epoch, self.bad_epochs = (
+            float(state["best_top1"]),
+            int(state["best_epoch"]),
+            int(state["bad_epochs"]),
+        )
+        self.micro_batch = int(state["micro_batch"])
+        self.epoch_sums = dict(state["epoch_sums"])
+        best_path = self.out / BEST
+        if best_path.exists() and self.best_epoch > 0:
+            self.best_state = load_checkpoint(best_path)["state_dict"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        log.info("resumed %s at epoch %d, step %d", self.out / LAST, self.epoch + 1, self.start_step)
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything ``--resume`` needs to continue exactly where this process is now."""
+        torch = self.torch
+        return {
+            "epoch": self.epoch,
+            "step": self.start_step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "micro_batch": self.micro_batch,
+            "epoch_sums": dict(self.epoch_sums),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+
+    # ---- writing ------------------------------------------------------------------------
+    def _save(self, name: str, resumable: bool = False) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = self.out / name
+        save_checkpoint(
+            path,
+            self.model,
+            self.config.model,
+            self.spec,
+            model_config=self.model_config,
+            config=self.config.to_dict(),
+            history=self.history,
+            data_fingerprint=self.data_fingerprint,
+            training_state=self.training_state() if resumable else None,
+        )
+        last = self.history[-1] if self.history else {}
+        write_manifest(
+            path,
+            "checkpoint",
+            self.spec,
+            provenance={
+                "arch": self.config.model,
+                "trained": True,
+                "mode": self.config.mode,
+                "data": self.config.data,
+                "data_fingerprint": self.data_fingerprint,
+                "epochs": len(self.history),
+                "best_epoch": self.best_epoch,
+                "resumable": resumable,
+                "weights": self.config.weights or "pretrained",
+            },
+            metrics={"val_top1": self.best_top1 if name == BEST else last.get("val_top1")} if self.history else {},
+        )
+        return path
+
+    def _write_reports(self) -> None:
+        if not self.dist.is_main or not self.history:
+            return
+        write_metrics(self.out, self.history)
+        plot_curves(self.out / "curves.png", self.history, self.best_epoch or None)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.prepare()
+        config = self.config
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            log.info(
+                "training %s (%s) on %s: %d train / %d val images, %d classes, %d px, %d layer groups, device %s x%d",
+                config.model,
+                config.mode,
+                self.data.name,
+                len(self.train_split),
+                len(self.val_split),
+                len(self.data.classes),
+                self.spec.input_size,
+                len(self.groups),
+                self.dist.device,
+                self.dist.world,
+            )
+        stopped_early = False
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+        )
+        with self._interrupt_handler(), Progress(*columns, disable=not self.dist.is_main) as progress:
+            epochs_task = progress.add_task("epochs", total=config.epochs, completed=self.epoch, status="")
+            while self.epoch < config.epochs:
+                self._train_epoch(progress)
+                self._end_epoch()
+                progress.update(epochs_task, completed=self.epoch, status=f"best val top-1 {self.best_top1:.2f}%")
+                if self.bad_epochs >= config.patience:
+                    stopped_early = self.epoch < config.epochs
+                    if stopped_early and self.dist.is_main:
+                        log.info(
+                            "early stop: no validation top-1 gain over %.3g points for %d epochs",
+                            config.min_delta,
+                            config.patience,
+                        )
+                    break
+            self._check_stop()
+        return self._finish(stopped_early)
+
+    def _train_epoch(self, progress: Any) -> None:
+        torch, config = self.torch, self.config
+        self._set_trainable(self.epoch)
+        self._train_mode()
+        self.sampler.set_epoch(self.epoch, self.start_step)
+        steps = self.sampler.steps_per_epoch()
+        batches = self.sampler.global_batches(self.epoch)
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_sampler=self.sampler,
+            num_workers=config.workers,
+            pin_memory=self.dist.device.startswith("cuda"),
+            generator=torch.Generator().manual_seed(config.seed),
+            persistent_workers=False,
+        )
+        task = progress.add_task(f"epoch {self.epoch + 1}/{config.epochs}", total=steps, completed=self.start_step, status="")
+        started = time.perf_counter() - self.epoch_sums["seconds"]
+        batch_iter = iter(loader)
+        for step in range(self.start_step, steps):
+            try:
+                images, labels = next(batch_iter)
+            except RuntimeError:
+                if self.stop_requested:  # a DataLoader worker took the Ctrl-C
+                    break
+                raise
+            loss_sum, correct = self._step(images, labels, len(batches[step]))
+            self.scheduler.step()
+            sums = self.epoch_sums
+            sums["loss"] += loss_sum
+            sums["correct"] += correct
+            sums["seen"] += len(labels)
+            sums["seconds"] = time.perf_counter() - started
+            self.start_step = step + 1
+            seen_all = sums["seen"] * self.dist.world
+            progress.update(
+                task,
+                completed=step + 1,
+                status=f"loss {sums['loss'] / max(1, sums['seen']):.4f}  {seen_all / max(sums['seconds'], 1e-9):.0f} img/s",
+            )
+            if self.on_step is not None:
+                self.on_step(self, self.epoch, step)
+            self._check_stop()
+        progress.remove_task(task)
+
+    def _step(self, images: Any, labels: Any, global_size: int) -> tuple[float, int]:
+        """One optimizer step on a global batch, in micro-batches (halved on CUDA out-of-memory)."""
+        torch, config = self.torch, self.config
+        images = images.to(self.dist.device, non_blocking=True)
+        labels = labels.to(self.dist.device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        weight = self.dist.world / global_size  # DDP averages over ranks: this makes it the global-batch mean
+        while True:
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                loss_sum, correct = 0.0, 0
+                chunks = list(zip(images.split(self.micro_batch), labels.split(self.micro_batch)))
+                for index, (x, y) in enumerate(chunks):
+                    last = index == len(chunks) - 1
+                    sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
+                    with sync:
+                        with torch.autocast(self.dist.device.split(":")[0], dtype=self.autocast_dtype, enabled=config.amp):
+                            logits = self.net(x)
+                        loss = self.criterion(logits.float(), y)
+                        self.scaler.scale(loss * weight).backward()
+                    loss_sum += float(loss.detach())
+                    correct += int((logits.detach().argmax(1) == y).sum())
+                break
+            except torch.cuda.OutOfMemoryError:
+                self._shrink_micro_batch()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss_sum, correct
+
+    def _shrink_micro_batch(self) -> None:
+        torch = self.torch
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.dist.world > 1:
+            raise UserError(
+                f"CUDA out of memory at {self.micro_batch} images per process: rerun with "
+                f"--batch-size {max(self.dist.world, self.config.batch_size // 2)} (or --amp, --grad-checkpointing, a smaller --image-size)"
+            )
+        if self.micro_batch == 1:
+            raise UserError(
+                "CUDA out of memory with a single image per micro-batch: use a smaller --image-size or --grad-checkpointing"
+            )
+        self.micro_batch = max(1, self.micro_batch // 2)
+        log.warning(
+            "CUDA out of memory: micro-batch halved to %d, accumulating %d per step (effective batch %d unchanged)",
+            self.micro_batch,
+            math.ceil(self.config.batch_size / self.micro_batch),
+            self.config.batch_size,
+        )
+
+    def _end_epoch(self) -> None:
+        sums = self._reduce(self.epoch_sums)
+        val = self.evaluate(self.val_split)
+        row = {
+            "epoch": self.epoch + 1,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "train_loss": sums["loss"] / max(1, sums["seen"]),
+            "train_top1": 100.0 * sums["correct"] / max(1, sums["seen"]),
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+            "images_per_s": sums["seen"] / max(self.epoch_sums["seconds"], 1e-9),
+            "epoch_s": self.epoch_sums["seconds"],
+            "trainable_groups": self.trainable_groups,
+            "micro_batch": self.micro_batch,
+        }
+        self.history.append(row)
+        if self.dist.is_main:
+            log.info(
+                "epoch %d: train loss %.4f top-1 %.2f%% | val loss %.4f top-1 %.2f%% | %.0f img/s",
+                row["epoch"],
+                row["train_loss"],
+                row["train_top1"],
+                row["val_loss"],
+                row["val_top1"],
+                row["images_per_s"],
+            )
+        self.epoch += 1
+        self.start_step = 0
+        self.epoch_sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        if val["top1"] > self.best_top1 + self.config.min_delta:
+            self.best_top1, self.best_epoch, self.bad_epochs = val["top1"], row["epoch"], 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best_confusion = val["confusion"]
+            self._save(BEST)
+        else:
+            self.bad_epochs += 1
+        self._save(LAST, resumable=True)
+        self._write_reports()
+
+    def _reduce(self, sums: dict[str, float]) -> dict[str, float]:
+        if self.dist.world == 1:
+            return dict(sums)
+        torch = self.torch
+        keys = ("loss", "correct", "seen")
+        tensor = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return dict(zip(keys, tensor.tolist()))
+
+    def evaluate(self, split: ImageSplit) -> dict[str, Any]:
+        """Loss, top-1, top-5 (percent) and confusion matrix on ``split`` through ``spec.apply``."""
+        torch, config = self.torch, self.config
+        indices = list(range(self.dist.rank, len(split), self.dist.world))
+        dataset = torch.utils.data.Subset(EvalDataset(split, self.spec), indices)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.batch_size * 2,
+            num_workers=config.workers,
+            pin_memory=self.dist.device.startswith("cuda"),
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        classes = len(self.data.classes)
+        confusion = torch.zeros(classes * classes, dtype=torch.float64)
+        loss_sum = top5 = 0.0
+        self.model.eval()
+        with torch.inference_mode():
+            for images, labels in loader:
+                images, labels = images.to(self.dist.device), labels.to(self.dist.device)
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.dist.device.split(":")[0], dtype=self.autocast_dtype, enabled=config.amp):
+                    logits = self.model(images)
+                logits = logits.float()
+                loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+                k = min(5, classes)
+                top5 += float((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+                pairs = labels.cpu() * classes + logits.argmax(1).cpu()
+                confusion += torch.bincount(pairs, minlength=classes * classes).double()
+        totals = torch.tensor([loss_sum, top5], dtype=torch.float64)
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(totals)
+            torch.distributed.all_reduce(confusion)
+        matrix = confusion.view(classes, classes).numpy()
+        count = max(1.0, matrix.sum())
+        return {
+            "loss": float(totals[0]) / count,
+            "top1": 100.0 * float(np.trace(matrix)) / count,
+            "top5": 100.0 * float(totals[1]) / count,
+            "images": int(matrix.sum()),
+            "confusion": matrix.astype(np.int64),
+        }
+
+    def _finish(self, stopped_early: bool) -> TrainResult:
+        from rich.console import Console
+        from rich.table import Table
+
+        config = self.config
+        test = None
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        if config.test_limit != 0:
+            test_split = self.data.split("test", config.test_limit, config.seed)  # None: the whole split
+            test = self.evaluate(test_split)
+            confusion, title = test["confusion"], f"test split ({test['images']} images), best epoch {self.best_epoch}"
+        else:
+            confusion, title = self.best_confusion, f"validation split, best epoch {self.best_epoch}"
+        skipped = sum(len(s.skipped) for s in self.data.splits.values())
+        diagnosis = diagnose(self.history, config.mode)
+        if self.dist.is_main:
+            if confusion is not None:
+                plot_confusion(self.out / "confusion.png", confusion, self.data.classes, title)
+            metrics: dict[str, Any] = {"val_top1": self.best_top1, "best_epoch": self.best_epoch}
+            if test is not None:
+                metrics.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"], test_images=test["images"])
+            write_metrics(self.out, self.history)
+            summary = {
+                **metrics,
+                "stopped_early": stopped_early,
+                "skipped_images": skipped,
+                "diagnosis": diagnosis,
+            }
+            atomic_write_json(self.out / "summary.json", summary)
+            if (self.out / BEST).exists():
+                update_metrics(self.out / BEST, metrics)
+            console = Console()
+            console.print(history_table(self.history, self.best_epoch))
+            table = Table(title=f"Run {self.out}", show_header=False)
+            table.add_row("best epoch", f"{self.best_epoch} (val top-1 {self.best_top1:.2f}%)")
+            if test is not None:
+                table.add_row("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}% on {test['images']} images")
+            if skipped:
+                table.add_row("unreadable images skipped", str(skipped))
+            table.add_row("checkpoint", str(self.out / BEST))
+            table.add_row("resumable", str(self.out / LAST))
+            console.print(table)
+            for line in diagnosis:
+                log.warning(line)
+        return TrainResult(
+            self.out,
+            self.out / BEST,
+            self.out / LAST,
+            self.best_epoch,
+            self.best_top1,
+            self.history,
+            {k: v for k, v in test.items() if k != "confusion"} if test else None,
+            stopped_early,
+            diagnosis,
+        )
+
+    # ---- Ctrl-C ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _interrupt_handler(self) -> Any:
+        """First Ctrl-C: finish the step, write a resumable last.pt, raise KeyboardInterrupt.
+        A second Ctrl-C aborts at once."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            if self.dist.is_main:
+                log.warning("Ctrl-C: writing a resumable checkpoint after this step (Ctrl-C again to abort)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _check_stop(self) -> None:
+        stop = self.stop_requested
+        if self.dist.world > 1:
+            flag = self.torch.tensor([1.0 if stop else 0.0])
+            self.torch.distributed.all_reduce(flag)
+            stop = bool(flag.item() > 0)
+        if stop:
+            self._save(LAST, resumable=True)
+            self._write_reports()
+            if self.dist.is_main:
+                log.warning("interrupted: resume with `edge train --out %s --resume`", self.out)
+            raise KeyboardInterrupt
+
+
+def _seed_everything(torch: Any, seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
