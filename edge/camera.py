@@ -207,6 +207,9 @@ def run_camera(
         raise UserError(f"{model} does not exist: give a run directory or an artifact file (.pt, .onnx, .engine)")
     source, _ = resolve_source(options, model)
     runner = select_runner(model, device=options.device, backend=options.backend, threads=options.threads)
+    # The capture thread decodes and preprocesses while the model runs: spinning inference threads
+    # would starve it (measured: 40% -> 60% of batch-1 throughput, and no drops below model speed).
+    runner.spin_wait = False
     capture = open_capture(source, read_timeout_s=options.retry.stall_timeout_s / 2)
 
     session = _Session(runner, source, options, stop, console)

@@ -52,6 +52,10 @@ class Runner(abc.ABC):
         self.max_batch = max_batch
         self.is_active = False
         self.last_device_ms: float | None = None
+        # Busy-wait for work between calls where the backend supports it (ONNX Runtime's thread
+        # pool): lowest latency for back-to-back calls, but it starves other CPU work in the same
+        # process, so a pipeline that decodes and preprocesses between calls turns it off.
+        self.spin_wait = True
 
     # ---- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "Runner":

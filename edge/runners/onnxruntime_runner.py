@@ -79,6 +79,8 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = self.threads or physical_cores()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if not self.spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if not self.path.exists():
             raise UserError(f"ONNX model {self.path} does not exist")
         try:

@@ -132,3 +132,11 @@ def test_corrupt_onnx_is_a_user_error(tmp_path, pretrained_onnx_run):
     bad.write_bytes(b"\x08\x01garbage")
     with pytest.raises(UserError, match="ONNX Runtime cannot load"), select_runner(bad):
         pass
+
+
+def test_spin_wait_off_reaches_the_onnxruntime_session(pretrained_onnx_run):
+    runner = select_runner(pretrained_onnx_run / "model.onnx", threads=1)
+    runner.spin_wait = False
+    with runner:
+        entry = runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert entry == "0"
