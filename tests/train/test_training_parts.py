@@ -1,16 +1,12 @@
-"""The pieces of training that need no training run: config, CLI validation, batches,
-augmentation, layer groups and the closing diagnosis."""
+"""The pieces of training that need no training run: config, CLI validation, batches, layer
+groups and the closing diagnosis (augmentation: test_augment.py)."""
 
-import numpy as np
 import pytest
-import torch
 
 from edge.cli import main
 from edge.errors import UserError
-from edge.spec import PreprocessSpec
-from train.augment import EpochBatches, TrainDataset, train_transform
+from train.augment import EpochBatches
 from train.config import PRESETS, TrainConfig, resolve_config
-from train.data import ImageSplit
 from train.models import ZOO, build_model, head_parameter_names, layer_groups
 from train.report import diagnose
 
@@ -51,34 +47,6 @@ def test_ranks_share_the_single_process_batches_and_resume_skips_done_steps():
     single.set_epoch(3, start_step=2)
     assert list(single) == whole_epoch[2:]
     assert EpochBatches(5, 4, seed=0, world=2).steps_per_epoch() == 1  # a last batch of 1 cannot feed 2 ranks
-
-
-def _split(images):
-    labels = np.zeros(len(images), dtype=np.int64)
-    return ImageSplit("mem", "train", ("a", "b"), labels, [str(i) for i in range(len(images))], lambda i: images[i])
-
-
-def test_augmentation_none_is_the_eval_preprocessing_and_light_normalizes_with_the_spec():
-    spec = PreprocessSpec(input_size=24, resize_size=24, crop="resize", color="gray", labels=("a", "b"))
-    image = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
-    np.testing.assert_array_equal(train_transform(spec, "none")(image).numpy(), spec.apply(image))
-    flat = np.full((28, 28), 128, np.uint8)
-    out = train_transform(spec, "light")(flat)
-    expected = (128 / 255 - np.asarray(spec.mean)) / np.asarray(spec.std)
-    assert out.shape == (3, 24, 24) and out.dtype == torch.float32
-    np.testing.assert_allclose(out.mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
-
-
-def test_augmentation_is_seeded_per_sample_and_epoch():
-    spec = PreprocessSpec(input_size=32, resize_size=32, crop="resize", labels=("a", "b"))
-    images = [np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(2)]
-    dataset = TrainDataset(_split(images), spec, "standard", seed=7)
-    first, again = dataset[(1, 0)][0], dataset[(1, 0)][0]
-    assert torch.equal(first, again)
-    assert not torch.equal(first, dataset[(1, 1)][0])
-    state = torch.get_rng_state()
-    dataset[(0, 0)]
-    assert torch.equal(state, torch.get_rng_state())  # the global generator (dropout) is untouched
 
 
 @pytest.mark.slow
