@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.timing import TimingWindow, time_calls
 from edge.artifacts import atomic_write_json
-from edge.camera import CameraOptions, CameraResult, run_camera
+from edge.camera import CameraOptions, CameraResult, inference_threads, run_camera
 from edge.camera_demo import demo_photos, write_demo_video
 from edge.errors import UserError
 from edge.runners import BACKENDS, DEVICES, select_runner
@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument(
-        "--threads", type=int, default=None, help="inference threads for both measurements (default: the backend's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="inference threads for both measurements (default: edge camera's, all physical cores but one on CPU)",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each camera run (default 10)")
     parser.add_argument("--size", default="640x480", help="source frame size WxH (default 640x480)")
@@ -111,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.seconds <= 0:
             raise UserError(f"--seconds must be positive, got {args.seconds}")
         with console.status("batch-1 throughput"):
+            threads = inference_threads(CameraOptions(device=args.device, threads=args.threads))
             base = batch1_throughput(
-                args.model, args.backend, args.device, args.threads, TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=5.0)
+                args.model, args.backend, args.device, threads, TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=5.0)
             )
         fast_fps = float(max(1, math.ceil(base["images_per_s"] * FAST_FACTOR)))
         slow_fps = float(max(1, math.floor(base["images_per_s"] * SLOW_FACTOR)))

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.camera import CameraOptions, run_camera
+from edge.camera import CameraOptions, inference_threads, run_camera
 from edge.camera_demo import DemoVideo, write_demo_video
 from edge.camera_outputs import JSONL_FIELDS
 from edge.camera_sources import RetryPolicy
 from edge.errors import UserError
+from edge.runners.onnxruntime_runner import physical_cores
 from tests.conftest import PHOTO_CLASSES
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -110,6 +111,24 @@ def test_demo_source_is_written_once(pretrained_onnx_run, tmp_path):
     second = run_camera(run, CameraOptions(source="demo", max_frames=2, quiet=True))
     assert demo.stat().st_mtime_ns == stamp
     assert first.classified == second.classified == 2 and first.end_reason == "2 frames classified"
+    # by default on CPU the model leaves a core to the capture thread (but never gets fewer than one)
+    assert first.runner["threads"] == max(1, physical_cores() - 1)
+
+
+@pytest.mark.parametrize(
+    ("cores", "options", "expected"),
+    [
+        (2, CameraOptions(), 1),
+        (8, CameraOptions(), 7),
+        (1, CameraOptions(), 1),
+        (8, CameraOptions(threads=3), 3),
+        (8, CameraOptions(device="cuda"), None),
+        (8, CameraOptions(device="cuda", threads=2), 2),
+    ],
+)
+def test_inference_threads_keep_a_core_for_capture(monkeypatch, cores, options, expected):
+    monkeypatch.setattr("edge.runners.onnxruntime_runner.physical_cores", lambda: cores)
+    assert inference_threads(options) == expected
 
 
 def test_show_without_display_runs_headless(pretrained_onnx_run, video, monkeypatch, capsys):
