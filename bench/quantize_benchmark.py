@@ -2,8 +2,10 @@
 
     python -m bench.quantize_benchmark [--run runs/demo] [--data fashion-mnist] [--skip-rss]
 
-1. Throughput of RUN/model.int8-cpu.onnx vs RUN/model.onnx in ONNX Runtime at batch 8 (median of
-   timed windows; the ratio is what to compare across machines).
+1. Throughput of RUN/model.int8-cpu.onnx vs RUN/model.onnx in ONNX Runtime at batch 8: interleaved
+   rounds (FP32 then INT8, --rounds times, --window seconds each) in the same runner with the same
+   session options and threads; the ratio is the median of the per-round ratios, with their range
+   (a shared machine's load drifts over seconds and cancels within a round).
 2. Calibration peak RSS per method for 512 images at 224 px (the ImageNet Lite0 on scikit-image
    photo crops), each method in its own subprocess so each peak is its own.
 3. Wall time of calibration + quantization of 512 images (`edge calibrate` + `quantize --method
@@ -18,7 +20,6 @@ import argparse
 import json
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,28 +33,6 @@ from edge.run import RunDir
 
 RSS_IMAGES = 512
 RSS_SIZE = 224
-
-
-def throughput(path: Path, batch: int, threads: int | None, seconds: float) -> dict[str, float]:
-    """Images/s of one ONNX file at ``batch``: warm-up, then timed windows of at least ``seconds``."""
-    from edge.runners import select_runner
-
-    with select_runner(path, threads=threads) as runner:
-        data = np.random.default_rng(0).standard_normal((batch, *runner.spec.input_shape)).astype(np.float32)
-        for _ in range(10):
-            runner.infer(data)
-        latencies = []
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds or len(latencies) < 50:
-            t0 = time.perf_counter()
-            runner.infer(data)
-            latencies.append(time.perf_counter() - t0)
-        wall = time.perf_counter() - start
-    return {
-        "p50_ms": 1000 * statistics.median(latencies),
-        "images_per_s": batch * len(latencies) / wall,
-        "iterations": len(latencies),
-    }
 
 
 def rss_child(method: str, run: str, images: int) -> None:
@@ -129,15 +108,27 @@ def calibrate_and_quantize(run: Path, data: str, work: Path) -> dict[str, Any]:
 def _print_throughput(console: Any, run: RunDir, int8: Path, args: argparse.Namespace) -> None:
     from rich.table import Table
 
-    fp32 = throughput(run.onnx, args.batch, args.threads, args.seconds)
-    q8 = throughput(int8, args.batch, args.threads, args.seconds)
-    table = Table(title=f"ONNX Runtime CPU throughput at batch {args.batch} ({run.root})")
-    for column in ("model", "p50 ms/batch", "images/s", "iterations"):
+    from edge.artifacts import artifact_spec
+    from edge.quantize_eval import interleaved_throughput
+
+    spec = artifact_spec(run.onnx)
+    data = np.random.default_rng(0).standard_normal((args.batch, *spec.input_shape)).astype(np.float32)
+    fp32, q8 = interleaved_throughput(
+        [run.onnx, int8], spec, data, threads=args.threads, rounds=args.rounds, window_s=args.window, warmup=10
+    )
+    table = Table(
+        title=f"ONNX Runtime CPU throughput at batch {args.batch}, {fp32['threads']} intra-op thread(s), "
+        f"{args.rounds} interleaved rounds of {args.window:g} s ({run.root})"
+    )
+    for column in ("model", "p50 ms/batch", "images/s (median round)", "calls"):
         table.add_column(column)
-    for name, row in (("fp32 model.onnx", fp32), ("int8-cpu", q8)):
-        table.add_row(name, f"{row['p50_ms']:.2f}", f"{row['images_per_s']:.0f}", str(row["iterations"]))
+    for name, row in (("fp32 model.onnx", fp32), (f"int8-cpu {Path(int8).name}", q8)):
+        table.add_row(name, f"{row['p50_ms']:.2f}", f"{row['images_per_s']:.0f}", str(row["calls"]))
     table.add_row(
-        "ratio int8/fp32", f"{fp32['p50_ms'] / q8['p50_ms']:.2f}x (p50)", f"{q8['images_per_s'] / fp32['images_per_s']:.2f}x", ""
+        "ratio int8/fp32",
+        f"{fp32['p50_ms'] / q8['p50_ms']:.2f}x (p50)",
+        f"{q8['ratio']:.2f}x (median of rounds; range {q8['ratio_min']:.2f}-{q8['ratio_max']:.2f}x)",
+        "",
     )
     console.print(table)
 
@@ -150,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="fashion-mnist", help="its data (default fashion-mnist)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: physical cores)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="timed window per model")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved FP32/INT8 timing rounds (default 15)")
+    parser.add_argument("--window", type=float, default=0.5, help="seconds per model and round (default 0.5)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the 224 px peak-RSS measurement")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the INT8/FP32 throughput")
     parser.add_argument("--skip-accuracy", action="store_true", help="skip calibration+quantization and the full test set")

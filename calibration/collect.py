@@ -5,7 +5,16 @@ the whole reader in memory before building histograms. Here the model runs one b
 each batch's tensors go straight into ONNX Runtime's own ``HistogramCollector`` (which merges
 histograms across calls) and into running min/max, and are dropped. Peak memory is one batch's
 activations plus the histograms, whatever the size of the calibration set. One pass serves all
-methods, so ``quantize --method auto`` runs the model over the calibration set once.
+methods, so ``quantize --method auto`` runs the model over the calibration set once. Observers
+(``edge.quantize_weights.InputStatistics``) see every tensor of each batch in the same pass.
+
+The graph input gets one refinement on the asymmetric (uint8) target: an 8-bit image normalised
+with mean 0.5 and std 0.5 takes the values 2p/255 - 1, and minmax's [-1, 1] gives the scale 2/255
+with the zero point 128, which puts *every* pixel on a rounding tie, half a step off (and the black
+background of Fashion-MNIST a constant half step low). ``refine_input_range`` picks the uint8 grid
+that represents the observed values best (2/254 with zero point 127 there: black and white exact).
+On the demo model this took the drop of full INT8 with plain rounding from 0.37 to 0.17 points on the
+10k test set; agreement stayed within noise (the weights' rounding dominates it, see quantize_weights).
 """
 
 from __future__ import annotations
@@ -28,13 +37,21 @@ ENTROPY_BINS = 256
 ENTROPY_QUANTIZED_BINS = 128
 PERCENTILE_BINS = 2048
 PERCENTILE = 99.999
+# A graph input with more distinct values than this is not an 8-bit grid: its range stays as calibrated.
+MAX_INPUT_VALUES = 4096
+REFINE_STEPS = 16  # refine_input_range tries grids of 255 down to 240 steps over the observed range
 
 
 class RangeCollector:
     """Feed batches with :meth:`add`, then :meth:`ranges` gives ORT ``TensorsData`` per method."""
 
     def __init__(
-        self, model_path: str | os.PathLike[str], methods: Sequence[str], op_types: Sequence[str] | None, symmetric: bool
+        self,
+        model_path: str | os.PathLike[str],
+        methods: Sequence[str],
+        op_types: Sequence[str] | None,
+        symmetric: bool,
+        observers: Sequence[Any] = (),
     ):
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
@@ -57,6 +74,9 @@ class RangeCollector:
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.tensors = sorted(helper.tensors_to_calibrate)
         del helper
+        self.observers = list(observers)
+        # The graph input's distinct values and counts (None once it has too many to be an 8-bit grid).
+        self._input_values: tuple[np.ndarray, np.ndarray] | None = (np.empty(0, np.float32), np.empty(0, np.int64))
         self._min: dict[str, np.float32] = {}
         self._max: dict[str, np.float32] = {}
         self._histograms: dict[str, Any] = {}
@@ -83,7 +103,11 @@ class RangeCollector:
     def add(self, batch: np.ndarray) -> None:
         """Run one batch and fold its activations into every method's statistics."""
         outputs = self._session.run(None, {self._input: batch})
-        wanted = {name: value for name, value in zip(self._outputs, outputs) if name in self.tensors}
+        named = dict(zip(self._outputs, outputs))
+        named[self._input] = batch
+        wanted = {name: value for name, value in named.items() if name in self.tensors}
+        if not self.symmetric and self._input in wanted:
+            self._count_input_values(batch)
         for name, value in wanted.items():
             low, high = np.float32(value.min()), np.float32(value.max())
             self._min[name] = min(self._min.get(name, low), low)
@@ -91,7 +115,17 @@ class RangeCollector:
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's collectors print on every call
             for collector in self._histograms.values():
                 collector.collect({name: [value] for name, value in wanted.items()})
+        for observer in self.observers:
+            observer.add(named)
         self.count += len(batch)
+
+    def _count_input_values(self, batch: np.ndarray) -> None:
+        if self._input_values is None:
+            return
+        values, counts = np.unique(batch, return_counts=True)
+        merged, inverse = np.unique(np.concatenate([self._input_values[0], values]), return_inverse=True)
+        totals = np.bincount(inverse, weights=np.concatenate([self._input_values[1], counts])).astype(np.int64)
+        self._input_values = (merged, totals) if len(merged) <= MAX_INPUT_VALUES else None
 
     def ranges(self, method: str) -> Any:
         """ORT ``TensorsData`` for ``method``; asymmetric ranges are clipped to what was observed
@@ -112,6 +146,10 @@ class RangeCollector:
             if self.symmetric:
                 bound = np.float32(max(abs(low), abs(high)))
                 low, high = -bound, bound
+            if name == self._input and not self.symmetric and self._input_values is not None:
+                # An 8-bit grid is better represented whole than clipped: the observed range is the base.
+                observed = float(self._min[name]), float(self._max[name])
+                low, high = (np.float32(v) for v in refine_input_range(*self._input_values, *observed))
             data[name] = calibrate.TensorData(lowest=np.float32(low), highest=np.float32(high))
         enum = {
             "minmax": calibrate.CalibrationMethod.MinMax,
@@ -131,6 +169,32 @@ class RangeCollector:
         self.close()
 
 
+def refine_input_range(values: np.ndarray, counts: np.ndarray, low: float, high: float, qmax: int = 255) -> tuple[float, float]:
+    """The uint8 range ``(lowest, highest)`` for a tensor of few distinct ``values`` (seen ``counts``
+    times) that gives the least squared rounding error: grids of ``qmax`` down to ``qmax - 15``
+    steps over [low, high], each with the zero points either side. The range returned is exactly
+    the grid's, ``(-zp * s, (qmax - zp) * s)``, so ONNX Runtime derives that very scale and zero point."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if high <= low:
+        return low, high
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.asarray(counts, dtype=np.float64)
+
+    def error(scale: float, zero_point: int) -> float:
+        q = np.clip(np.round(values / scale) + zero_point, 0, qmax)
+        return float(np.sum(weights * (values - (q - zero_point) * scale) ** 2))
+
+    best = (error((high - low) / qmax, int(np.round(-low * qmax / (high - low)))), low, high)  # minmax's own grid
+    for steps in range(qmax, qmax - REFINE_STEPS, -1):
+        scale = (high - low) / steps
+        for zero_point in {int(np.floor(-low / scale)), int(np.ceil(-low / scale))}:
+            if 0 <= zero_point <= qmax:
+                err = error(scale, zero_point)
+                if err < best[0] * (1 - 1e-9):
+                    best = (err, -zero_point * scale, (qmax - zero_point) * scale)
+    return best[1], best[2]
+
+
 def collect_ranges(
     model_path: str | os.PathLike[str],
     batches: Iterable[np.ndarray],
@@ -138,9 +202,11 @@ def collect_ranges(
     op_types: Sequence[str] | None = None,
     symmetric: bool = False,
     progress: Any = None,
+    observers: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Ranges per method from one pass over ``batches``: ``{method: TensorsData}``."""
-    with RangeCollector(model_path, methods, op_types, symmetric) as collector:
+    """Ranges per method from one pass over ``batches``: ``{method: TensorsData}``. Each observer's
+    ``add(tensors)`` gets every tensor of each batch by name (the graph input included)."""
+    with RangeCollector(model_path, methods, op_types, symmetric, observers) as collector:
         for batch in batches:
             collector.add(batch)
             if progress is not None:

@@ -1,13 +1,18 @@
 """INT8 static quantization of a run's ONNX model for ONNX Runtime CPU or TensorRT.
 
     edge quantize RUN --target cpu|trt --method minmax|entropy|percentile|auto --data DATA
-                      [--max-drop 0.5] [--reduce-range] [--val-limit N] [--eval-limit N]
+                      [--max-drop 0.5] [--reduce-range] [--weight-rounding gptq|nearest]
+                      [--val-limit N] [--eval-limit N]
 
 Writes RUN/model.int8-cpu.onnx or RUN/model.int8-trt.onnx (QDQ) with a manifest and a per-layer
 error report (RUN/model.int8-<target>.layers.json). Calibration uses RUN/calibration (from
-`edge calibrate`), or draws a set from --data's training split. ``--method auto`` tries every
-method on a validation split drawn from the training data, and when the best drop exceeds
---max-drop keeps the layers with the worst quantization error in float until the budget holds.
+`edge calibrate`), or draws a set from --data's training split; the same pass collects the layer
+inputs that GPTQ rounds the int8 weights with (``--weight-rounding``, edge/quantize_weights.py).
+``--method auto`` tries every method on a validation split drawn from the training data, and when
+the best drop exceeds --max-drop (or agreement falls short of --min-agreement) keeps the layers
+with the worst quantization error in float until the budget holds. On target cpu it then times
+the tries that fit against the float model (ONNX Runtime, batch 8) and takes the fastest: a float
+layer costs conversions at its borders, so full INT8 is usually the one to beat.
 Acceptance then compares the result with its float parent on the test split (a subset of
 --eval-limit images; 0 = the whole split). Accuracy of a target-trt model measured here is
 simulated: ONNX Runtime's CPU kernels do not reproduce TensorRT's arithmetic.
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, write_manifest
 from edge.errors import UserError
@@ -47,6 +53,7 @@ from edge.quantize_onnx import (
     quantize_onnx,
     target_config,
 )
+from edge.quantize_weights import ROUNDINGS, GPTQRounding, InputStatistics
 from edge.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,9 @@ METHODS = ("minmax", "entropy", "percentile")
 CHOICES = (*METHODS, "auto")
 DEFAULT_MAX_DROP = 0.5
 DEFAULT_MIN_AGREEMENT = 0.99
-DEFAULT_VAL_LIMIT = 500
+# Agreement is what auto reads closest: on 500 images one flip is 0.2% and the noise about 0.5%,
+# on 2000 about 0.2%. Full INT8 on 2 cores evaluates 2000 images of 64 px in about a second.
+DEFAULT_VAL_LIMIT = 2000
 DEFAULT_EVAL_LIMIT = 1000
 DEFAULT_MAX_EXCLUDED = 8
 PHOTO_EVAL_COUNT = 24  # unlabelled photo sets: a few dozen images at most
@@ -63,6 +72,10 @@ PHOTO_EVAL_COUNT = 24  # unlabelled photo sets: a few dozen images at most
 CALIBRATION_PIXELS = 16 * 224 * 224
 DEBUG_PIXELS = 32 * 64 * 64  # per-layer report: 32 images at 64 px, fewer at larger sizes (it keeps every tensor)
 WORST_LAYERS = 10
+SPEED_BATCH = 8
+SPEED_ROUNDS = 5
+SPEED_WINDOW_S = 0.2
+SPEED_TOLERANCE = 0.05  # tries within 5% of the fastest count as equally fast: accuracy decides
 SENSITIVE_DB = 40.0  # logits SQNR below which a layer's int8 weights are worth keeping in float
 
 
@@ -74,12 +87,15 @@ class Try:
     excluded: list[str]
     path: Path
     val: dict[str, Any] = field(default_factory=dict)
+    speedup: float | None = None  # throughput against the float model (auto, target cpu)
+    rounding: dict[str, Any] = field(default_factory=lambda: {"rounding": "nearest"})
 
     def row(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "excluded": list(self.excluded),
             **{k: self.val[k] for k in ("top1", "drop_points", "agreement", "eval_count") if k in self.val},
+            **({"speedup": round(self.speedup, 3)} if self.speedup is not None else {}),
         }
 
     def fits(self, max_drop: float, min_agreement: float) -> bool:
@@ -95,6 +111,7 @@ def _validate(
     eval_limit: int,
     calib_size: int,
     max_excluded: int,
+    weight_rounding: str = "gptq",
 ) -> None:
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}: use cpu (ONNX Runtime) or trt (TensorRT)")
@@ -109,6 +126,8 @@ def _validate(
             raise UserError(f"{name} must be >= 0 (0 = all / none), got {value}")
     if calib_size < 1:
         raise UserError(f"--calib-size must be at least 1, got {calib_size}")
+    if weight_rounding not in ROUNDINGS:
+        raise UserError(f"unknown weight rounding {weight_rounding!r}: use {' or '.join(ROUNDINGS)}")
 
 
 def _calibration(
@@ -154,6 +173,7 @@ def quantize_run(
     seed: int = 0,
     max_excluded: int = DEFAULT_MAX_EXCLUDED,
     out: str | os.PathLike[str] | None = None,
+    weight_rounding: str = "gptq",
 ) -> Path:
     """Quantize RUN/model.onnx for ``target``, evaluate it against the float parent and write
     RUN/model.int8-<target>.onnx with its manifest; returns the path.
@@ -161,8 +181,9 @@ def quantize_run(
     ``data`` names the training data (calibration when RUN/calibration is missing, the val split
     for auto, the test split for acceptance); None means scikit-image photos with the float
     parent's predictions as labels. ``val_limit``/``eval_limit``: 0 = the whole split.
+    ``weight_rounding``: ``gptq`` (output-aware, the default) or ``nearest`` (quantize_static's own).
     """
-    _validate(target, method, max_drop, min_agreement, val_limit, eval_limit, calib_size, max_excluded)
+    _validate(target, method, max_drop, min_agreement, val_limit, eval_limit, calib_size, max_excluded, weight_rounding)
     run_dir = RunDir.open(run)
     parent = run_dir.onnx
     load_onnx_checked(run_dir.require(parent, f"export the model first: `edge export {run_dir.root}`"))
@@ -178,7 +199,9 @@ def quantize_run(
     with tempfile.TemporaryDirectory(prefix=f"edge-quantize-{target}-") as tmp_name:
         tmp = Path(tmp_name)
         prepared = prepare_float_model(parent, tmp / "float.onnx")
-        ranges = _collect(prepared, calib.tensor, methods, config)
+        stats = InputStatistics(onnx.load(str(prepared)), seed=seed) if weight_rounding == "gptq" else None
+        ranges = _collect(prepared, calib.tensor, methods, config, [stats] if stats is not None else [])
+        rounding = GPTQRounding(stats) if stats is not None else None
         calibrated_s = time.perf_counter() - started
 
         val = _eval_set(data, "val", val_limit, spec, seed, photo_seed=1) if method == "auto" else None
@@ -188,6 +211,8 @@ def quantize_run(
         def attempt(name: str, excluded: list[str]) -> Try:
             path = quantize_onnx(prepared, tmp / f"try-{len(tries)}.onnx", target, ranges[name], reduce_range, excluded)
             result = Try(name, excluded, path)
+            if rounding is not None:
+                result.rounding = rounding.apply(path)
             if val is not None and val_parent is not None:
                 result.val = compare(val_parent, predict(path, val.tensor), val.labels)
                 log.info(
@@ -214,6 +239,11 @@ def quantize_run(
             best, layers = _exclude_worst(
                 best, layers, attempt, tries, prepared, debug_batches, max_drop, min_agreement, max_excluded
             )
+        if method == "auto" and target == "cpu":
+            _time_tries(parent, tries, spec, calib.tensor)
+            fastest = _choose(tries, max_drop, min_agreement)
+            if fastest is not best:
+                best, layers = fastest, layer_errors(prepared, fastest.path, debug_batches)
 
         searched_s = time.perf_counter() - started  # calibration + quantization, before acceptance
         test = _eval_set(data, "test", eval_limit, spec, seed, photo_seed=2)
@@ -251,6 +281,7 @@ def quantize_run(
         "chosen_method": best.method,
         "nodes_excluded": best.excluded,
         "reduce_range": reduce_range,
+        "weight_rounding": best.rounding,
         "reduce_range_default": default_reduce_range(env["cpu_flags"]) if target == "cpu" else False,
         "built_cpu_flags": env["cpu_flags"],
         "calibration": {
@@ -261,6 +292,9 @@ def quantize_run(
             "seed": calib.provenance.get("seed"),
         },
         "val_set": val.name if val is not None else None,
+        "speed": {"batch": SPEED_BATCH, "rounds": SPEED_ROUNDS, "window_s": SPEED_WINDOW_S}
+        if any(t.speedup is not None for t in tries)
+        else None,
         "tries": [t.row() for t in tries],
         "max_drop": max_drop,
         "min_agreement": min_agreement,
@@ -299,7 +333,7 @@ def quantize_run(
     return out_path
 
 
-def _collect(prepared: Path, tensor: np.ndarray, methods: tuple[str, ...], config: Any) -> dict[str, Any]:
+def _collect(prepared: Path, tensor: np.ndarray, methods: tuple[str, ...], config: Any, observers: list[Any]) -> dict[str, Any]:
     from rich.progress import Progress
 
     from calibration.collect import collect_ranges
@@ -314,6 +348,7 @@ def _collect(prepared: Path, tensor: np.ndarray, methods: tuple[str, ...], confi
             config.op_types,
             config.activation_symmetric,
             progress=lambda n: progress.advance(task, n),
+            observers=observers,
         )
 
 
@@ -338,6 +373,41 @@ def _best(tries: list[Try], max_drop: float) -> Try:
             t.val.get("drop_points", 0.0),
             len(t.excluded),
         ),
+    )
+
+
+def _choose(tries: list[Try], max_drop: float, min_agreement: float) -> Try:
+    """The fastest try that fits the budget (within SPEED_TOLERANCE, the most accurate of those);
+    when none fits, the most accurate (``_best``). Untimed tries count as equally fast."""
+    fitting = [t for t in tries if t.fits(max_drop, min_agreement)]
+    if not fitting:
+        return _best(tries, max_drop)
+    timed = [t.speedup for t in fitting if t.speedup is not None]
+    if timed:
+        floor = max(timed) * (1 - SPEED_TOLERANCE)
+        fitting = [t for t in fitting if t.speedup is None or t.speedup >= floor]
+    return _best(fitting, max_drop)
+
+
+def _time_tries(parent: Path, tries: list[Try], spec: Any, tensor: np.ndarray) -> None:
+    """Throughput of every try against the float parent at SPEED_BATCH, interleaved: tries that
+    keep the same nodes in float share a graph and so a speed, and are timed once."""
+    from edge.quantize_eval import interleaved_throughput
+
+    groups: dict[tuple[str, ...], list[Try]] = {}
+    for t in tries:
+        groups.setdefault(tuple(t.excluded), []).append(t)
+    batch = np.ascontiguousarray(np.resize(np.asarray(tensor[:SPEED_BATCH]), (SPEED_BATCH, *tensor.shape[1:])), np.float32)
+    results = interleaved_throughput(
+        [parent] + [members[0].path for members in groups.values()], spec, batch, rounds=SPEED_ROUNDS, window_s=SPEED_WINDOW_S
+    )
+    for members, result in zip(groups.values(), results[1:]):
+        for t in members:
+            t.speedup = result["ratio"]
+    log.info(
+        "speed at batch %d vs float: %s",
+        SPEED_BATCH,
+        ", ".join(f"{len(key)} float node(s) {r['ratio']:.2f}x" for key, r in zip(groups, results[1:])),
     )
 
 
@@ -428,6 +498,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_EXCLUDED,
         help=f"most nodes auto keeps in float (default {DEFAULT_MAX_EXCLUDED})",
     )
+    parser.add_argument(
+        "--weight-rounding",
+        choices=ROUNDINGS,
+        default="gptq",
+        help="int8 weights: gptq rounds them to keep each layer's output close (default); nearest: plain rounding",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
 
@@ -455,13 +531,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_excluded=args.max_excluded,
         out=args.out,
+        weight_rounding=args.weight_rounding,
     )
     manifest = read_manifest(path)
     console = Console()
     prov, metrics = manifest.provenance, manifest.metrics
     if prov["val_set"]:
         tries = Table(title=f"auto: tries on {prov['val_set']}")
-        for column in ("#", "method", "nodes in float", "val top-1", "drop (points)", "agreement"):
+        for column in ("#", "method", "nodes in float", "val top-1", "drop (points)", "agreement", "speed vs float"):
             tries.add_column(column)
         for i, row in enumerate(prov["tries"]):
             chosen = row["method"] == prov["chosen_method"] and row["excluded"] == prov["nodes_excluded"]
@@ -472,6 +549,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{100 * row['top1']:.2f}%",
                 f"{row['drop_points']:.2f}",
                 f"{100 * row['agreement']:.2f}%",
+                f"{row['speedup']:.2f}x" if "speedup" in row else "-",
             )
         console.print(tries)
     layers = json.loads(path.with_name(prov["layer_report"]).read_text())["layers"][:WORST_LAYERS]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,68 @@ def predict(model_path: str | os.PathLike[str], tensor: np.ndarray, batch: int =
     return np.concatenate(
         [sess.run(None, {name: np.ascontiguousarray(tensor[i : i + batch])})[0] for i in range(0, len(tensor), batch)]
     )
+
+
+def interleaved_throughput(
+    paths: Sequence[str | os.PathLike[str]],
+    spec: PreprocessSpec,
+    batch: np.ndarray,
+    threads: int | None = None,
+    rounds: int = 5,
+    window_s: float = 0.2,
+    warmup: int = 5,
+) -> list[dict[str, Any]]:
+    """Throughput of ONNX models at one batch, measured in interleaved rounds: each round times
+    every model for ``window_s`` in turn. Load from other processes drifts over seconds, so the
+    ratio of two models within a round is steadier than the ratio of two separate windows; the
+    result per model is the median over rounds of its images/s relative to the first model
+    (``ratio``), with the rounds' spread. Every model runs in the same ONNX Runtime runner with the
+    same session options."""
+    from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    if rounds < 1 or window_s <= 0:
+        raise UserError(f"throughput needs at least one round and a positive window (got {rounds}, {window_s})")
+    runners = [OnnxRuntimeRunner(path, spec, threads=threads) for path in paths]
+    per_round: list[list[float]] = [[] for _ in runners]
+    latencies: list[list[float]] = [[] for _ in runners]
+    try:
+        for runner in runners:
+            runner.activate()
+            for _ in range(warmup):
+                runner.infer(batch)
+        for _ in range(rounds):
+            for i, runner in enumerate(runners):
+                calls = 0
+                start = time.perf_counter()
+                while True:
+                    t0 = time.perf_counter()
+                    runner.infer(batch)
+                    now = time.perf_counter()
+                    latencies[i].append(now - t0)
+                    calls += 1
+                    if now - start >= window_s and calls >= 3:
+                        break
+                per_round[i].append(calls * len(batch) / (now - start))
+    finally:
+        for runner in runners:
+            runner.deactivate()
+    results = []
+    for i, runner in enumerate(runners):
+        ratios = [mine / ref for mine, ref in zip(per_round[i], per_round[0])]
+        results.append(
+            {
+                "path": str(runner.path),
+                "threads": runner.threads,
+                "images_per_s": float(np.median(per_round[i])),
+                "p50_ms": 1000 * float(np.median(latencies[i])),
+                "ratio": float(np.median(ratios)),
+                "ratio_min": float(min(ratios)),
+                "ratio_max": float(max(ratios)),
+                "rounds": rounds,
+                "calls": len(latencies[i]),
+            }
+        )
+    return results
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.collect import collect_ranges
+from calibration.collect import collect_ranges, refine_input_range
 from calibration.reader import calibration_reader, iter_batches
 from calibration.sets import build_calibration_set, load_calibration_set
 from edge.artifacts import read_manifest, sha256_file
@@ -124,3 +124,46 @@ def _calibrated(run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(run, target)
     return build_calibration_set(target, "fashion-mnist", size=32, seed=0, progress=False).path
+
+
+def test_input_range_fits_the_8bit_pixel_grid() -> None:
+    """(p/255 - 0.5)/0.5: minmax's [-1, 1] gives scale 2/255 and zero point 128, every value a tie;
+    the refined range is exactly the grid of 2/254 with zero point 127 (black and white exact)."""
+    values = (np.arange(256) / 255 - 0.5) / 0.5
+    counts = np.ones(256, dtype=np.int64)
+    counts[0] = 10_000  # a black background
+    low, high = refine_input_range(values.astype(np.float32), counts, -1.0, 1.0)
+    scale = (high - low) / 255
+    assert scale == pytest.approx(2 / 254) and -low / scale == pytest.approx(127)
+
+    def rms(scale: float, zero_point: int) -> float:
+        q = np.clip(np.round(values / scale) + zero_point, 0, 255)
+        return float(np.sqrt(np.average((values - (q - zero_point) * scale) ** 2, weights=counts)))
+
+    assert rms(scale, 127) < 0.1 * rms(2 / 255, 128)
+    # a range that is already a clean grid stays as it is
+    grid = np.arange(-64, 192) / 64
+    assert refine_input_range(grid, np.ones(256), grid.min(), grid.max()) == (grid.min(), grid.max())
+
+
+def test_observers_see_every_tensor_and_the_input_range_is_refined(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    tensor = np.asarray(load_calibration_set(_calibrated(fashion_onnx_run, tmp_path)).tensor)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.batches: list[set[str]] = []
+
+        def add(self, tensors: dict) -> None:
+            self.batches.append(set(tensors))
+
+    recorder = Recorder()
+    ranges = collect_ranges(fashion_onnx_run / "model.onnx", iter_batches(tensor, 16), ("minmax",), observers=[recorder])
+    assert len(recorder.batches) == 2 and "input" in recorder.batches[0] and len(recorder.batches[0]) > 50
+    low, high = ranges["minmax"].data["input"].range_value
+    assert (float(low), float(high)) == pytest.approx((-1, 1 + 2 / 254))
+    # continuous (not 8-bit) inputs keep their calibrated range; symmetric ranges are never refined
+    noise = np.random.default_rng(0).uniform(-1, 1, tensor.shape).astype(np.float32)
+    plain = collect_ranges(fashion_onnx_run / "model.onnx", iter_batches(noise, 16), ("minmax",))
+    np.testing.assert_allclose(np.ravel(plain["minmax"].data["input"].range_value), [noise.min(), noise.max()])
+    symmetric = collect_ranges(fashion_onnx_run / "model.onnx", iter_batches(tensor, 16), ("minmax",), symmetric=True)
+    np.testing.assert_allclose(np.ravel(symmetric["minmax"].data["input"].range_value), [-1, 1])

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from edge.artifacts import read_manifest
 from edge.errors import UserError
-from edge.quantize import quantize_run
+from edge.quantize import Try, _choose, quantize_run
 from edge.quantize_onnx import check_tensorrt_rules, default_reduce_range
 from tests.conftest import PHOTO_CLASSES
 
@@ -70,6 +70,8 @@ def test_cpu_target_layout_and_metrics(fashion_quant_run: Path) -> None:
     assert 0.15 < metrics["size_ratio"] < 0.5  # int8 weights: about a quarter of the float file
     assert metrics["eval_source"] == "fashion-mnist:test"
     assert manifest.provenance["reduce_range"] is default_reduce_range()
+    rounding = manifest.provenance["weight_rounding"]
+    assert rounding["rounding"] == "gptq" and rounding["layers"] > 40 and rounding["output_error_gain_db"] > 0
     model = onnx.load(str(path))
     inits = _initializers(model)
     ops = [n.op_type for n in model.graph.node]
@@ -83,6 +85,23 @@ def test_cpu_target_layout_and_metrics(fashion_quant_run: Path) -> None:
         weight, scale, zero = (inits[name] for name in node.input)
         assert weight.dtype == np.int8 and not zero.any()  # symmetric int8
         assert scale.shape == (weight.shape[0],)  # per channel
+        assert np.abs(weight).max() <= 127
+
+
+@pytest.mark.slow
+def test_cpu_target_input_sits_on_the_pixel_grid(fashion_quant_run: Path) -> None:
+    """Inputs 2p/255 - 1 (mean = std = 0.5): minmax's scale 2/255 with zero point 128 rounds every
+    pixel from a tie; the refined grid 2/254 with zero point 127 holds black and white exactly."""
+    from calibration.sets import load_calibration_set
+
+    values = np.unique(np.asarray(load_calibration_set(fashion_quant_run).tensor))
+    assert values.min() == -1 and values.max() == 1
+    inits = _initializers(onnx.load(str(fashion_quant_run / "model.int8-cpu.onnx")))
+    assert inits["input_scale"] == pytest.approx(2 / 254) and int(inits["input_zero_point"]) == 127
+    q = np.clip(np.round(values / inits["input_scale"]) + 127, 0, 255)
+    on_grid = (q - 127) * inits["input_scale"]
+    assert on_grid[0] == pytest.approx(-1, abs=1e-6) and on_grid[-1] == pytest.approx(1, abs=1e-6)
+    assert np.abs(on_grid - values).max() < 0.5 * 2 / 254 + 1e-6
 
 
 @pytest.mark.slow
@@ -91,6 +110,10 @@ def test_auto_records_its_tries_and_a_layer_report(fashion_quant_run: Path) -> N
     tries = manifest.provenance["tries"]
     assert [t["method"] for t in tries[:3]] == ["minmax", "entropy", "percentile"]
     assert all(t["eval_count"] == 100 for t in tries)
+    # target cpu: every try timed against the float model; the same float nodes, the same speed
+    assert all(t["speedup"] > 0 for t in tries)
+    assert len({t["speedup"] for t in tries if not t["excluded"]}) == 1
+    assert manifest.provenance["speed"]["batch"] == 8
     assert manifest.provenance["val_set"] == "fashion-mnist:val"
     chosen = [
         t
@@ -113,6 +136,8 @@ def test_trt_target_follows_tensorrt_rules(fashion_quant_run: Path) -> None:
     manifest = read_manifest(path)
     assert manifest.kind == "onnx-int8-trt" and manifest.metrics["simulated"] is True
     assert manifest.provenance["extra_options"]["QuantizeBias"] is False
+    assert manifest.provenance["weight_rounding"]["rounding"] == "gptq"
+    assert manifest.provenance["speed"] is None  # ORT CPU speed says nothing about TensorRT
     model = onnx.load(str(path))
     assert check_tensorrt_rules(model) == []
     inits = _initializers(model)
@@ -162,6 +187,7 @@ def test_reduce_range_default_follows_cpu_flags() -> None:
         ({"max_drop": -1}, "max-drop"),
         ({"eval_limit": -5}, "eval-limit"),
         ({"min_agreement": 2}, "min-agreement"),
+        ({"weight_rounding": "stochastic"}, "unknown weight rounding 'stochastic'"),
     ],
 )
 def test_bad_arguments_fail_before_work(fashion_onnx_run: Path, kwargs: dict, message: str) -> None:
@@ -229,11 +255,54 @@ def test_cli_quantize_prints_and_writes(fashion_quant_run: Path, tmp_path: Path,
                 "fashion-mnist",
                 "--eval-limit",
                 "50",
+                "--weight-rounding",
+                "nearest",
                 "--out",
                 str(out),
             ]
         )
     assert code == 0
-    metrics = read_manifest(out).metrics
-    assert metrics["eval_count"] == 50
+    manifest = read_manifest(out)
+    assert manifest.metrics["eval_count"] == 50
+    assert manifest.provenance["weight_rounding"] == {"rounding": "nearest"}
     assert main(["quantize", str(fashion_quant_run), "--target", "cpu", "--max-drop", "-1"]) == 2
+
+
+def _try(excluded: int, drop: float, agreement: float, speedup: float | None) -> Try:
+    return Try(
+        "minmax",
+        [f"n{i}" for i in range(excluded)],
+        Path(f"try-{excluded}.onnx"),
+        {"drop_points": drop, "agreement": agreement},
+        speedup,
+    )
+
+
+def test_auto_takes_the_fastest_try_that_fits() -> None:
+    full = _try(0, 0.2, 0.985, 2.2)  # fast, agreement short of 0.99
+    two = _try(2, 0.1, 0.995, 1.6)
+    four = _try(4, 0.0, 0.999, 1.4)
+    assert _choose([full, two, four], 0.5, 0.99) is two
+    # within SPEED_TOLERANCE of the fastest, accuracy decides
+    close = _try(1, 0.0, 0.998, 1.58)
+    assert _choose([full, two, close, four], 0.5, 0.99) is close
+    # nothing fits: the most accurate within the drop budget, speed aside
+    assert _choose([full, _try(1, 0.3, 0.986, 2.0)], 0.5, 0.99).excluded == ["n0"]
+    # untimed tries (target trt): accuracy alone
+    assert _choose([_try(0, 0.1, 0.992, None), _try(1, 0.0, 0.995, None)], 0.5, 0.99).excluded == ["n0"]
+
+
+def test_interleaved_throughput_reports_ratios_to_the_first_model(fashion_onnx_run: Path) -> None:
+    from edge.artifacts import artifact_spec
+    from edge.quantize_eval import interleaved_throughput
+
+    spec = artifact_spec(fashion_onnx_run / "model.onnx")
+    batch = np.zeros((2, *spec.input_shape), dtype=np.float32)
+    model = fashion_onnx_run / "model.onnx"
+    first, second = interleaved_throughput([model, model], spec, batch, threads=1, rounds=3, window_s=0.01, warmup=1)
+    assert first["ratio"] == first["ratio_min"] == first["ratio_max"] == 1.0
+    assert second["ratio_min"] <= second["ratio"] <= second["ratio_max"]
+    assert first["threads"] == second["threads"] == 1
+    assert first["rounds"] == 3 and first["calls"] >= 9 and first["images_per_s"] > 0
+    with pytest.raises(UserError, match="at least one round"):
+        interleaved_throughput([model], spec, batch, rounds=0)
