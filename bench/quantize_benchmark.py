@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import UserError
 from edge.run import RunDir
 
 RSS_IMAGES = 512
@@ -148,10 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-accuracy", action="store_true", help="skip calibration+quantization and the full test set")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name, value in (("--batch", args.batch), ("--rounds", args.rounds), ("--window", args.window)):
+        if value <= 0:
+            parser.error(f"{name} must be positive, got {value}")
     if args.rss_child:
         rss_child(args.rss_child, args.run, RSS_IMAGES)
         return 0
+    try:
+        return _main(args)
+    except UserError as exc:
+        print(f"quantize_benchmark: error: {exc}", file=sys.stderr)
+        return 2
 
+
+def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
