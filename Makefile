@@ -119,7 +119,7 @@ demo: install
 device-check:
 	mkdir -p $${OUT:-runs/device-check}
 	PYTHONPATH=. $(PYTHON) -m pytest -q -m "gpu or tensorrt" -rs tests 2>&1 | tee $${OUT:-runs/device-check}/pytest.txt
-	PYTHONPATH=. $(PYTHON) -m bench.cuda_check --out $${OUT:-runs/device-check} 2>&1 | tee $${OUT:-runs/device-check}/bench.txt
+	PYTHONPATH=. $(PYTHON) -m bench.scripts.cuda_check --out $${OUT:-runs/device-check} 2>&1 | tee $${OUT:-runs/device-check}/bench.txt
 
 clean:
 	rm -rf runs typings .pytest_cache .ruff_cache .mypy_cache

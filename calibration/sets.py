@@ -177,7 +177,7 @@ def load_calibration_set(path_or_run: str | os.PathLike[str], spec: PreprocessSp
 def photo_calibration_set(run_dir: str | os.PathLike[str], count: int = 48, seed: int = 0) -> CalibrationSet:
     """A calibration set of scikit-image photos and their crops, for a model with no data here
     (the ImageNet-pretrained Lite0)."""
-    from calibration.photos import photo_set
+    from edge.photos import photo_set
 
     run = RunDir.open(run_dir)
     spec = run_spec(run)

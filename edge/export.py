@@ -295,7 +295,7 @@ def verification_images(
 
         split = open_data(source, seed=int(config.get("seed", 0))).split("test", limit=limit, seed=0)
         return [split.image(i) for i in range(len(split))], f"{source}:test"
-    from calibration.photos import photo_set
+    from edge.photos import photo_set
 
     photos = photo_set(limit, seed=0)
     return photos, "scikit-image photos"

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.iters < 1:
         raise UserError(f"--iters must be at least 1, got {args.iters}")
     from edge.runners import require_tensorrt
-    from edge.tensorrt import runtime_environment
+    from edge.tensorrt.build import runtime_environment
 
     require_tensorrt("edge selftest --tensorrt")
     env = runtime_environment()
@@ -63,7 +63,7 @@ def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) 
     from edge.artifacts import atomic_write_json, atomic_write_text
     from edge.run import RunDir
     from edge.runners import select_runner
-    from edge.tensorrt import UNVERIFIED, build_engines, validate_request
+    from edge.tensorrt.build import UNVERIFIED, build_engines, validate_request
 
     if not run_path.exists():
         from train.models import write_pretrained_run  # edge -> train only here, lazily
@@ -113,7 +113,7 @@ def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) 
 
 def _check_engine(engine: Path, batch: np.ndarray, expected: np.ndarray, names: list[str], iters: int) -> dict[str, Any]:
     from edge.runners import select_runner
-    from edge.tensorrt import engine_precision
+    from edge.tensorrt.build import engine_precision
 
     precision = engine_precision(engine)
     with select_runner(engine, device="cuda", backend="tensorrt") as runner:

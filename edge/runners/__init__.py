@@ -58,7 +58,7 @@ def resolve_artifact(path: str | os.PathLike[str], backend: str = "auto", device
         engines = run.engine_files()
         if not engines:
             raise UserError(f"{path} has no TensorRT engines: build them with `make engine RUN={path}`")
-        from edge.tensorrt import pick_engine
+        from edge.tensorrt.build import pick_engine
 
         return pick_engine(engines)
     candidates = {
@@ -100,7 +100,7 @@ def select_runner(
 
     if chosen == "tensorrt":
         require_tensorrt()
-        from edge.tensorrt import TensorRTRunner
+        from edge.tensorrt.build import TensorRTRunner
 
         return TensorRTRunner(path, device=device, threads=threads, **options)
 

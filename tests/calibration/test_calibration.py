@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.collect import collect_ranges, refine_input_range
 from calibration.reader import calibration_reader, iter_batches
 from calibration.sets import build_calibration_set, load_calibration_set
 from edge.artifacts import read_manifest, sha256_file
 from edge.errors import UserError
+from edge.quantize.ranges import collect_ranges, refine_input_range
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from edge.runners.onnxruntime_runner import (
     ort_tensorrt_runner,
     tensorrt_provider_options,
 )
-from tests.edge.test_tensorrt import SPEC, tiny_onnx
+from tests.edge.tensorrt.test_build import SPEC, tiny_onnx
 
 
 def _providers() -> list[str]:
@@ -137,7 +137,7 @@ class _Fake:
 
 def test_selftest_compares_with_onnxruntime_and_writes_the_report(tmp_path, monkeypatch):
     import edge.runners
-    import edge.tensorrt
+    import edge.tensorrt.build
     from edge import selftest
 
     run = tmp_path / "run"
@@ -158,7 +158,7 @@ def test_selftest_compares_with_onnxruntime_and_writes_the_report(tmp_path, monk
         return [{"engine": str(run / "engines" / "m" / f"model.{precision}.engine")}]
 
     monkeypatch.setattr(edge.runners, "select_runner", fake_select)
-    monkeypatch.setattr(edge.tensorrt, "build_engines", fake_build)
+    monkeypatch.setattr(edge.tensorrt.build, "build_engines", fake_build)
     monkeypatch.setattr(selftest, "photos", lambda: {n: np.zeros((20, 20, 3), np.uint8) for n in ("cat", "coffee", "rocket")})
     env = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
     report = selftest.selftest(run, None, 3, env)

@@ -14,8 +14,8 @@ from onnx import numpy_helper
 
 from edge.artifacts import read_manifest
 from edge.errors import UserError
-from edge.quantize import Try, _choose, quantize_run
-from edge.quantize_onnx import check_tensorrt_rules, default_reduce_range
+from edge.quantize.cli import Try, _choose, quantize_run
+from edge.quantize.targets import check_tensorrt_rules, default_reduce_range
 from tests.conftest import PHOTO_CLASSES
 
 ACCEPTANCE_KEYS = {"top1", "top5", "parent_top1", "drop_points", "agreement", "eval_count", "size_ratio", "simulated", "accepted"}
@@ -294,7 +294,7 @@ def test_auto_takes_the_fastest_try_that_fits() -> None:
 
 def test_interleaved_throughput_reports_ratios_to_the_first_model(fashion_onnx_run: Path) -> None:
     from edge.artifacts import artifact_spec
-    from edge.quantize_eval import interleaved_throughput
+    from edge.quantize.evaluate import interleaved_throughput
 
     spec = artifact_spec(fashion_onnx_run / "model.onnx")
     batch = np.zeros((2, *spec.input_shape), dtype=np.float32)

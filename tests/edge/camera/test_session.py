@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.camera import CameraOptions, inference_threads, run_camera
-from edge.camera_demo import DemoVideo, write_demo_video
-from edge.camera_outputs import JSONL_FIELDS
-from edge.camera_sources import RetryPolicy
+from edge.camera.demo import DemoVideo, write_demo_video
+from edge.camera.outputs import JSONL_FIELDS
+from edge.camera.session import CameraOptions, inference_threads, run_camera
+from edge.camera.sources import RetryPolicy
 from edge.errors import UserError
 from edge.runners.onnxruntime_runner import physical_cores
 from tests.conftest import PHOTO_CLASSES
@@ -311,7 +311,7 @@ def test_stalled_source_ends_with_a_summary(pretrained_onnx_run, photos, monkeyp
         opened.append(source.text)
         return StallingCapture(photos["cat"], 3 if len(opened) == 1 else 0, block_s=block_s)
 
-    monkeypatch.setattr("edge.camera.open_capture", fake_open)
+    monkeypatch.setattr("edge.camera.session.open_capture", fake_open)
     options = CameraOptions(source="0", retry=RetryPolicy(retries=2, delay_s=0.05, stall_timeout_s=1.0), quiet=True)
     started = time.monotonic()
     result = run_camera(pretrained_onnx_run, options)
@@ -329,7 +329,8 @@ def test_stalled_source_exits_1_after_the_summary(pretrained_onnx_run, photos, m
 
     frames_per_open = iter([2, 0, 0])
     monkeypatch.setattr(
-        "edge.camera.open_capture", lambda source, read_timeout_s=5.0: StallingCapture(photos["cat"], next(frames_per_open))
+        "edge.camera.session.open_capture",
+        lambda source, read_timeout_s=5.0: StallingCapture(photos["cat"], next(frames_per_open)),
     )
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
     argv = ["camera", str(pretrained_onnx_run), "--source", "0", "--retries", "1", "--retry-delay", "0.01"]
@@ -379,6 +380,6 @@ def test_ctrl_c_leaves_a_playable_recording_and_complete_jsonl(pretrained_onnx_r
 
 
 def test_the_camera_module_imports_without_cv2_or_torch():
-    code = "import sys, edge.camera; bad = {'cv2', 'torch', 'onnxruntime'} & set(sys.modules); print(sorted(bad))"
+    code = "import sys, edge.camera.session; bad = {'cv2', 'torch', 'onnxruntime'} & set(sys.modules); print(sorted(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**os.environ})
     assert out.stdout.strip() == "[]", out.stderr

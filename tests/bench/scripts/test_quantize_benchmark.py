@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.quantize_benchmark import main
+from bench.scripts.quantize_benchmark import main
 
 
 @pytest.mark.parametrize("flag", ["--rounds", "--window", "--batch"])

@@ -76,7 +76,7 @@ class VideoRecorder:
     """Writes annotated frames to ``.mp4`` (MPEG-4) or ``.avi`` (MJPEG); renamed into place on ``close``."""
 
     def __init__(self, path: str | os.PathLike[str], fps: float):
-        from edge.camera_demo import video_fourcc
+        from edge.camera.demo import video_fourcc
 
         self.cv2 = require("cv2", "opencv", "Recording video")
         self.path = Path(path)

@@ -63,7 +63,7 @@ def eval_set_from_data(
 
 def eval_set_from_photos(count: int, spec: PreprocessSpec, seed: int) -> EvalSet:
     """scikit-image photos and crops, unlabelled (for a model without its data here)."""
-    from calibration.photos import photo_set
+    from edge.photos import photo_set
 
     return EvalSet(
         f"scikit-image photos (seed {seed}, labels = float parent's top-1)", spec.apply_batch(photo_set(count, seed)), None

@@ -36,7 +36,7 @@ import onnx
 from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, write_manifest
 from edge.errors import UserError
 from edge.export import load_onnx_checked
-from edge.quantize_eval import (
+from edge.quantize.evaluate import (
     EvalSet,
     compare,
     eval_set_from_data,
@@ -45,7 +45,7 @@ from edge.quantize_eval import (
     predict,
     weight_sensitivity,
 )
-from edge.quantize_onnx import (
+from edge.quantize.targets import (
     TARGETS,
     check_tensorrt_rules,
     default_reduce_range,
@@ -53,7 +53,7 @@ from edge.quantize_onnx import (
     quantize_onnx,
     target_config,
 )
-from edge.quantize_weights import ROUNDINGS, GPTQRounding, InputStatistics
+from edge.quantize.weights import ROUNDINGS, GPTQRounding, InputStatistics
 from edge.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -336,8 +336,8 @@ def quantize_run(
 def _collect(prepared: Path, tensor: np.ndarray, methods: tuple[str, ...], config: Any, observers: list[Any]) -> dict[str, Any]:
     from rich.progress import Progress
 
-    from calibration.collect import collect_ranges
     from calibration.reader import iter_batches
+    from edge.quantize.ranges import collect_ranges
 
     with Progress(transient=True) as progress:
         task = progress.add_task(f"calibrating ({', '.join(methods)})", total=len(tensor))
@@ -392,7 +392,7 @@ def _choose(tries: list[Try], max_drop: float, min_agreement: float) -> Try:
 def _time_tries(parent: Path, tries: list[Try], spec: Any, tensor: np.ndarray) -> None:
     """Throughput of every try against the float parent at SPEED_BATCH, interleaved: tries that
     keep the same nodes in float share a graph and so a speed, and are timed once."""
-    from edge.quantize_eval import interleaved_throughput
+    from edge.quantize.evaluate import interleaved_throughput
 
     groups: dict[tuple[str, ...], list[Try]] = {}
     for t in tries:

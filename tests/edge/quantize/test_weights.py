@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.quantize_weights import GPTQRounding, InputStatistics, gptq_round, output_error, weighted_layers
+from edge.quantize.weights import GPTQRounding, InputStatistics, gptq_round, output_error, weighted_layers
 
 
 def _conv_model(group: int = 2, stride: int = 2, dilation: int = 1, pads: tuple[int, ...] = (0, 1, 1, 2)) -> onnx.ModelProto:

@@ -1,6 +1,6 @@
 """Is bench's timing honest? Its p50 for the ONNX Runtime FP32 cell against a bare ``session.run`` loop.
 
-    python -m bench.overhead_benchmark RUN [--batch 1] [--iters 300] [--threads N] [--rounds 3]
+    python -m bench.scripts.overhead_benchmark RUN [--batch 1] [--iters 300] [--threads N] [--rounds 3]
 
 Times the same model on the same input two ways, interleaved in rounds so that machine noise
 hits both alike: (a) a bare ``InferenceSession.run`` loop with ``perf_counter`` around each call,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge.run import RunDir
     from edge.runners.onnxruntime_runner import physical_cores
 
-    parser = argparse.ArgumentParser(prog="python -m bench.overhead_benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.scripts.overhead_benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run directory with model.onnx (or an .onnx file)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--iters", type=int, default=100)

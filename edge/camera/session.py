@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.camera_outputs import JsonlLog, Prediction, VideoRecorder, draw_overlay, jsonl_record, open_window, top_k
-from edge.camera_sources import (
+from edge.camera.outputs import JsonlLog, Prediction, VideoRecorder, draw_overlay, jsonl_record, open_window, top_k
+from edge.camera.sources import (
     Frame,
     FrameGrabber,
     RetryPolicy,
@@ -82,7 +82,7 @@ class CameraOptions:
             if suffix not in (".mp4", ".m4v", ".mov", ".avi"):
                 raise UserError(f"--record {self.record}: use a .mp4 or .avi path")
         if self.serve is not None:
-            from edge.camera_server import parse_address
+            from edge.camera.server import parse_address
 
             parse_address(self.serve)
 
@@ -181,7 +181,7 @@ def resolve_source(options: CameraOptions, model: str | Path) -> tuple[SourceSpe
     source = parse_source(options.source)
     if source.kind != "demo":
         return source, None
-    from edge.camera_demo import ensure_demo_video
+    from edge.camera.demo import ensure_demo_video
 
     model_path = Path(model)
     directory = model_path if model_path.is_dir() else model_path.parent
@@ -327,7 +327,7 @@ class _Session:
             if self.window is None:
                 self._notice(f"--show: {problem}; running headless (use --serve or --record to see the output)")
         if options.serve is not None:
-            from edge.camera_server import StreamServer, parse_address
+            from edge.camera.server import StreamServer, parse_address
 
             self.server = StreamServer(*parse_address(options.serve))
             self._notice(f"serving the annotated stream on {self.server.url}")

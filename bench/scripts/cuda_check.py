@@ -1,6 +1,6 @@
 """A short CUDA benchmark for `make device-check`: what this GPU machine does with what is installed.
 
-    python -m bench.cuda_check --out DIR
+    python -m bench.scripts.cuda_check --out DIR
 
 Uses only torch (+ timm for the Lite0 architecture with random weights; no download, no pip) and
 edge's own CUDA buffer/stream code. Prints the figures as tables and writes DIR/cuda_check.json and
@@ -84,7 +84,7 @@ def lite0_rows(torch: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
 
     from edge.runners.torch_runner import TorchRunner
     from edge.spec import PreprocessSpec
-    from edge.tensorrt import DeviceIO, TorchCuda
+    from edge.tensorrt.build import DeviceIO, TorchCuda
 
     spec = PreprocessSpec(input_size=224, resize_size=256, labels=tuple(str(i) for i in range(1000)))
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
@@ -144,7 +144,7 @@ def lite0_rows(torch: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.cuda_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.scripts.cuda_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/device-check", help="folder for cuda_check.json / .md")
     parser.add_argument("--batches", default="1,8,32", help="Lite0 batch sizes")

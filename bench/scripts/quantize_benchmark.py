@@ -1,6 +1,6 @@
 """Figures for the INT8 targets (issue 4): not a test, a script that prints what it measured.
 
-    python -m bench.quantize_benchmark [--run runs/demo] [--data fashion-mnist] [--skip-rss]
+    python -m bench.scripts.quantize_benchmark [--run runs/demo] [--data fashion-mnist] [--skip-rss]
 
 1. Throughput of RUN/model.int8-cpu.onnx vs RUN/model.onnx in ONNX Runtime at batch 8: interleaved
    rounds (FP32 then INT8, --rounds times, --window seconds each) in the same runner with the same
@@ -38,11 +38,11 @@ RSS_SIZE = 224
 
 def rss_child(method: str, run: str, images: int) -> None:
     """Subprocess body: calibrate ``images`` cached images with one method, print peak RSS."""
-    from calibration.collect import collect_ranges
     from calibration.reader import iter_batches
     from calibration.sets import load_calibration_set
-    from edge.quantize import calibration_batch
-    from edge.quantize_onnx import TARGET_CONFIGS, prepare_float_model
+    from edge.quantize.cli import calibration_batch
+    from edge.quantize.ranges import collect_ranges
+    from edge.quantize.targets import TARGET_CONFIGS, prepare_float_model
 
     before = peak_rss_mb()
     tensor = load_calibration_set(run).tensor[:images]
@@ -78,7 +78,7 @@ def calibration_rss(work: Path) -> list[dict[str, Any]]:
     for method in ("minmax", "entropy", "percentile"):
         out = (
             subprocess.run(
-                [sys.executable, "-m", "bench.quantize_benchmark", "--rss-child", method, "--run", str(run)],
+                [sys.executable, "-m", "bench.scripts.quantize_benchmark", "--rss-child", method, "--run", str(run)],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -94,7 +94,7 @@ def calibrate_and_quantize(run: Path, data: str, work: Path) -> dict[str, Any]:
     """512-image calibration + auto quantization (target cpu) on a copy of RUN, accepted on the full test split."""
     from calibration.sets import build_calibration_set
     from edge.artifacts import read_manifest
-    from edge.quantize import quantize_run
+    from edge.quantize.cli import quantize_run
 
     copy = work / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("calibration", "model.int8-*", "bench", "engines", "*.pt"))
@@ -110,7 +110,7 @@ def _print_throughput(console: Any, run: RunDir, int8: Path, args: argparse.Name
     from rich.table import Table
 
     from edge.artifacts import artifact_spec
-    from edge.quantize_eval import interleaved_throughput
+    from edge.quantize.evaluate import interleaved_throughput
 
     spec = artifact_spec(run.onnx)
     data = np.random.default_rng(0).standard_normal((args.batch, *spec.input_shape)).astype(np.float32)
@@ -136,7 +136,9 @@ def _print_throughput(console: Any, run: RunDir, int8: Path, args: argparse.Name
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.quantize_benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.scripts.quantize_benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", default="runs/demo", help="a fine-tuned run with model.onnx (default runs/demo)")
     parser.add_argument("--data", default="fashion-mnist", help="its data (default fashion-mnist)")
@@ -166,7 +168,7 @@ def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edge.quantize import quantize_run
+    from edge.quantize.cli import quantize_run
 
     console = Console()
     run = RunDir.open(args.run)

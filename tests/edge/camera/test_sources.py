@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from edge.camera_outputs import JsonlLog, VideoRecorder, display_problem, top_k
-from edge.camera_server import parse_address
-from edge.camera_sources import FrameGrabber, RetryPolicy, csi_pipeline, open_capture, opencv_has_gstreamer, parse_source
+from edge.camera.outputs import JsonlLog, VideoRecorder, display_problem, top_k
+from edge.camera.server import parse_address
+from edge.camera.sources import FrameGrabber, RetryPolicy, csi_pipeline, open_capture, opencv_has_gstreamer, parse_source
 from edge.errors import UserError
 
 
@@ -183,7 +183,7 @@ def test_blocked_read_is_reported_as_a_stall_without_hanging():
 
 
 def test_truncated_avi_ends_with_a_note(tmp_path):
-    from edge.camera_demo import write_demo_video
+    from edge.camera.demo import write_demo_video
 
     video = write_demo_video(tmp_path / "clip.avi", size=(64, 48), fps=8, seconds_per_photo=1.0, photos=_tiny_photos())
     data = video.path.read_bytes()
@@ -196,7 +196,7 @@ def test_truncated_avi_ends_with_a_note(tmp_path):
 
 
 def test_truncated_mp4_cannot_be_opened(tmp_path):
-    from edge.camera_demo import write_demo_video
+    from edge.camera.demo import write_demo_video
 
     video = write_demo_video(tmp_path / "clip.mp4", size=(64, 48), fps=8, seconds_per_photo=1.0, photos=_tiny_photos())
     data = video.path.read_bytes()

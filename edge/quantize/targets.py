@@ -116,7 +116,7 @@ def quantize_onnx(
     reduce_range: bool = False,
     nodes_to_exclude: Sequence[str] = (),
 ) -> Path:
-    """Write a QDQ model for ``target`` from ORT ``TensorsData`` ranges (see calibration.collect)."""
+    """Write a QDQ model for ``target`` from ORT ``TensorsData`` ranges (see edge.quantize.ranges)."""
     quantization = require("onnxruntime.quantization", "cpu", "Quantizing")
     calibrate = require("onnxruntime.quantization.calibrate", "cpu", "Quantizing")
     config = target_config(target)

@@ -6,7 +6,7 @@ each batch's tensors go straight into ONNX Runtime's own ``HistogramCollector`` 
 histograms across calls) and into running min/max, and are dropped. Peak memory is one batch's
 activations plus the histograms, whatever the size of the calibration set. One pass serves all
 methods, so ``quantize --method auto`` runs the model over the calibration set once. Observers
-(``edge.quantize_weights.InputStatistics``) see every tensor of each batch in the same pass.
+(``edge.quantize.weights.InputStatistics``) see every tensor of each batch in the same pass.
 
 The graph input gets one refinement on the asymmetric (uint8) target: an 8-bit image normalised
 with mean 0.5 and std 0.5 takes the values 2p/255 - 1, and minmax's [-1, 1] gives the scale 2/255

@@ -1,4 +1,4 @@
-"""edge/tensorrt.py: argument validation, the version branch, compatibility against recorded
+"""edge/tensorrt and the tensorrt runner: argument validation, the version branch, compatibility against recorded
 manifests of other TensorRT versions and GPUs, engine choice, the absent-TensorRT messages, the
 API names each version branch uses, mypy against tensorrt-stubs; and, marked gpu/tensorrt, the
 CUDA buffer/stream code, the torch CUDA runner, real engine builds and runs."""
@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import tensorrt as T
+from edge.tensorrt import build as T
 from edge.artifacts import read_manifest, write_manifest
 from edge.errors import UserError
 from edge.run import RunDir
 from edge.runners import select_runner, tensorrt_available
 from edge.spec import PreprocessSpec
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[3]
+# Every module that calls the TensorRT API: the name scan and mypy read all of them.
+TENSORRT_SOURCES = ("edge/tensorrt/build.py",)
+DATA = Path(__file__).parent.parent / "data"
 RECORDED = DATA / "engine_manifests"
 SPEC = PreprocessSpec(input_size=16, resize_size=16, crop="resize", labels=("a", "b", "c"))
 ENV = {"hostname": "test"}  # skips the environment probe in write_manifest
@@ -461,8 +463,9 @@ def tensorrt_names_used(source: str) -> set[str]:
 
 
 def test_every_tensorrt_name_exists_in_each_supported_version():
-    source = (ROOT / "edge" / "tensorrt.py").read_text()
-    used = tensorrt_names_used(source)
+    used: set[str] = set()
+    for source in TENSORRT_SOURCES:
+        used |= tensorrt_names_used((ROOT / source).read_text())
     # The static names are shared by both branches; sanity-check that the scan sees the core API.
     assert {
         "IExecutionContext.execute_async_v3",
@@ -475,7 +478,7 @@ def test_every_tensorrt_name_exists_in_each_supported_version():
     for version, probe in (("10.3", "10.3.0.30"), ("11.x", "11.1.0.8")):
         names = _api_names(version)
         missing = sorted(n for n in used if n not in names)
-        assert not missing, f"edge/tensorrt.py uses names TensorRT {version} lacks: {missing}"
+        assert not missing, f"the TensorRT code uses names TensorRT {version} lacks: {missing}"
         # The version branch is data: the flag names build_settings picks must exist in that version.
         for precision in T.PRECISIONS:
             for dla in (None, 0):
@@ -553,7 +556,7 @@ def test_mypy_flags_a_misspelt_tensorrt_method_and_passes_edge_tensorrt(tmp_path
             str(config),
             "--follow-imports=silent",
             str(snippet),
-            "edge/tensorrt.py",
+            *TENSORRT_SOURCES,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -564,7 +567,7 @@ def test_mypy_flags_a_misspelt_tensorrt_method_and_passes_edge_tensorrt(tmp_path
     assert any("snippet.py:5" in e and '"IExecutionContext" has no attribute "execute_asnyc_v3"' in e for e in errors), (
         result.stdout
     )
-    assert len(errors) == 1, result.stdout  # nothing in edge/tensorrt.py, nothing for the correct call
+    assert len(errors) == 1, result.stdout  # nothing in the TensorRT code, nothing for the correct call
 
 
 # ---- CUDA buffer/stream code and the torch CUDA runner (gpu) ------------------------------------

@@ -1,6 +1,6 @@
 """The camera classifier's targets, measured: does the live pipeline keep up with the model?
 
-    python -m bench.camera_benchmark runs/imagenet-lite0 [--backend auto] [--device cpu] [--threads 2]
+    python -m bench.scripts.camera_benchmark runs/imagenet-lite0 [--backend auto] [--device cpu] [--threads 2]
 
 1. Batch-1 throughput of the artifact with the same runner and thread setting (as ``edge bench``:
    a preprocessed frame in host memory, warm-up, then at least N calls and T seconds).
@@ -24,8 +24,8 @@ from typing import Any
 
 from bench.timing import TimingWindow, time_calls
 from edge.artifacts import atomic_write_json
-from edge.camera import CameraOptions, CameraResult, inference_threads, run_camera
-from edge.camera_demo import demo_photos, write_demo_video
+from edge.camera.demo import demo_photos, write_demo_video
+from edge.camera.session import CameraOptions, CameraResult, inference_threads, run_camera
 from edge.errors import UserError
 from edge.runners import BACKENDS, DEVICES, select_runner
 
@@ -89,7 +89,7 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.camera_benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.scripts.camera_benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model", metavar="RUN|ARTIFACT")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)

@@ -1,0 +1,6 @@
+"""TensorRT engine building (`edge engine`): FP32/FP16/INT8 engines from a run's ONNX models.
+
+``build`` holds the one TensorRT version branch and the builder; ``cli`` is the command. Running
+an engine is the ``tensorrt`` backend in :mod:`edge.runners`. TensorRT path: not yet verified on
+hardware.
+"""
