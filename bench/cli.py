@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.timing import percentile_samples_needed
+from edge.artifacts import artifact_spec
 from edge.errors import UserError
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -89,21 +90,10 @@ def parse_devices(text: str) -> list[str]:
     return list(dict.fromkeys(devices))
 
 
-def artifact_labels(path: Path) -> tuple[str, ...]:
-    """The class labels an artifact predicts (its spec)."""
-    from edge.artifacts import artifact_spec, manifest_path
-
-    if path.suffix in (".pt", ".pth") and not manifest_path(path).exists():
-        from train.checkpoint import read_checkpoint_spec
-
-        return read_checkpoint_spec(path).labels
-    return artifact_spec(path).labels
-
-
 def check_classes(artifacts: dict[str, Path], classes: tuple[str, ...], data: str) -> None:
     """Evaluation classes must be the model's labels, in the same order (index i is class i)."""
     for name, path in artifacts.items():
-        labels = artifact_labels(path)
+        labels = artifact_spec(path).labels
         if tuple(labels) != tuple(classes):
             if set(labels) == set(classes):
                 detail = "same classes in another order"
@@ -230,8 +220,6 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
 
 def _report_spec(artifacts: dict[str, Path]) -> Any:
     """The float model's spec for the report's manifest (None when no artifact has one)."""
-    from edge.artifacts import artifact_spec
-
     for path in artifacts.values():
         try:
             return artifact_spec(path)

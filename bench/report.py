@@ -30,6 +30,7 @@ from typing import Any
 
 from edge.artifacts import atomic_path, atomic_write_json, atomic_write_text, environment_fingerprint, write_manifest
 from edge.errors import UserError
+from edge.run import REPORT, RunDir, report_paths
 
 SCHEMA = "edge-bench-report"
 SCHEMA_VERSION = 1
@@ -112,7 +113,8 @@ def read_report(path: str | Path) -> dict[str, Any]:
     """A report.json, checked against the schema; clear errors for anything else."""
     path = Path(path)
     if path.is_dir():
-        path = path / "bench" / "report.json" if (path / "bench" / "report.json").exists() else path / "report.json"
+        candidates = (RunDir(path).bench / f"{REPORT}.json", path / f"{REPORT}.json")
+        path = candidates[0] if candidates[0].exists() else candidates[1]
     if not path.is_file():
         raise UserError(f"bench report {path} does not exist: run `edge bench RUN` first")
     try:
@@ -360,7 +362,7 @@ def render_png(report: dict[str, Any], path: Path) -> None:
 def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dict[str, Path]:
     """Write report.{json,csv,md,png} atomically; report.json gets a ``bench-report`` manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out_dir / f"report.{ext}" for ext in ("json", "csv", "md", "png")}
+    paths = report_paths(out_dir)
     atomic_write_json(paths["json"], report)
     atomic_write_text(paths["csv"], render_csv(report))
     atomic_write_text(paths["md"], render_markdown(report))

@@ -19,6 +19,7 @@ import numpy as np
 
 from bench.timing import TimingWindow, time_calls
 from edge.errors import UserError
+from edge.run import ZOO_REPORT
 
 ZOO_BATCHES = (1, 32)
 ZOO_WINDOW = TimingWindow(warmup_s=0.5, min_iters=10, min_seconds=1.0, max_seconds=15.0)
@@ -175,10 +176,11 @@ def run_zoo(text: str, devices: list[str], threads: int | None, out: Path | None
     console.print(table)
     if out is not None:
         atomic_write_json(
-            out / "zoo.json", {"schema": "edge-zoo-report", "schema_version": 1, "environment": bench_environment(), "rows": rows}
+            out / f"{ZOO_REPORT}.json",
+            {"schema": "edge-zoo-report", "schema_version": 1, "environment": bench_environment(), "rows": rows},
         )
         md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         md += ["| " + " | ".join(line) + " |" for line in lines]
-        atomic_write_text(out / "zoo.md", "\n".join(md) + "\n")
+        atomic_write_text(out / f"{ZOO_REPORT}.md", "\n".join(md) + "\n")
         console.print(f"zoo report: {out / 'zoo.json'} and {out / 'zoo.md'}")
     return 0 if any(r.get("status") == "ok" for r in rows) else 1

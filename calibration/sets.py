@@ -26,7 +26,6 @@ from edge.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.npy"
 DEFAULT_SIZE = 512
 SPLIT = "train"
 
@@ -46,17 +45,6 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return len(self.tensor)
-
-
-def run_spec(run: RunDir) -> PreprocessSpec:
-    """The spec the calibration tensor must be preprocessed with: the ONNX model's, else the checkpoint's."""
-    if run.onnx.exists():
-        return artifact_spec(run.onnx)
-    if run.checkpoint.exists():
-        from train.checkpoint import read_checkpoint_spec
-
-        return read_checkpoint_spec(run.checkpoint)
-    raise UserError(f"{run.root} has neither model.onnx nor checkpoint.pt: train and export a model first")
 
 
 def content_hash(ids: Sequence[str], labels: np.ndarray, tensor: np.ndarray) -> str:
@@ -80,7 +68,7 @@ def build_calibration_set(
     if size < 1:
         raise UserError(f"--size must be at least 1, got {size}")
     run = RunDir.open(run_dir)
-    spec = run_spec(run)
+    spec = artifact_spec(run.root)
     from train.data import open_data
 
     source = open_data(data, seed=seed)
@@ -118,7 +106,7 @@ def store_calibration_set(
     out: str | os.PathLike[str] | None = None,
 ) -> CalibrationSet:
     """Preprocess ``images`` with ``spec`` and write the tensor cache and its manifest atomically."""
-    path = Path(out) if out else run.calibration / CALIBRATION_FILE
+    path = Path(out) if out else run.calibration_file
     tensor = spec.apply_batch(list(images))
     if not np.isfinite(tensor).all():
         raise UserError(f"calibration images from {data} preprocess to NaN/Inf values: check the data and the spec")
@@ -156,7 +144,7 @@ def load_calibration_set(path_or_run: str | os.PathLike[str], spec: PreprocessSp
     """Open a stored calibration set (a run directory or the .npy); refuse one made for another spec."""
     path = Path(path_or_run)
     if path.is_dir():
-        path = path / "calibration" / CALIBRATION_FILE
+        path = RunDir(path).calibration_file
     if not path.is_file():
         raise UserError(f"calibration set {path} does not exist: build it with `edge calibrate RUN --data DATA`")
     manifest = read_manifest(path)
@@ -180,7 +168,7 @@ def photo_calibration_set(run_dir: str | os.PathLike[str], count: int = 48, seed
     from edge.photos import photo_set
 
     run = RunDir.open(run_dir)
-    spec = run_spec(run)
+    spec = artifact_spec(run.root)
     images = photo_set(count, seed)
     ids = [f"photo:{i}" for i in range(len(images))]
     return store_calibration_set(

@@ -372,8 +372,19 @@ def is_stale(artifact: str | os.PathLike[str], parent: str | os.PathLike[str]) -
 
 
 def artifact_spec(artifact: str | os.PathLike[str]) -> PreprocessSpec:
-    """The spec of any artifact: from its manifest, or from ONNX metadata / checkpoint as a fallback."""
+    """The spec (labels included) of any artifact or run directory: the one lookup every stage uses.
+
+    A manifest's spec comes first; without one, an ONNX model's metadata or a checkpoint's own
+    spec. A run directory means its ONNX model, else its checkpoint.
+    """
     artifact = Path(artifact)
+    if artifact.is_dir():
+        from edge.run import RunDir
+
+        run = RunDir.open(artifact)
+        artifact = run.onnx if run.onnx.exists() else run.checkpoint
+        if not artifact.exists():
+            raise UserError(f"{run.root} has neither {run.onnx.name} nor {run.checkpoint.name}: train and export a model first")
     if manifest_path(artifact).exists():
         manifest = read_manifest(artifact)
         if manifest.spec is not None:
@@ -382,4 +393,11 @@ def artifact_spec(artifact: str | os.PathLike[str]) -> PreprocessSpec:
         from edge.spec import spec_from_onnx
 
         return spec_from_onnx(artifact)
-    raise UserError(f"cannot find the preprocess spec of {artifact}: no manifest beside it")
+    if artifact.suffix in (".pt", ".pth"):
+        from edge.checkpoints import checkpoint_spec
+
+        return checkpoint_spec(artifact)
+    raise UserError(
+        f"cannot find the preprocess spec of {artifact}: it has no manifest ({manifest_path(artifact).name}) "
+        "and is not a checkpoint or ONNX model"
+    )

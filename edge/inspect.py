@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.artifacts import Manifest, is_stale, manifest_path, read_manifest
+from edge.artifacts import Manifest, artifact_spec, is_stale, manifest_path, read_manifest
 from edge.errors import UserError
 from edge.spec import PreprocessSpec
 
@@ -73,26 +73,14 @@ def _short(value: Any) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
-def _spec_without_manifest(path: Path) -> PreprocessSpec:
-    if path.suffix in (".pt", ".pth"):
-        from train.checkpoint import read_checkpoint_spec
-
-        return read_checkpoint_spec(path)
-    if path.suffix == ".onnx":
-        from edge.spec import spec_from_onnx
-
-        return spec_from_onnx(path)
-    raise UserError(f"{path} has no manifest ({manifest_path(path).name}) and is not a checkpoint or ONNX model")
-
-
 def print_artifact(path: str | Path, as_json: bool = False) -> None:
     path = Path(path)
     manifest = read_manifest(path) if manifest_path(path).exists() else None
     if as_json:
-        data = manifest.to_dict() if manifest else {"spec": _spec_without_manifest(path).to_dict()}
+        data = manifest.to_dict() if manifest else {"spec": artifact_spec(path).to_dict()}
         print(json.dumps(data, indent=2, default=str))
         return
-    spec = manifest.preprocess_spec if manifest and manifest.spec else _spec_without_manifest(path)
+    spec = manifest.preprocess_spec if manifest and manifest.spec else artifact_spec(path)
     console.print(spec_table(spec, title=f"PreprocessSpec of {path}"))
     if manifest:
         console.print(manifest_table(manifest))

@@ -1,6 +1,19 @@
-"""The run directory: one pipeline's artifacts under ``runs/<name>/``.
+"""The run directory: one pipeline's artifacts under ``runs/<name>/``, and every file name in it.
 
-Every stage takes a run directory and finds its inputs here; explicit paths override.
+Every stage takes a run directory and finds its inputs here; explicit paths override. This module
+is the only place that spells a run's file names::
+
+    checkpoint.pt  last.pt                       best and last training checkpoints
+    metrics.{json,csv} summary.json curves.png confusion.png   training reports
+    model.onnx  model.int8-cpu.onnx  model.int8-trt.onnx       ONNX FP32 and the two INT8 targets
+    model.int8-*.layers.json                     the quantizer's per-layer report
+    calibration/calibration.npy                  the cached calibration set
+    engines/<gpu>-sm<cc>-trt<version>/model.<precision>.engine (+ timing.cache)
+    bench/report.{json,md,csv,png}  bench/zoo.{json,md}        bench reports
+    selftest/report.{json,md}                    `edge selftest --tensorrt`
+    demo.mp4                                     the camera demo video (in the folder it is asked for)
+
+Every artifact file has its manifest beside it (``<file>.json``, :mod:`edge.artifacts`).
 """
 
 from __future__ import annotations
@@ -12,9 +25,50 @@ from pathlib import Path
 from edge.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
+LAST_CHECKPOINT = "last.pt"
+TRAIN_METRICS_JSON = "metrics.json"
+TRAIN_METRICS_CSV = "metrics.csv"
+TRAIN_SUMMARY = "summary.json"
+TRAIN_CURVES = "curves.png"
+TRAIN_CONFUSION = "confusion.png"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8_CPU = "model.int8-cpu.onnx"
 ONNX_INT8_TRT = "model.int8-trt.onnx"
+ONNX_FP16_AUTOCAST = "model.fp16-autocast.onnx"  # TensorRT 11's FP16 source, beside its engine
+CALIBRATION_DIR = "calibration"
+CALIBRATION_FILE = "calibration.npy"
+ENGINES_DIR = "engines"
+TIMING_CACHE = "timing.cache"
+BENCH_DIR = "bench"
+REPORT = "report"  # report.json / .md / .csv / .png in bench/ and selftest/
+REPORT_FORMATS = ("json", "csv", "md", "png")
+ZOO_REPORT = "zoo"  # zoo.json / zoo.md
+SELFTEST_DIR = "selftest"
+DEMO_VIDEO = "demo.mp4"
+
+
+def layer_report_name(quantized: str | os.PathLike[str]) -> str:
+    """``model.int8-cpu.onnx`` -> ``model.int8-cpu.layers.json`` (the quantizer's per-layer report)."""
+    name = Path(quantized).name
+    return name.removesuffix(".onnx") + ".layers.json"
+
+
+def report_paths(
+    folder: str | os.PathLike[str], stem: str = REPORT, formats: tuple[str, ...] = REPORT_FORMATS
+) -> dict[str, Path]:
+    """``{"json": folder/report.json, ...}`` for a report written in several formats."""
+    return {ext: Path(folder) / f"{stem}.{ext}" for ext in formats}
+
+
+def engine_precision(path: str | os.PathLike[str]) -> str:
+    """``model.fp16.engine`` -> ``fp16``."""
+    path = Path(path)
+    return path.name.removeprefix("model.").removesuffix(path.suffix)
+
+
+def engine_name(precision: str) -> str:
+    """``fp16`` -> ``model.fp16.engine``."""
+    return f"model.{precision}.engine"
 
 
 @dataclass(frozen=True)
@@ -46,15 +100,27 @@ class RunDir:
 
     @property
     def engines(self) -> Path:
-        return self.root / "engines"
+        return self.root / ENGINES_DIR
 
     @property
     def calibration(self) -> Path:
-        return self.root / "calibration"
+        return self.root / CALIBRATION_DIR
 
     @property
     def bench(self) -> Path:
-        return self.root / "bench"
+        return self.root / BENCH_DIR
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.root / LAST_CHECKPOINT
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.calibration / CALIBRATION_FILE
+
+    @property
+    def selftest(self) -> Path:
+        return self.root / SELFTEST_DIR
 
     def require(self, path: Path, how: str) -> Path:
         """``path`` if it exists, else a UserError that names the command that makes it."""
@@ -77,5 +143,5 @@ class RunDir:
             if path.exists():
                 found[name] = path
         for engine in self.engine_files():
-            found[f"trt-{engine.stem.replace('model.', '')}@{engine.parent.name}"] = engine
+            found[f"trt-{engine_precision(engine)}@{engine.parent.name}"] = engine
         return found

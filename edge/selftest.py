@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UserError
+from edge.photos import PHOTO_CLASSES, photos
+from edge.run import REPORT, report_paths
 
 DEFAULT_RUN = "runs/imagenet-lite0"
-# ImageNet classes the pretrained model must name for each photo (as in the test suite).
-PHOTO_CLASSES = {"cat": {281, 282, 283, 284, 285}, "coffee": {967, 968}, "rocket": {657, 744, 812}}
 MAX_ABS_DIFF = {"fp32": 1e-2, "fp16": 0.25, "int8": None}  # INT8 is judged by top-1 only
 
 
@@ -30,17 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", default=DEFAULT_RUN, help=f"pretrained run directory (default {DEFAULT_RUN}; made when missing)")
     parser.add_argument("--out", default=None, help="report folder (default RUN/selftest)")
     parser.add_argument("--iters", type=int, default=50, help="timed iterations per engine (default 50)")
-
-
-def photos() -> dict[str, np.ndarray]:
-    """scikit-image's cat, coffee and rocket as BGR uint8 frames."""
-    from edge.errors import require
-
-    data = require("skimage.data", "dev", "The self-test photos")
-    return {
-        name: np.ascontiguousarray(getattr(data, attr)()[..., ::-1])
-        for name, attr in (("cat", "chelsea"), ("coffee", "coffee"), ("rocket", "rocket"))
-    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +55,7 @@ def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) 
     from edge.tensorrt.build import UNVERIFIED, build_engines, validate_request
 
     if not run_path.exists():
-        from train.models import write_pretrained_run  # edge -> train only here, lazily
+        from train.pretrained import write_pretrained_run  # edge -> train only here, lazily
 
         write_pretrained_run(run_path)
     run = RunDir.open(run_path)
@@ -104,9 +93,10 @@ def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) 
         "note": UNVERIFIED,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = out or run.root / "selftest"
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", _markdown(report))
+    out = out or run.selftest
+    paths = report_paths(out, formats=("json", "md"))
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], _markdown(report))
     report["written_to"] = str(out)
     return report
 
@@ -185,4 +175,4 @@ def _print(report: dict[str, Any]) -> None:
             f"{r['device_p50_ms']:.2f}",
         )
     Console().print(table)
-    Console().print(f"report: {report['written_to']}/report.md")
+    Console().print(f"report: {report['written_to']}/{REPORT}.md")

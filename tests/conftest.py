@@ -14,12 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-PHOTO_CLASSES = {
-    "cat": {281, 282, 283, 284, 285},  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-    "coffee": {967, 968},  # espresso, cup
-    "rocket": {657, 744, 812},  # missile, projectile, space shuttle
-}
-
 
 def _cuda_available() -> bool:
     if importlib.util.find_spec("torch") is None:
@@ -56,20 +50,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """scikit-image's real photos as BGR uint8 frames (what a camera delivers)."""
-    import cv2
-    import skimage.data
+    from edge.photos import photos as bundled_photos
 
-    return {
-        "cat": cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR),
-        "coffee": cv2.cvtColor(skimage.data.coffee(), cv2.COLOR_RGB2BGR),
-        "rocket": cv2.cvtColor(skimage.data.rocket(), cv2.COLOR_RGB2BGR),
-    }
+    return bundled_photos()
 
 
 @pytest.fixture(scope="session")
 def pretrained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with the ImageNet-pretrained Lite0 checkpoint (offline weights)."""
-    from train.models import write_pretrained_run
+    from train.pretrained import write_pretrained_run
 
     root = tmp_path_factory.mktemp("runs") / "imagenet-lite0"
     write_pretrained_run(root)

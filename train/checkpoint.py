@@ -1,17 +1,6 @@
-"""Checkpoints: everything needed downstream to rebuild and feed the model.
+"""Checkpoints: writing them, and rebuilding their model (the zoo lives here, in ``train``).
 
-A checkpoint is a ``torch.save`` dict::
-
-    format           "edge-checkpoint/1"
-    arch             model zoo name (train.models)
-    num_classes      size of the head
-    model_config     kwargs that rebuild the exact module (drop_rate, ...)
-    state_dict       the weights
-    spec             PreprocessSpec.to_dict(), labels included
-    config           the resolved training config (or how the weights were obtained)
-    history          per-epoch metrics
-    data_fingerprint hash of the training data (None for pretrained runs)
-    training_state   optimizer / scheduler / scaler / epoch / RNG, for --resume (optional)
+The format and reading are :mod:`edge.checkpoints` (the core reads checkpoints on a device too).
 """
 
 from __future__ import annotations
@@ -21,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.artifacts import atomic_path
+from edge.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from edge.errors import UserError, require
 from edge.spec import PreprocessSpec
 
-CHECKPOINT_FORMAT = "edge-checkpoint/1"
-REQUIRED_KEYS = ("format", "arch", "num_classes", "model_config", "state_dict", "spec", "config", "history")
+__all__ = ["load_checkpoint", "model_from_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(
@@ -58,31 +47,6 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; a clear error for anything else."""
-    torch = require("torch", "train", "Reading checkpoints")
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: create it with `edge train` or `edge pretrained`")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated/corrupt pickles
-        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(
-            f"{path} is not an edge checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__}); "
-            "to use a plain state dict pass it as --weights to `edge pretrained` or `edge train`"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in payload]
-    if missing:
-        raise UserError(f"checkpoint {path} is missing {missing}: it was not written by edge")
-    return payload
-
-
-def read_checkpoint_spec(path: str | os.PathLike[str]) -> PreprocessSpec:
-    return PreprocessSpec.from_dict(load_checkpoint(path)["spec"])
 
 
 def model_from_checkpoint(path_or_payload: Any, device: str = "cpu") -> tuple[Any, PreprocessSpec]:

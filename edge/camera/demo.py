@@ -19,10 +19,8 @@ import numpy as np
 
 from edge.artifacts import manifest_path, read_manifest, write_manifest
 from edge.errors import UserError, require
-
-DEMO_PHOTOS = ("cat", "coffee", "rocket")
-DEMO_FILE = "demo.mp4"
-_SKIMAGE = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
+from edge.photos import photos as bundled_photos
+from edge.run import DEMO_VIDEO
 
 
 @dataclass(frozen=True)
@@ -42,13 +40,6 @@ class DemoVideo:
             if start <= frame_index < end:
                 return name
         raise ValueError(f"frame {frame_index} is outside the demo video ({self.frames} frames)")
-
-
-def demo_photos() -> dict[str, np.ndarray]:
-    """The scikit-image photos as BGR uint8 frames."""
-    cv2 = require("cv2", "opencv", "The demo video")
-    skimage_data = require("skimage.data", "dev", "The demo video (scikit-image's photos)")
-    return {name: cv2.cvtColor(getattr(skimage_data, _SKIMAGE[name])(), cv2.COLOR_RGB2BGR) for name in DEMO_PHOTOS}
 
 
 def _cover(cv2: Any, photo: np.ndarray, width: int, height: int, zoom: float) -> np.ndarray:
@@ -75,7 +66,7 @@ def write_demo_video(
     per_photo = max(1, int(round(seconds_per_photo * fps)))
     if width < 32 or height < 32 or fps <= 0:
         raise UserError(f"demo video needs a size of at least 32x32 and fps > 0, got {width}x{height} at {fps}")
-    photos = photos if photos is not None else demo_photos()
+    photos = photos if photos is not None else bundled_photos()
     segments: dict[str, tuple[int, int]] = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file keeps the suffix: OpenCV picks the container from it.
@@ -121,7 +112,7 @@ def video_fourcc(cv2: Any, path: Path) -> int:
 
 def ensure_demo_video(directory: str | os.PathLike[str]) -> DemoVideo:
     """The demo video in ``directory`` (written on first use; reused while its manifest matches the file)."""
-    path = Path(directory) / DEMO_FILE
+    path = Path(directory) / DEMO_VIDEO
     if path.exists() and manifest_path(path).exists():
         try:
             manifest = read_manifest(path)

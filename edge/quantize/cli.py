@@ -54,7 +54,7 @@ from edge.quantize.targets import (
     target_config,
 )
 from edge.quantize.weights import ROUNDINGS, GPTQRounding, InputStatistics
-from edge.run import RunDir
+from edge.run import RunDir, layer_report_name
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _calibration(
 
     if calibration is not None:
         return load_calibration_set(calibration, spec)
-    stored = run.calibration / "calibration.npy"
+    stored = run.calibration_file
     if stored.exists():
         calib = load_calibration_set(stored, spec)
         if data is not None and calib.provenance.get("data") != str(data):
@@ -261,7 +261,7 @@ def quantize_run(
                 acceptance["eval_count"],
                 max_drop,
             )
-        report_path = out_path.with_name(out_path.name.replace(".onnx", ".layers.json"))
+        report_path = out_path.with_name(layer_report_name(out_path))
         atomic_write_json(
             report_path,
             {

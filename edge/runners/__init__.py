@@ -104,7 +104,7 @@ def select_runner(
 
         return TensorRTRunner(path, device=device, threads=threads, **options)
 
-    spec = _spec_for(path)
+    spec = artifact_spec(path)
     if chosen == "torch":
         from edge.runners.torch_runner import TorchRunner
 
@@ -116,15 +116,3 @@ def select_runner(
     from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(path, spec, device=device, threads=threads, **options)
-
-
-def _spec_for(path: Path):
-    if path.suffix in (".pt", ".pth"):
-        from edge.artifacts import manifest_path
-
-        if manifest_path(path).exists():
-            return artifact_spec(path)
-        from train.checkpoint import read_checkpoint_spec
-
-        return read_checkpoint_spec(path)
-    return artifact_spec(path)

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.artifacts import artifact_spec, environment_fingerprint, is_stale, manifest_path, read_manifest, write_manifest
 from edge.errors import UserError
-from edge.run import RunDir
+from edge.run import ONNX_FP16_AUTOCAST, TIMING_CACHE, RunDir
 from edge.runners.base import Runner
 from edge.spec import PreprocessSpec
 
@@ -44,7 +44,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PICK_ORDER = ("fp16", "int8", "fp32")  # what a run directory resolves to: fast and accurate first
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_GIB = 2.0
-TIMING_CACHE = "timing.cache"
 AUTOCAST_HINT = "pip install 'nvidia-modelopt[onnx]'"
 
 # ---- pure parts: argument parsing, paths, version branch, compatibility ---------------------
@@ -797,7 +796,7 @@ def _build_one(trt_module: Any, request: BuildRequest, precision: str, env: dict
     cache = request.timing_cache or target.parent / TIMING_CACHE
     onnx = parent
     if settings.onnx_source == "fp16-autocast":
-        onnx = autocast_fp16(parent, target.parent / "model.fp16-autocast.onnx", spec)
+        onnx = autocast_fp16(parent, target.parent / ONNX_FP16_AUTOCAST, spec)
     started = time.perf_counter()
     plan, details = build_serialized(trt_module, onnx, settings, request.batch, spec, request.workspace_gib, cache)
     from edge.artifacts import atomic_write_bytes

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 from edge.artifacts import read_manifest, sha256_file
 from edge.errors import UserError
 from edge.export import MAX_OPSET, export_onnx, load_onnx_checked
+from edge.photos import PHOTO_CLASSES
 from edge.spec import spec_from_onnx
-from tests.conftest import PHOTO_CLASSES
 
 
 def test_export_writes_verified_onnx_with_manifest(pretrained_onnx_run: Path) -> None:

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from edge.errors import UserError
+from edge.photos import PHOTO_CLASSES
 from edge.runners import Runner, RunnerInputError, select_runner, tensorrt_available
 from edge.spec import PreprocessSpec
-from tests.conftest import PHOTO_CLASSES
 
 SPEC = PreprocessSpec(input_size=8, resize_size=8, crop="resize", labels=["a", "b", "c"])
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edge.errors import UserError
-from tests.conftest import PHOTO_CLASSES
+from edge.photos import PHOTO_CLASSES
 from train import models
 from train.models import LITE0, build_model, head_size, map_lite0_state_dict, pretrained_spec
 

@@ -25,8 +25,8 @@ from edge.camera.outputs import JSONL_FIELDS
 from edge.camera.session import CameraOptions, inference_threads, run_camera
 from edge.camera.sources import RetryPolicy
 from edge.errors import UserError
+from edge.photos import PHOTO_CLASSES
 from edge.runners.onnxruntime_runner import physical_cores
-from tests.conftest import PHOTO_CLASSES
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 

@@ -14,9 +14,9 @@ from onnx import numpy_helper
 
 from edge.artifacts import read_manifest
 from edge.errors import UserError
+from edge.photos import PHOTO_CLASSES
 from edge.quantize.cli import Try, _choose, quantize_run
 from edge.quantize.targets import check_tensorrt_rules, default_reduce_range
-from tests.conftest import PHOTO_CLASSES
 
 ACCEPTANCE_KEYS = {"top1", "top5", "parent_top1", "drop_points", "agreement", "eval_count", "size_ratio", "simulated", "accepted"}
 

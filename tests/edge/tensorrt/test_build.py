@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.tensorrt import build as T
 from edge.artifacts import read_manifest, write_manifest
 from edge.errors import UserError
 from edge.run import RunDir
 from edge.runners import select_runner, tensorrt_available
 from edge.spec import PreprocessSpec
+from edge.tensorrt import build as T
 
 ROOT = Path(__file__).resolve().parents[3]
 # Every module that calls the TensorRT API: the name scan and mypy read all of them.
