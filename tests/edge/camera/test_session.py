@@ -380,6 +380,6 @@ def test_ctrl_c_leaves_a_playable_recording_and_complete_jsonl(pretrained_onnx_r
 
 
 def test_the_camera_module_imports_without_cv2_or_torch():
-    code = "import sys, edge.camera.session; bad = {'cv2', 'torch', 'onnxruntime'} & set(sys.modules); print(sorted(bad))"
+    code = "import sys, edge.camera.cli, edge.camera.session; bad = {'cv2', 'torch', 'onnxruntime'} & set(sys.modules); print(sorted(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**os.environ})
     assert out.stdout.strip() == "[]", out.stderr

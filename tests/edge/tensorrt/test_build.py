@@ -721,8 +721,10 @@ def test_engine_from_another_tensorrt_is_refused_with_the_rebuild_command(tmp_pa
 
 
 def test_engine_command_arguments_round_trip():
+    from edge.tensorrt import cli
+
     parser = argparse.ArgumentParser()
-    T.add_arguments(parser)
+    cli.add_arguments(parser)
     args = parser.parse_args(
         [
             "runs/demo",

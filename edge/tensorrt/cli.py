@@ -1,0 +1,66 @@
+"""Build TensorRT engines from a run's ONNX models, check them against this machine, run them.
+
+    edge engine RUN --precision fp16 --batch 1:8:32
+
+writes RUN/engines/<gpu>-sm<cc>-trt<version>/model.<precision>.engine and its manifest, so one
+machine's engines never overwrite another's. FP32 and FP16 engines come from model.onnx, INT8 from
+the TensorRT-targeted QDQ model (model.int8-trt.onnx, explicit quantization, no calibrator).
+TensorRT 10.x and 11.x differ in precision control; build_settings() is the only place that branches
+on the version. Loading an engine built by another TensorRT or for another GPU is refused
+unless it was built --version-compatible; `--rebuild-stale` rebuilds such engines where the ONNX
+parent is present.
+
+TensorRT path: not yet verified on hardware. Everything here was written from NVIDIA's API notes
+and type-checked against tensorrt-stubs; `edge selftest --tensorrt` proves it on a device.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from edge.tensorrt.build import DEFAULT_WORKSPACE_GIB, PRECISIONS, UNVERIFIED, build_engines, validate_request
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run directory (reads model.onnx, or model.int8-trt.onnx for int8)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="engine precision")
+    parser.add_argument("--batch", default="1:8:32", help="optimization profile MIN:OPT:MAX batch sizes (default 1:8:32)")
+    parser.add_argument("--workspace", type=float, default=DEFAULT_WORKSPACE_GIB, help="builder workspace in GiB (default 2)")
+    parser.add_argument(
+        "--dla", type=int, default=None, metavar="CORE", help="build for this DLA core, with GPU fallback (Jetson)"
+    )
+    parser.add_argument("--timing-cache", default=None, metavar="PATH", help="timing cache file (default: beside the engine)")
+    parser.add_argument("--version-compatible", action="store_true", help="build an engine later TensorRT versions can run")
+    parser.add_argument("--rebuild-stale", action="store_true", help="also rebuild this run's stale or incompatible engines")
+
+
+def run(args: argparse.Namespace) -> int:
+    request = validate_request(
+        args.run,
+        args.precision,
+        args.batch,
+        args.workspace,
+        args.dla,
+        args.timing_cache,
+        args.version_compatible,
+        args.rebuild_stale,
+    )
+    rows = build_engines(request)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"TensorRT engines ({UNVERIFIED})")
+    for column in ("precision", "engine", "MB", "flags", "profile", "build s"):
+        table.add_column(column)
+    for row in rows:
+        profile = row["profile"]
+        table.add_row(
+            row["precision"],
+            row["engine"],
+            f"{row['size_mb']:.1f}",
+            " ".join(row["build_flags"] + row["network_flags"]) or "-",
+            f"{profile['min']}:{profile['opt']}:{profile['max']}",
+            f"{row['build_seconds']:.1f}",
+        )
+    Console().print(table)
+    return 0
