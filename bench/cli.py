@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.timing import percentile_samples_needed
+from bench.timing import TimingWindow, percentile_samples_needed
 from edge.artifacts import artifact_spec
 from edge.errors import UserError
+
+if TYPE_CHECKING:
+    from bench.matrix import EvalPlan
 
 PROFILES: dict[str, dict[str, Any]] = {
     # the whole matrix: the numbers a release quotes
@@ -143,43 +146,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:
-    from bench.matrix import BenchPlan, EvalPlan, run_matrix, select_artifacts
+    from bench.matrix import BenchPlan, run_matrix, select_artifacts
     from bench.report import build_report, rich_headline, write_report
-    from bench.timing import TimingWindow
     from edge.run import RunDir
 
     settings = _settings(args)
-    if settings["eval_count"] is not None and settings["eval_count"] <= 0:
-        raise UserError(f"--eval-count must be positive, got {settings['eval_count']}")
-    if settings["single_stream"] < 0:
-        raise UserError(f"--single-stream must be >= 0, got {settings['single_stream']}")
-    window = TimingWindow(
-        settings["warmup_s"],
-        settings["min_iters"],
-        settings["min_seconds"],
-        max(settings["max_seconds"], settings["min_seconds"]),
-    )
+    window = _timing_window(settings)
     run_dir = RunDir.open(args.run)
     artifacts = select_artifacts(run_dir, args.artifacts)
-
-    eval_plan, eval_info, labels = None, None, None
-    if args.eval:
-        from train.data import open_data
-
-        split = open_data(args.eval, seed=args.seed).split("test").take(settings["eval_count"], args.seed)
-        check_classes(artifacts, tuple(split.classes), args.eval)
-        labels = [int(v) for v in split.labels]
-        eval_plan = EvalPlan(args.eval, settings["eval_count"], args.seed)
-        eval_info = {
-            "data": args.eval,
-            "split": "test",
-            "count": len(split),
-            "seed": args.seed,
-            "fingerprint": split.fingerprint(),
-            "classes": list(split.classes),
-            "labels": labels,
-        }
-
+    eval_plan, eval_info, labels = _evaluation(args, settings, artifacts)
     plan = BenchPlan(
         run=run_dir.root,
         artifacts=artifacts,
@@ -216,6 +191,44 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     console.print(rich_headline(report, title=f"bench: {run_dir.root} ({args.profile})"))
     console.print(f"report: {paths['json']} (also {paths['md'].name}, {paths['csv'].name}, {paths['png'].name})")
     return 0 if any(r.get("status") == "ok" for r in rows) else 1
+
+
+def _timing_window(settings: dict[str, Any]) -> TimingWindow:
+    """The per-cell timing window of the settings, after checking the counts given with them."""
+    if settings["eval_count"] is not None and settings["eval_count"] <= 0:
+        raise UserError(f"--eval-count must be positive, got {settings['eval_count']}")
+    if settings["single_stream"] < 0:
+        raise UserError(f"--single-stream must be >= 0, got {settings['single_stream']}")
+    return TimingWindow(
+        settings["warmup_s"],
+        settings["min_iters"],
+        settings["min_seconds"],
+        max(settings["max_seconds"], settings["min_seconds"]),
+    )
+
+
+def _evaluation(
+    args: argparse.Namespace, settings: dict[str, Any], artifacts: dict[str, Path]
+) -> tuple[EvalPlan | None, dict[str, Any] | None, list[int] | None]:
+    """With --eval: the workers' evaluation plan, the report's description of the data, the labels."""
+    if not args.eval:
+        return None, None, None
+    from bench.matrix import EvalPlan
+    from train.data import open_data
+
+    split = open_data(args.eval, seed=args.seed).split("test").take(settings["eval_count"], args.seed)
+    check_classes(artifacts, tuple(split.classes), args.eval)
+    labels = [int(v) for v in split.labels]
+    eval_info = {
+        "data": args.eval,
+        "split": "test",
+        "count": len(split),
+        "seed": args.seed,
+        "fingerprint": split.fingerprint(),
+        "classes": list(split.classes),
+        "labels": labels,
+    }
+    return EvalPlan(args.eval, settings["eval_count"], args.seed), eval_info, labels
 
 
 def _report_spec(artifacts: dict[str, Path]) -> Any:

@@ -12,9 +12,7 @@ reason; any other failure comes back ``error`` with its message.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import resource
 import sys
 import time
 import traceback
@@ -23,66 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from bench.host import Skip, peak_memory, unavailable_reason
 from bench.power import PowerMeter
 from bench.timing import TimingWindow, time_calls
+from bench.zoo import run_zoo_job
 from edge.artifacts import atomic_write_json
 from edge.errors import MissingDependencyError, UserError
 from edge.spec import PreprocessSpec
 
 
-class Skip(Exception):
-    """The row cannot run here (device or backend absent): recorded as skipped, not as an error."""
-
-
 def _progress(done: int, total: int, what: str) -> None:
     print(f"progress {done} {total} {what}", flush=True)
-
-
-# ---- availability ------------------------------------------------------------------------------
-
-
-def unavailable_reason(path: Path, device: str) -> str | None:
-    """Why ``path`` cannot run on ``device`` here, or None. Checked before loading anything."""
-    suffix = path.suffix
-    if suffix in (".engine", ".plan"):
-        from edge.runners import tensorrt_available
-
-        if device != "cuda":
-            return "TensorRT engines run on CUDA only"
-        if not tensorrt_available():
-            return "TensorRT is not installed here"
-    if device != "cuda":
-        return None
-    if suffix in (".pt", ".pth", ".engine", ".plan"):
-        if importlib.util.find_spec("torch") is None:
-            return "torch is not installed"
-        import torch
-
-        if not torch.cuda.is_available():
-            return "no CUDA device (torch.cuda.is_available() is False)"
-    if suffix == ".onnx":
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed"
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return "ONNX Runtime has no CUDAExecutionProvider here (needs onnxruntime-gpu and a CUDA device)"
-    return None
-
-
-# ---- memory ------------------------------------------------------------------------------------
-
-
-def peak_memory(device: str) -> dict[str, float | None]:
-    """Peak RSS of this process (MiB) and, on CUDA with torch loaded, peak GPU memory allocated."""
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    gpu = None
-    if device == "cuda" and "torch" in sys.modules:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.max_memory_allocated() / 2**20
-    return {"peak_rss_mib": rss_kib / 1024.0, "peak_gpu_mib": gpu}
 
 
 # ---- evaluation data ---------------------------------------------------------------------------
@@ -223,12 +172,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run a job, turning absence into ``skipped`` and failures into ``error`` (never raising)."""
     started = time.time()
     try:
-        if job["kind"] == "zoo":
-            from bench.zoo import run_zoo_job
-
-            result = run_zoo_job(job)
-        else:
-            result = run_artifact_job(job)
+        result = run_zoo_job(job) if job["kind"] == "zoo" else run_artifact_job(job)
         result["status"] = "ok"
     except (Skip, MissingDependencyError) as exc:
         result = {"status": "skipped", "reason": str(exc)}
@@ -248,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bench.worker JOB.json RESULT.json", file=sys.stderr)
         return 2
     job = json.loads(Path(args[0]).read_text())
-    # Run through the importable module, not __main__, so bench.worker.Skip raised by
-    # bench.zoo is the class run_job catches.
-    from bench import worker
-
-    atomic_write_json(args[1], worker.run_job(job))
+    atomic_write_json(args[1], run_job(job))
     return 0
 
 

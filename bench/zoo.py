@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.host import Skip, peak_memory, unavailable_reason
 from bench.timing import TimingWindow, time_calls
 from edge.errors import UserError
 from edge.run import ZOO_REPORT
@@ -50,7 +51,6 @@ def zoo_job(arch: str, device: str, threads: int | None, window: TimingWindow) -
 
 def run_zoo_job(job: dict[str, Any]) -> dict[str, Any]:
     """In the worker: build ``arch`` without weights, count it, time it on the job's device."""
-    from bench.worker import Skip, peak_memory, unavailable_reason
     from edge.runners.torch_runner import TorchRunner
     from train.models import build_model, pretrained_spec, zoo_entry
 

@@ -1,1 +1,22 @@
-"""train: data sources, the model zoo (with offline pretrained weights), the training loop, checkpoints."""
+"""train: data sources, the model zoo (with offline pretrained weights), the training loop, checkpoints.
+
+Modules:
+
+- ``data``       — data sources (ImageFolder trees, Fashion-MNIST) as decoded uint8 images and labels,
+  with seeded stratified splits
+- ``models``     — the model zoo: torchvision and timm classifiers, the offline-pretrained
+  EfficientNet-Lite0, layer groups and head for transfer learning
+- ``pretrained`` — ``edge pretrained``: a run holding an ImageNet-pretrained checkpoint, no training
+- ``config``     — the training configuration: defaults, presets, explicit flags, validation, resume
+- ``augment``    — augmentation presets, training and evaluation datasets, the batch order per rank
+- ``loop``       — the training loop (``train(config)``, ``Trainer``): modes, schedule, DDP, resume
+- ``checkpoint`` — writing checkpoints and rebuilding their model (reading is ``edge.checkpoints``)
+- ``report``     — metrics CSV/JSON, curves and confusion PNGs, the closing diagnosis
+- ``cli``        — ``edge train``: arguments (grouped as in ``--help``) and the run
+- ``throughput_benchmark`` — ``python -m train.throughput_benchmark``: the training loop's images/s
+  against a bare forward/backward loop
+
+Top-1 and top-5 are percentages (0-100) in every metric, file and message. train imports the core
+(``edge`` spec, artifacts, run, checkpoints, errors) and ``edge.inspect``, never bench, calibration
+or another edge stage.
+"""

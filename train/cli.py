@@ -36,8 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PRESETS),
         help="embedded recipe (demo: Lite0 on Fashion-MNIST in about 4 minutes on 2 CPU cores)",
     )
+    _add_transfer_learning(parser.add_argument_group("transfer learning"))
+    _add_optimization(parser.add_argument_group("optimization"))
+    _add_data(parser.add_argument_group("data"))
+    _add_speed_and_memory(parser.add_argument_group("speed and memory"))
+    _add_runs(parser.add_argument_group("runs"))
 
-    group = parser.add_argument_group("transfer learning")
+
+def _add_transfer_learning(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--mode", choices=MODES, help=f"what trains {_default('mode')}")
     group.add_argument(
         "--unfreeze-every",
@@ -50,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--drop-rate", type=float, help=f"dropout before the new head {_default('drop_rate')}")
 
-    group = parser.add_argument_group("optimization")
+
+def _add_optimization(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--epochs", type=int, help=f"{_default('epochs')}")
     group.add_argument("--batch-size", type=int, help=f"global batch size, split over processes {_default('batch_size')}")
     group.add_argument("--lr", type=float, help=f"head learning rate {_default('lr')}")
@@ -63,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-delta", type=float, help=f"early stopping: smallest gain that counts, in top-1 points {_default('min_delta')}"
     )
 
-    group = parser.add_argument_group("data")
+
+def _add_data(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--augment", choices=AUGMENTS, help=f"augmentation preset {_default('augment')}")
     group.add_argument("--image-size", type=int, metavar="PX", help="network input size (default: the model's own)")
     group.add_argument("--train-limit", type=int, metavar="N", help="seeded stratified subset of N training images")
@@ -76,14 +84,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--workers", type=int, help=f"DataLoader worker processes {_default('workers')}")
 
-    group = parser.add_argument_group("speed and memory")
+
+def _add_speed_and_memory(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--amp", action="store_true", default=None, help="mixed precision (fp16 + GradScaler on CUDA, bf16 on CPU)"
     )
     group.add_argument("--grad-checkpointing", action="store_true", default=None, help="trade compute for memory (timm models)")
     group.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
 
-    group = parser.add_argument_group("runs")
+
+def _add_runs(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--seed", type=int, help=f"makes a run repeatable {_default('seed')}")
     group.add_argument(
         "--resume", action="store_true", default=None, help="continue RUN/last.pt exactly (optimizer, schedule, RNG)"

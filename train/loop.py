@@ -125,7 +125,11 @@ def _is_gray(split: ImageSplit) -> bool:
 
 
 class Trainer:
-    """One training job; ``run()`` does the work. Attributes are public so tests can look inside."""
+    """One training job; ``run()`` does the work. Attributes are public so tests can look inside.
+
+    A measurement that drives the loop itself (``train.throughput_benchmark``) calls ``prepare()``,
+    ``begin_epoch()`` and then ``train_step()`` per global batch.
+    """
 
     def __init__(self, config: TrainConfig, dist: Distributed, on_step: Callable[[Any, int, int], None] | None) -> None:
         self.torch = require("torch", "train", "Training")
@@ -232,7 +236,7 @@ class Trainer:
 
         return self.torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    def _set_trainable(self, epoch: int) -> None:
+    def set_trainable_for_epoch(self, epoch: int) -> None:
         """Freeze or unfreeze layer groups for ``epoch``; rewrap DDP when the set changes."""
         mode, total = self.config.mode, len(self.groups)
         count = {"feature-extract": 0, "finetune": total}.get(mode, min(total, epoch // self.config.unfreeze_every))
@@ -252,7 +256,7 @@ class Trainer:
         else:
             self.net = self.model
 
-    def _train_mode(self) -> None:
+    def enter_train_mode(self) -> None:
         """Train mode, except normalization layers whose parameters are all frozen."""
         self.model.train()
         for module in self.model.modules():
@@ -422,11 +426,15 @@ class Trainer:
             self._check_stop()
         return self._finish(stopped_early)
 
+    def begin_epoch(self) -> None:
+        """Trainable layer groups, train mode and batch order for ``self.epoch`` from ``self.start_step``."""
+        self.set_trainable_for_epoch(self.epoch)
+        self.enter_train_mode()
+        self.sampler.set_epoch(self.epoch, self.start_step)
+
     def _train_epoch(self, progress: Any) -> None:
         torch, config = self.torch, self.config
-        self._set_trainable(self.epoch)
-        self._train_mode()
-        self.sampler.set_epoch(self.epoch, self.start_step)
+        self.begin_epoch()
         steps = self.sampler.steps_per_epoch()
         batches = self.sampler.global_batches(self.epoch)
         loader = torch.utils.data.DataLoader(
@@ -447,8 +455,7 @@ class Trainer:
                 if self.stop_requested:  # a DataLoader worker took the Ctrl-C
                     break
                 raise
-            loss_sum, correct = self._step(images, labels, len(batches[step]))
-            self.scheduler.step()
+            loss_sum, correct = self.train_step(images, labels, len(batches[step]))
             sums = self.epoch_sums
             sums["loss"] += loss_sum
             sums["correct"] += correct
@@ -466,8 +473,9 @@ class Trainer:
             self._check_stop()
         progress.remove_task(task)
 
-    def _step(self, images: Any, labels: Any, global_size: int) -> tuple[float, int]:
-        """One optimizer step on a global batch, in micro-batches (halved on CUDA out-of-memory)."""
+    def train_step(self, images: Any, labels: Any, global_size: int) -> tuple[float, int]:
+        """One optimizer step on a global batch, in micro-batches (halved on CUDA out-of-memory), then
+        one step of the learning-rate schedule. Returns this rank's loss sum and correct count."""
         torch, config = self.torch, self.config
         images = images.to(self.dist.device, non_blocking=True)
         labels = labels.to(self.dist.device, non_blocking=True)
@@ -491,12 +499,14 @@ class Trainer:
                     correct += int((logits.detach().argmax(1) == y).sum())
                 break
             except torch.cuda.OutOfMemoryError:
-                self._shrink_micro_batch()
+                self.shrink_micro_batch()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.scheduler.step()
         return loss_sum, correct
 
-    def _shrink_micro_batch(self) -> None:
+    def shrink_micro_batch(self) -> None:
+        """Halve the micro-batch after a CUDA out-of-memory error, or say what to change when it cannot."""
         torch = self.torch
         self.optimizer.zero_grad(set_to_none=True)
         if torch.cuda.is_available():

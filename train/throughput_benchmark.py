@@ -22,8 +22,7 @@ def _loop_round(trainer: Any, batches: Any, steps: int) -> float:
     started = time.perf_counter()
     for _ in range(steps):
         images, labels = next(batches)
-        trainer._step(images, labels, len(labels))
-        trainer.scheduler.step()
+        trainer.train_step(images, labels, len(labels))
     return steps * trainer.config.batch_size / (time.perf_counter() - started)
 
 
@@ -66,9 +65,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     trainer = Trainer(config, Distributed(), None)
     trainer.prepare()
-    trainer._set_trainable(0)
-    trainer._train_mode()
-    trainer.sampler.set_epoch(0)
+    trainer.begin_epoch()  # epoch 0, step 0
     loader = torch.utils.data.DataLoader(trainer.train_dataset, batch_sampler=trainer.sampler, num_workers=args.workers)
     batches = iter(loader)
 

@@ -19,6 +19,7 @@ import argparse
 import math
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,18 @@ def evaluate(
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Measured:
+    """Batch-1 inference and the two camera runs, each at its source frame rate."""
+
+    base: dict[str, Any]
+    fast_fps: float
+    fast: CameraResult
+    slow_fps: float
+    slow: CameraResult
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scripts.camera_benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -104,49 +116,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each camera run (default 10)")
     parser.add_argument("--size", default="640x480", help="source frame size WxH (default 640x480)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args(argv)
+    return parser
 
-    from rich.console import Console
+
+def measure(args: argparse.Namespace, console: Any) -> Measured:
+    """Batch-1 throughput, then the camera above and below it (ValueError: a bad --size)."""
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.seconds <= 0:
+        raise UserError(f"--seconds must be positive, got {args.seconds}")
+    with console.status("batch-1 throughput"):
+        threads = inference_threads(CameraOptions(device=args.device, threads=args.threads))
+        base = batch1_throughput(
+            args.model, args.backend, args.device, threads, TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=5.0)
+        )
+    fast_fps = float(max(1, math.ceil(base["images_per_s"] * FAST_FACTOR)))
+    slow_fps = float(max(1, math.floor(base["images_per_s"] * SLOW_FACTOR)))
+    with tempfile.TemporaryDirectory(prefix="camera-benchmark-") as tmp:
+        with console.status(f"camera --realtime at {fast_fps:g} FPS"):
+            fast = camera_run(
+                args.model, args.backend, args.device, base["threads"], fast_fps, args.seconds, (width, height), Path(tmp)
+            )
+        with console.status(f"camera --realtime at {slow_fps:g} FPS"):
+            slow = camera_run(
+                args.model, args.backend, args.device, base["threads"], slow_fps, args.seconds, (width, height), Path(tmp)
+            )
+    return Measured(base, fast_fps, fast, slow_fps, slow)
+
+
+def figures_table(model: str, device: str, measured: Measured) -> Any:
+    """Batch-1 inference next to both camera runs."""
     from rich.table import Table
 
-    console = Console()
-    try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-        if args.seconds <= 0:
-            raise UserError(f"--seconds must be positive, got {args.seconds}")
-        with console.status("batch-1 throughput"):
-            threads = inference_threads(CameraOptions(device=args.device, threads=args.threads))
-            base = batch1_throughput(
-                args.model, args.backend, args.device, threads, TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=5.0)
-            )
-        fast_fps = float(max(1, math.ceil(base["images_per_s"] * FAST_FACTOR)))
-        slow_fps = float(max(1, math.floor(base["images_per_s"] * SLOW_FACTOR)))
-        with tempfile.TemporaryDirectory(prefix="camera-benchmark-") as tmp:
-            with console.status(f"camera --realtime at {fast_fps:g} FPS"):
-                fast = camera_run(
-                    args.model, args.backend, args.device, base["threads"], fast_fps, args.seconds, (width, height), Path(tmp)
-                )
-            with console.status(f"camera --realtime at {slow_fps:g} FPS"):
-                slow = camera_run(
-                    args.model, args.backend, args.device, base["threads"], slow_fps, args.seconds, (width, height), Path(tmp)
-                )
-    except ValueError:
-        print(f"camera_benchmark: error: --size must be WxH, e.g. 640x480, got {args.size!r}", file=sys.stderr)
-        return 2
-    except UserError as exc:
-        print(f"camera_benchmark: error: {exc}", file=sys.stderr)
-        return 2
-
-    targets = evaluate(base, fast, fast_fps, slow, slow_fps)
+    base = measured.base
     figures = Table(
-        title=f"camera pipeline vs batch-1 inference: {args.model} ({base['runner']['backend']}:{args.device}, {base['threads']} threads)"
+        title=f"camera pipeline vs batch-1 inference: {model} ({base['runner']['backend']}:{device}, {base['threads']} threads)"
     )
     for column in ("run", "FPS", "inference p50 ms", "latency p50 / p90 / p99 ms", "captured / classified / dropped"):
         figures.add_column(column, justify="left" if column == "run" else "right")
     figures.add_row("batch-1 inference (bench)", f"{base['images_per_s']:.1f}", f"{base['p50_ms']:.1f}", "-", "-")
     for name, result in (
-        (f"camera --realtime {fast_fps:g} FPS source", fast),
-        (f"camera --realtime {slow_fps:g} FPS source", slow),
+        (f"camera --realtime {measured.fast_fps:g} FPS source", measured.fast),
+        (f"camera --realtime {measured.slow_fps:g} FPS source", measured.slow),
     ):
         fig = result.figures
         figures.add_row(
@@ -156,21 +166,47 @@ def main(argv: list[str] | None = None) -> int:
             " / ".join(f"{fig[f'latency_p{q}_ms'] or 0:.1f}" for q in (50, 90, 99)),
             f"{result.captured} / {result.classified} / {result.dropped}",
         )
-    console.print(figures)
+    return figures
+
+
+def targets_table(targets: list[dict[str, Any]]) -> Any:
+    """Each target, its measured value and whether it was met."""
+    from rich.table import Table
+
     verdicts = Table(title="targets")
     verdicts.add_column("target")
     verdicts.add_column("measured")
     verdicts.add_column("")
     for row in targets:
         verdicts.add_row(row["target"], row["measured"], "[green]met[/green]" if row["ok"] else "[red]missed[/red]")
-    console.print(verdicts)
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    from rich.console import Console
+
+    console = Console()
+    try:
+        measured = measure(args, console)
+    except ValueError:
+        print(f"camera_benchmark: error: --size must be WxH, e.g. 640x480, got {args.size!r}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"camera_benchmark: error: {exc}", file=sys.stderr)
+        return 2
+
+    targets = evaluate(measured.base, measured.fast, measured.fast_fps, measured.slow, measured.slow_fps)
+    console.print(figures_table(args.model, args.device, measured))
+    console.print(targets_table(targets))
     if args.json is not None:
         atomic_write_json(
             args.json,
             {
-                "batch1": base,
-                "fast": {"fps": fast_fps, **fast.to_dict()},
-                "slow": {"fps": slow_fps, **slow.to_dict()},
+                "batch1": measured.base,
+                "fast": {"fps": measured.fast_fps, **measured.fast.to_dict()},
+                "slow": {"fps": measured.slow_fps, **measured.slow.to_dict()},
                 "targets": targets,
             },
         )

@@ -100,12 +100,12 @@ def test_gradual_unfreezes_from_the_top_with_lower_rates_deeper(tmp_path):
     head_lr = lr_of[id(named[trainer.head[0]])]
     assert group_lrs[-1] / head_lr == pytest.approx(0.5)  # --backbone-lr-scale
     assert [b / a for a, b in zip(group_lrs, group_lrs[1:])] == pytest.approx([2.0] * (len(group_lrs) - 1))
-    trainer._set_trainable(0)
+    trainer.set_trainable_for_epoch(0)
     assert [n for n, p in trainer.model.named_parameters() if p.requires_grad] == trainer.head
-    trainer._set_trainable(2)
+    trainer.set_trainable_for_epoch(2)
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trainable == set(trainer.head) | set(trainer.groups[-1]) | set(trainer.groups[-2])
-    trainer._train_mode()
+    trainer.enter_train_mode()
     stem_bn = trainer.model.bn1
     assert not stem_bn.training and trainer.model.bn2.training  # frozen BN keeps its statistics
 
@@ -133,7 +133,7 @@ def test_out_of_memory_under_ddp_names_the_batch_size_to_use(tmp_path):
     trainer.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     trainer.micro_batch = 32
     with pytest.raises(UserError, match="--batch-size 32"):
-        trainer._shrink_micro_batch()
+        trainer.shrink_micro_batch()
 
 
 def _write_folder(root, classes, per_class=10, size=(40, 48)):
