@@ -54,7 +54,8 @@ system-deps:
 	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the browser test will skip"; \
 	fi
 
-# TensorRT type stubs, patched as ../shared/TENSORRT.md section 0 says, for mypy on edge/tensorrt.py.
+# TensorRT type stubs, patched as ../shared/TENSORRT.md section 0 says, for mypy on the TensorRT code
+# (edge/tensorrt/build.py, edge/runners/tensorrt_runner.py, edge/runners/tensorrt_engines.py).
 typings: $(VENV)/.installed
 	@rm -rf typings && mkdir -p typings
 	@# --target keeps the stubs out of the venv: there a stub-only `tensorrt` folder would look installed.

@@ -19,6 +19,7 @@ Every artifact file has its manifest beside it (``<file>.json``, :mod:`edge.arti
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,24 @@ def engine_precision(path: str | os.PathLike[str]) -> str:
 def engine_name(precision: str) -> str:
     """``fp16`` -> ``model.fp16.engine``."""
     return f"model.{precision}.engine"
+
+
+def trt_version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.3.0.26"`` -> (10, 3, 0); raises UserError for something that is not a version."""
+    match = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", str(version))
+    if not match:
+        raise UserError(f"{version!r} is not a TensorRT version")
+    return tuple(int(g or 0) for g in match.groups())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
+
+
+def engine_dir_name(gpu_name: str, compute_capability: str, trt_version: str) -> str:
+    """``NVIDIA H200``, ``9.0``, ``10.3.0.26`` -> ``nvidia-h200-sm90-trt10.3.0`` (one machine's engines)."""
+    cc = str(compute_capability).replace(".", "")
+    return f"{_slug(gpu_name)}-sm{cc}-trt{'.'.join(map(str, trt_version_tuple(trt_version)))}"
 
 
 @dataclass(frozen=True)
@@ -127,6 +146,10 @@ class RunDir:
         if not path.exists():
             raise UserError(f"{path} does not exist: {how}")
         return path
+
+    def engine_file(self, gpu_name: str, compute_capability: str, trt_version: str, precision: str) -> Path:
+        """Where a machine's engine of ``precision`` lives in this run."""
+        return self.engines / engine_dir_name(gpu_name, compute_capability, trt_version) / engine_name(precision)
 
     def engine_files(self) -> list[Path]:
         return sorted(self.engines.glob("*/*.engine")) if self.engines.is_dir() else []

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.photos import PHOTO_CLASSES, photos
-from edge.run import REPORT, report_paths
+from edge.run import REPORT, engine_precision, report_paths
 
 DEFAULT_RUN = "runs/imagenet-lite0"
 MAX_ABS_DIFF = {"fp32": 1e-2, "fp16": 0.25, "int8": None}  # INT8 is judged by top-1 only
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.iters < 1:
         raise UserError(f"--iters must be at least 1, got {args.iters}")
     from edge.runners import require_tensorrt
-    from edge.tensorrt.build import runtime_environment
+    from edge.runners.tensorrt_engines import runtime_environment
 
     require_tensorrt("edge selftest --tensorrt")
     env = runtime_environment()
@@ -52,7 +52,8 @@ def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) 
     from edge.artifacts import atomic_write_json, atomic_write_text
     from edge.run import RunDir
     from edge.runners import select_runner
-    from edge.tensorrt.build import UNVERIFIED, build_engines, validate_request
+    from edge.runners.tensorrt_engines import UNVERIFIED
+    from edge.tensorrt.build import build_engines, validate_request
 
     if not run_path.exists():
         from train.pretrained import write_pretrained_run  # edge -> train only here, lazily
@@ -103,7 +104,6 @@ def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) 
 
 def _check_engine(engine: Path, batch: np.ndarray, expected: np.ndarray, names: list[str], iters: int) -> dict[str, Any]:
     from edge.runners import select_runner
-    from edge.tensorrt.build import engine_precision
 
     precision = engine_precision(engine)
     with select_runner(engine, device="cuda", backend="tensorrt") as runner:
@@ -115,11 +115,11 @@ def _check_engine(engine: Path, batch: np.ndarray, expected: np.ndarray, names: 
             host_ms.append((time.perf_counter() - t0) * 1e3)
             device_ms.append(runner.last_device_ms or 0.0)
     top1 = logits.argmax(1)
-    agreement = float(np.mean(top1 == expected.argmax(1)))
+    agreement = 100.0 * float(np.mean(top1 == expected.argmax(1)))  # percent, like every accuracy figure
     named = all(int(t) in PHOTO_CLASSES[n] for n, t in zip(names, top1))
     diff = float(np.abs(logits - expected).max())
     limit = MAX_ABS_DIFF[precision]
-    ok = named and agreement == 1.0 and (limit is None or diff <= limit)
+    ok = named and agreement == 100.0 and (limit is None or diff <= limit)
     return {
         "precision": precision,
         "engine": str(engine),
@@ -149,7 +149,7 @@ def _markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {r['precision']} | {r['status']} | | | | | |")
             continue
         lines.append(
-            f"| {r['precision']} | {r['status']} | {r['max_abs_diff_vs_ort']:.3g} | {100 * r['top1_agreement_vs_ort']:.0f}% | "
+            f"| {r['precision']} | {r['status']} | {r['max_abs_diff_vs_ort']:.3g} | {r['top1_agreement_vs_ort']:.0f}% | "
             f"{r['photos_named']} | {r['host_p50_ms']:.2f} | {r['device_p50_ms']:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -170,7 +170,7 @@ def _print(report: dict[str, Any]) -> None:
             r["precision"],
             r["status"],
             f"{r['max_abs_diff_vs_ort']:.3g}",
-            f"{100 * r['top1_agreement_vs_ort']:.0f}%",
+            f"{r['top1_agreement_vs_ort']:.0f}%",
             f"{r['host_p50_ms']:.2f}",
             f"{r['device_p50_ms']:.2f}",
         )

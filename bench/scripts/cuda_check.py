@@ -78,21 +78,29 @@ def matmul_tflops(torch: Any, dtype: Any, size: int = 4096) -> float:
     return 20 * 2 * size**3 / (start.elapsed_time(end) / 1e3) / 1e12
 
 
-def lite0_rows(torch: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Lite0 (random weights) through edge's TorchRunner, fp32 and fp16, and through DeviceIO with a CUDA graph."""
-    import timm
+def _row(path: str, batch: int, stats: dict[str, float], device_ms: list[float]) -> dict[str, Any]:
+    return {
+        "path": path,
+        "batch": batch,
+        **stats,
+        "device_p50_ms": statistics.median(device_ms),
+        "img_per_s": batch / stats["mean_ms"] * 1e3,
+    }
 
+
+def _random_batch(batch: int, input_shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
+
+
+def torch_runner_rows(torch: Any, model: Any, spec: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Lite0 through edge's TorchRunner in fp32, device time from its CUDA events."""
     from edge.runners.torch_runner import TorchRunner
-    from edge.spec import PreprocessSpec
-    from edge.tensorrt.build import DeviceIO, TorchCuda
 
-    spec = PreprocessSpec(input_size=224, resize_size=256, labels=tuple(str(i) for i in range(1000)))
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     rows = []
     runner = TorchRunner("lite0-random-weights", spec, device="cuda", model=model)
     with runner:
         for batch in batches:
-            x = np.random.default_rng(0).standard_normal((batch, *spec.input_shape)).astype(np.float32)
+            x = _random_batch(batch, spec.input_shape)
             device_ms: list[float] = []
 
             def call(x: np.ndarray = x, device_ms: list[float] = device_ms) -> None:
@@ -100,18 +108,17 @@ def lite0_rows(torch: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
                 device_ms.append(runner.last_device_ms or 0.0)
 
             stats = timed(call, torch.cuda.synchronize)
-            rows.append(
-                {
-                    "path": "TorchRunner fp32",
-                    "batch": batch,
-                    **stats,
-                    "device_p50_ms": statistics.median(device_ms),
-                    "img_per_s": batch / stats["mean_ms"] * 1e3,
-                }
-            )
+            rows.append(_row("TorchRunner fp32", batch, stats, device_ms))
+    return rows
+
+
+def device_io_rows(torch: Any, model: Any, spec: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Lite0 in fp16 through edge's DeviceIO (the TensorRT runner's buffers and stream) with a CUDA graph."""
+    from edge.runners.cuda_io import DeviceIO, TorchCuda
 
     half = model.cuda().half()
     cuda = TorchCuda()
+    rows = []
     for batch in batches:
         out_shape = {"logits": (batch, 1000)}
         io = DeviceIO(cuda, "float16", lambda n, s=out_shape: s, {"logits": "float16"}, use_graphs=True)
@@ -121,8 +128,8 @@ def lite0_rows(torch: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
             with torch.inference_mode(), torch.cuda.stream(cuda.stream):
                 slot.device_out["logits"].copy_(half(slot.device_in))
 
-        x = np.random.default_rng(0).standard_normal((batch, *spec.input_shape)).astype(np.float32)
-        device_ms = []
+        x = _random_batch(batch, spec.input_shape)
+        device_ms: list[float] = []
 
         def call_io(x: np.ndarray = x, io: DeviceIO = io, enqueue: Any = enqueue, device_ms: list[float] = device_ms) -> None:
             _, ms = io.run(x, lambda slot: None, enqueue)
@@ -130,48 +137,45 @@ def lite0_rows(torch: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
 
         stats = timed(call_io, cuda.synchronize)
         graph = "graph" if io.slots[batch].graph is not None else f"no graph ({io.graph_failures.get(batch)})"
-        rows.append(
-            {
-                "path": f"DeviceIO fp16 {graph}",
-                "batch": batch,
-                **stats,
-                "device_p50_ms": statistics.median(device_ms),
-                "img_per_s": batch / stats["mean_ms"] * 1e3,
-            }
-        )
+        rows.append(_row(f"DeviceIO fp16 {graph}", batch, stats, device_ms))
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scripts.cuda_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", default="runs/device-check", help="folder for cuda_check.json / .md")
-    parser.add_argument("--batches", default="1,8,32", help="Lite0 batch sizes")
-    args = parser.parse_args(argv)
-    batches = tuple(int(b) for b in args.batches.split(","))
+def lite0_rows(torch: Any, batches: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Lite0 (random weights) through edge's TorchRunner, fp32 and fp16, and through DeviceIO with a CUDA graph."""
+    import timm
+
+    from edge.spec import PreprocessSpec
+
+    spec = PreprocessSpec(input_size=224, resize_size=256, labels=tuple(str(i) for i in range(1000)))
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    return torch_runner_rows(torch, model, spec, batches) + device_io_rows(torch, model, spec, batches)
+
+
+def _cuda_torch() -> Any | None:
+    """torch when it sees a CUDA device; otherwise prints why not (to stderr) and returns None."""
     if importlib.util.find_spec("torch") is None:
         print("cuda_check: torch is not installed, so there is no CUDA to check here", file=sys.stderr)
-        return 2
+        return None
     import torch
 
     if not torch.cuda.is_available():
         print("cuda_check: no CUDA device visible (torch.cuda.is_available() is False); nothing to measure", file=sys.stderr)
-        return 2
-    from rich.console import Console
-    from rich.table import Table
+        return None
+    return torch
 
-    from edge.artifacts import atomic_write_json, atomic_write_text, environment_fingerprint
+
+def device_info(torch: Any) -> dict[str, Any]:
+    """The GPU, the CUDA stack and what else can use it (TensorRT, ONNX Runtime providers)."""
     from edge.runners import tensorrt_available
 
-    started = time.perf_counter()
     major, minor = torch.cuda.get_device_capability(0)
     ort_providers: list[str] = []
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
         ort_providers = list(onnxruntime.get_available_providers())
-    device = {
+    return {
         "gpu": torch.cuda.get_device_name(0),
         "compute_capability": f"{major}.{minor}",
         "memory_GiB": round(torch.cuda.get_device_properties(0).total_memory / (1 << 30), 1),
@@ -181,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         "tensorrt": tensorrt_available(),
         "onnxruntime_providers": ort_providers,
     }
+
+
+def measure(torch: Any, batches: tuple[int, ...]) -> dict[str, Any]:
+    """Every figure of the check, with the device and the environment."""
+    from edge.artifacts import environment_fingerprint
+
+    started = time.perf_counter()
+    device = device_info(torch)
     torch.backends.cudnn.benchmark = True
     figures = {
         **bandwidth(torch),
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "fp16_matmul_TFLOPS": matmul_tflops(torch, torch.float16),
     }
     rows = lite0_rows(torch, batches) if importlib.util.find_spec("timm") is not None else []
-    result = {
+    return {
         "device": device,
         "figures": figures,
         "lite0": rows,
@@ -196,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment_fingerprint(),
     }
 
-    console = Console()
-    table = Table(title=f"CUDA check: {device['gpu']} (sm{major}{minor})")
+
+def print_tables(console: Any, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    device, figures, rows = result["device"], result["figures"], result["lite0"]
+    table = Table(title=f"CUDA check: {device['gpu']} (sm{device['compute_capability'].replace('.', '')})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in {**device, **figures}.items():
@@ -217,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     console.print(lite)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "cuda_check.json", result)
+
+def markdown(result: dict[str, Any]) -> str:
+    device, figures, rows = result["device"], result["figures"], result["lite0"]
     lines = [f"# CUDA check: {device['gpu']}", "", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in {**device, **figures}.items()]
     lines += ["", "| path | batch | p50 ms | p99 ms | device p50 ms | img/s |", "|---|---|---|---|---|---|"]
@@ -227,7 +243,31 @@ def main(argv: list[str] | None = None) -> int:
         f"| {r['path']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['device_p50_ms']:.2f} | {r['img_per_s']:.0f} |"
         for r in rows
     ]
-    atomic_write_text(out / "cuda_check.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scripts.cuda_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="runs/device-check", help="folder for cuda_check.json / .md")
+    parser.add_argument("--batches", default="1,8,32", help="Lite0 batch sizes")
+    args = parser.parse_args(argv)
+    batches = tuple(int(b) for b in args.batches.split(","))
+    torch = _cuda_torch()
+    if torch is None:
+        return 2
+    from rich.console import Console
+
+    from edge.artifacts import atomic_write_json, atomic_write_text
+
+    result = measure(torch, batches)
+    console = Console()
+    print_tables(console, result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "cuda_check.json", result)
+    atomic_write_text(out / "cuda_check.md", markdown(result))
     console.print(f"wrote {out / 'cuda_check.json'} and {out / 'cuda_check.md'} in {result['seconds']} s")
     return 0
 

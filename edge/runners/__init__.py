@@ -5,7 +5,6 @@ Bench and camera call :func:`select_runner` and never special-case a backend.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from edge.artifacts import artifact_spec
 from edge.errors import UserError
 from edge.runners.base import DEVICES, Runner, RunnerInputError
+from edge.runners.tensorrt_engines import pick_engine, require_tensorrt, tensorrt_available
 
 BACKENDS = ("auto", "torch", "onnxruntime", "ort-tensorrt", "tensorrt")
 _SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -22,26 +22,16 @@ _COMPATIBLE = {
     "tensorrt": ("tensorrt",),
 }
 
-__all__ = ["BACKENDS", "DEVICES", "Runner", "RunnerInputError", "select_runner", "resolve_artifact", "tensorrt_available"]
-
-
-def tensorrt_available() -> bool:
-    """True when a working TensorRT module imports (a stub-only folder named tensorrt does not count)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
-    try:
-        import tensorrt  # type: ignore[import-not-found,unused-ignore]
-    except Exception:  # a broken install (missing libnvinfer) is "not installed" for our purposes
-        return False
-    return hasattr(tensorrt, "Builder")
-
-
-def require_tensorrt(purpose: str = "Running TensorRT engines") -> None:
-    if not tensorrt_available():
-        raise UserError(
-            f"{purpose} needs TensorRT, and TensorRT is not installed: on a Jetson it comes with JetPack "
-            "(python3-libnvinfer); on a GPU server pip install 'edge-harness[tensorrt]'"
-        )
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "Runner",
+    "RunnerInputError",
+    "select_runner",
+    "resolve_artifact",
+    "tensorrt_available",
+    "require_tensorrt",
+]
 
 
 def resolve_artifact(path: str | os.PathLike[str], backend: str = "auto", device: str = "cpu") -> Path:
@@ -58,8 +48,6 @@ def resolve_artifact(path: str | os.PathLike[str], backend: str = "auto", device
         engines = run.engine_files()
         if not engines:
             raise UserError(f"{path} has no TensorRT engines: build them with `make engine RUN={path}`")
-        from edge.tensorrt.build import pick_engine
-
         return pick_engine(engines)
     candidates = {
         "torch": [run.checkpoint],
@@ -99,12 +87,12 @@ def select_runner(
         raise UserError(f"backend {chosen!r} cannot run {path.name}: {file_backend} runs {path.suffix} files")
 
     if chosen == "tensorrt":
-        require_tensorrt()
-        from edge.tensorrt.build import TensorRTRunner
-
-        return TensorRTRunner(path, device=device, threads=threads, **options)
-
+        require_tensorrt()  # before the spec lookup: "TensorRT is not installed" is the error to show first
     spec = artifact_spec(path)
+    if chosen == "tensorrt":
+        from edge.runners.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(path, spec, device=device, threads=threads, **options)
     if chosen == "torch":
         from edge.runners.torch_runner import TorchRunner
 

@@ -38,7 +38,13 @@ def physical_cores() -> int:
 
 
 class OnnxRuntimeRunner(Runner):
-    """Runs an ONNX file in an InferenceSession with pinned, recorded thread settings."""
+    """Runs an ONNX file in an InferenceSession with pinned, recorded thread settings.
+
+    ``all_outputs=True`` is for debugging models whose intermediate tensors are graph outputs (the
+    per-layer quantization error): :meth:`infer_outputs` then returns every output by name, and the
+    graph runs as written, without ONNX Runtime's graph optimizations, so that no fused kernel
+    changes the tensors it is asked for (as ``onnxruntime.quantization.qdq_loss_debug`` runs it).
+    """
 
     backend = "onnxruntime"
 
@@ -50,9 +56,11 @@ class OnnxRuntimeRunner(Runner):
         threads: int | None = None,
         providers: list[Any] | None = None,
         max_batch: int | None = None,
+        all_outputs: bool = False,
     ):
         super().__init__(path, spec, device=device, threads=threads, max_batch=max_batch)
         self._providers = providers
+        self.all_outputs = all_outputs
         self.session: Any = None
         self.input_name = ""
 
@@ -74,7 +82,9 @@ class OnnxRuntimeRunner(Runner):
     def _activate(self) -> None:
         ort = require("onnxruntime", "cpu", "Running ONNX models")
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL if self.all_outputs else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = self.threads or physical_cores()
         options.inter_op_num_threads = 1
@@ -98,6 +108,15 @@ class OnnxRuntimeRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run(None, {self.input_name: batch})[:1]
         return np.asarray(logits, dtype=np.float32)
+
+    def infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output of one batch by name (a runner made with ``all_outputs=True``)."""
+        if not self.all_outputs:
+            raise RuntimeError("infer_outputs needs a runner made with all_outputs=True (infer returns the logits)")
+        if not self.is_active:
+            raise RuntimeError(f"{type(self).__name__}.infer_outputs called outside `with runner:` (activate it first)")
+        names = [output.name for output in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, {self.input_name: self.check_batch(batch)})))
 
     def _deactivate(self) -> None:
         self.session = None

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-from edge.tensorrt.build import DEFAULT_WORKSPACE_GIB, PRECISIONS, UNVERIFIED, build_engines, validate_request
+from edge.runners.tensorrt_engines import UNVERIFIED
+from edge.tensorrt.build import DEFAULT_WORKSPACE_GIB, PRECISIONS, build_engines, validate_request
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -165,9 +165,31 @@ def test_selftest_compares_with_onnxruntime_and_writes_the_report(tmp_path, monk
     rows = {r["precision"]: r for r in report["rows"]}
     assert rows["fp32"]["status"] == "pass" and rows["fp32"]["photos_named"] and rows["fp32"]["device_p50_ms"] == 0.5
     assert rows["fp16"]["status"] == "fail" and rows["fp16"]["max_abs_diff_vs_ort"] == pytest.approx(0.5, abs=1e-3)
+    # Agreement is a percentage (0-100), like every accuracy figure: fp16 fails on its logits, not its top-1.
+    assert rows["fp32"]["top1_agreement_vs_ort"] == 100.0 and rows["fp16"]["top1_agreement_vs_ort"] == 100.0
     assert rows["int8"]["status"].startswith("skipped: no model.int8-trt.onnx; run `edge quantize")
     assert report["passed"] is False
     written = json.loads((run / "selftest" / "report.json").read_text())
     assert written["rows"][0]["top1"] == {"cat": 281, "coffee": 967, "rocket": 812}
     assert "not yet verified on hardware" in written["note"]
-    assert "| fp16 | fail |" in (run / "selftest" / "report.md").read_text()
+    assert written["rows"][0]["top1_agreement_vs_ort"] == 100.0
+    markdown = (run / "selftest" / "report.md").read_text()
+    assert "| fp16 | fail |" in markdown and "| 100% |" in markdown
+
+
+def test_selftest_top1_agreement_is_a_percentage(monkeypatch):
+    import edge.runners
+    from edge import selftest
+
+    expected = np.full((3, 1000), -5.0, np.float32)
+    for row, cls in enumerate((281, 967, 812)):  # cat, coffee, rocket
+        expected[row, cls] = 5.0
+    got = expected.copy()
+    got[2, 0] = 9.0  # the rocket becomes class 0: 2 of 3 agree
+    monkeypatch.setattr(edge.runners, "select_runner", lambda *args, **kwargs: _Fake(got, device_ms=0.5))
+    batch = np.zeros((3, 3, 16, 16), np.float32)
+    row = selftest._check_engine(Path("run/engines/m/model.int8.engine"), batch, expected, ["cat", "coffee", "rocket"], 2)
+    assert row["top1_agreement_vs_ort"] == pytest.approx(200 / 3) and row["status"] == "fail" and not row["photos_named"]
+    env = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+    markdown = selftest._markdown({"passed": False, "environment": env, "run": "run", "rows": [row]})
+    assert "| int8 | fail | 14 | 67% | False |" in markdown

@@ -1,7 +1,8 @@
-"""edge/tensorrt and the tensorrt runner: argument validation, the version branch, compatibility against recorded
-manifests of other TensorRT versions and GPUs, engine choice, the absent-TensorRT messages, the
-API names each version branch uses, mypy against tensorrt-stubs; and, marked gpu/tensorrt, the
-CUDA buffer/stream code, the torch CUDA runner, real engine builds and runs."""
+"""edge/tensorrt and the tensorrt runner (edge/runners/tensorrt_*.py, cuda_io.py): argument validation,
+the version branch, engine naming (edge/run.py), compatibility against recorded manifests of other
+TensorRT versions and GPUs, engine choice, the absent-TensorRT messages, the API names each version
+branch uses, mypy against tensorrt-stubs; and, marked gpu/tensorrt, the CUDA buffer/stream code, the
+torch CUDA runner, real engine builds and runs."""
 
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.artifacts import read_manifest, write_manifest
+from edge.artifacts import artifact_spec, read_manifest, write_manifest
 from edge.errors import UserError
-from edge.run import RunDir
-from edge.runners import select_runner, tensorrt_available
+from edge.run import TIMING_CACHE, RunDir, engine_dir_name, trt_version_tuple
+from edge.runners import cuda_io, select_runner, tensorrt_available
+from edge.runners import tensorrt_engines as E
+from edge.runners.tensorrt_runner import TensorRTRunner
 from edge.spec import PreprocessSpec
 from edge.tensorrt import build as T
 
 ROOT = Path(__file__).resolve().parents[3]
 # Every module that calls the TensorRT API: the name scan and mypy read all of them.
-TENSORRT_SOURCES = ("edge/tensorrt/build.py",)
+TENSORRT_SOURCES = ("edge/tensorrt/build.py", "edge/runners/tensorrt_engines.py", "edge/runners/tensorrt_runner.py")
 DATA = Path(__file__).parent.parent / "data"
 RECORDED = DATA / "engine_manifests"
 SPEC = PreprocessSpec(input_size=16, resize_size=16, crop="resize", labels=("a", "b", "c"))
@@ -77,7 +80,7 @@ def tiny_onnx(path: Path, spec: PreprocessSpec = SPEC, seed: int = 0) -> Path:
 def fake_engine(run: RunDir, manifest: dict, parent: Path | None = None) -> Path:
     """An engine file with a recorded manifest (re-hashed for this file) in its machine folder."""
     prov = manifest["provenance"]
-    path = T.engine_file(run, prov["gpu_name"], prov["compute_capability"], prov["tensorrt_version"], prov["precision"])
+    path = run.engine_file(prov["gpu_name"], prov["compute_capability"], prov["tensorrt_version"], prov["precision"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"serialized engine " + path.name.encode())
     write_manifest(path, "engine", SPEC, parent=parent, provenance=prov, environment=manifest["environment"])
@@ -96,10 +99,10 @@ def test_batch_range_parses_and_explains():
 
 
 def test_engine_folder_names_machine_and_version():
-    assert T.engine_dir_name("NVIDIA H200", "9.0", "10.13.0.35") == "nvidia-h200-sm90-trt10.13.0"
-    assert T.engine_dir_name("Orin (nvgpu)", "8.7", "10.3.0.30") == "orin-nvgpu-sm87-trt10.3.0"
+    assert engine_dir_name("NVIDIA H200", "9.0", "10.13.0.35") == "nvidia-h200-sm90-trt10.13.0"
+    assert engine_dir_name("Orin (nvgpu)", "8.7", "10.3.0.30") == "orin-nvgpu-sm87-trt10.3.0"
     run = RunDir(Path("runs/x"))
-    assert T.engine_file(run, "NVIDIA H200", "9.0", "11.1.0.8", "int8") == Path(
+    assert run.engine_file("NVIDIA H200", "9.0", "11.1.0.8", "int8") == Path(
         "runs/x/engines/nvidia-h200-sm90-trt11.1.0/model.int8.engine"
     )
 
@@ -197,13 +200,25 @@ def test_tensorrt_runner_needs_cuda_and_a_manifest(tmp_path):
     run = RunDir(tmp_path / "run")
     engine = fake_engine(run, recorded("h200-trt10.13-int8.json"))
     with pytest.raises(UserError, match="run on a CUDA device, not 'cpu': use --device cuda"):
-        T.TensorRTRunner(engine, device="cpu")
+        TensorRTRunner(engine, SPEC, device="cpu")
     bare = tmp_path / "bare.engine"
     bare.write_bytes(b"x")
     with pytest.raises(UserError, match="has no manifest"):
-        T.TensorRTRunner(bare)
-    runner = T.TensorRTRunner(engine)
-    assert runner.spec == SPEC and runner.describe()["unverified"] == T.UNVERIFIED
+        TensorRTRunner(bare, SPEC)
+    runner = TensorRTRunner(engine, artifact_spec(engine))
+    assert runner.spec == SPEC and runner.describe()["unverified"] == E.UNVERIFIED
+
+
+def test_selector_builds_the_tensorrt_runner_like_the_others(tmp_path, monkeypatch):
+    import edge.runners
+
+    run = RunDir(tmp_path / "run")
+    engine = fake_engine(run, recorded("h200-trt10.13-int8.json"))
+    monkeypatch.setattr(edge.runners, "require_tensorrt", lambda purpose="": None)  # construction needs no TensorRT
+    runner = select_runner(engine, device="cuda", threads=2, max_batch=4, cuda_graphs=True, check_compatibility=False)
+    assert isinstance(runner, TensorRTRunner) and runner.spec == SPEC and not runner.is_active
+    assert (runner.threads, runner.max_batch, runner.cuda_graphs, runner.check_compatibility) == (2, 4, True, False)
+    assert runner.manifest.provenance["tensorrt_version"] == "10.13.0.35"
 
 
 # ---- the version branch -----------------------------------------------------------------------
@@ -304,14 +319,14 @@ def test_fp16_on_tensorrt_11_without_modelopt_names_the_converter(tmp_path):
 )
 def test_compatibility_of_recorded_manifests(name, runtime, ok, text):
     manifest = recorded(name)
-    result = T.engine_compatibility(manifest, runtime["tensorrt_version"], runtime["gpu_name"], runtime["compute_capability"])
+    result = E.engine_compatibility(manifest, runtime["tensorrt_version"], runtime["gpu_name"], runtime["compute_capability"])
     assert result.ok is ok
     if ok:
         assert result.host_code is bool(manifest["provenance"]["version_compatible"])
     else:
         assert __import__("re").search(text, result.reason), result.reason
         with pytest.raises(UserError, match=r"cannot run here: .*run `make engine RUN=runs/demo` again .*--rebuild-stale"):
-            T.check_engine_compatible(
+            E.check_engine_compatible(
                 manifest,
                 runtime["tensorrt_version"],
                 runtime["gpu_name"],
@@ -339,11 +354,11 @@ def test_recorded_manifests_follow_the_schema():
 
 def test_same_architecture_other_gpu_runs_with_a_note_and_other_kinds_are_refused():
     manifest = recorded("h200-trt10.13-int8.json")
-    result = T.engine_compatibility(manifest, "10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
+    result = E.engine_compatibility(manifest, "10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
     assert result.ok and "built on NVIDIA H200, running on NVIDIA H100" in result.notes[0]
-    assert not T.engine_compatibility({**manifest, "kind": "onnx"}, "10.13.0", "NVIDIA H200", "9.0").ok
+    assert not E.engine_compatibility({**manifest, "kind": "onnx"}, "10.13.0", "NVIDIA H200", "9.0").ok
     lacking = {**manifest, "provenance": {"precision": "fp16"}}
-    assert "lacks tensorrt_version" in T.engine_compatibility(lacking, "10.13.0", "NVIDIA H200", "9.0").reason
+    assert "lacks tensorrt_version" in E.engine_compatibility(lacking, "10.13.0", "NVIDIA H200", "9.0").reason
 
 
 # ---- choosing and refreshing a run's engines ----------------------------------------------------
@@ -355,13 +370,13 @@ def test_pick_engine_prefers_this_machine_then_version_compatible(tmp_path):
     int8 = fake_engine(run, recorded("h200-trt10.13-int8.json"))
     fp16_vc = {**recorded("h200-trt11.1-fp32-vc.json")}
     vc = fake_engine(run, fp16_vc)
-    assert T.pick_engine(run.engine_files(), H200_TRT10) == int8  # own folder; the 11.1 engine is newer than 10.13
+    assert E.pick_engine(run.engine_files(), H200_TRT10) == int8  # own folder; the 11.1 engine is newer than 10.13
     here_11 = {"tensorrt_version": "11.4.1", "gpu_name": "NVIDIA H200", "compute_capability": "9.0"}
-    assert T.pick_engine(run.engine_files(), here_11) == vc  # only the version-compatible one runs on 11.4
+    assert E.pick_engine(run.engine_files(), here_11) == vc  # only the version-compatible one runs on 11.4
     with pytest.raises(
         UserError, match=r"no engine in .*run/engines runs on this machine \(NVIDIA GeForce RTX 4090 sm89.*make engine RUN="
     ):
-        T.pick_engine(
+        E.pick_engine(
             run.engine_files(), {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
         )
     assert orin.exists()
@@ -375,9 +390,9 @@ def test_pick_engine_ranks_fp16_first_in_one_folder(tmp_path):
         manifest = json.loads(json.dumps(base))
         manifest["provenance"]["precision"] = precision
         paths[precision] = fake_engine(run, manifest)
-    assert T.pick_engine(run.engine_files(), H200_TRT10) == paths["fp16"]
+    assert E.pick_engine(run.engine_files(), H200_TRT10) == paths["fp16"]
     paths["fp16"].unlink()
-    assert T.pick_engine(run.engine_files(), H200_TRT10) == paths["int8"]
+    assert E.pick_engine(run.engine_files(), H200_TRT10) == paths["int8"]
 
 
 def test_stale_precisions_finds_changed_parents_and_foreign_engines(tmp_path):
@@ -577,7 +592,7 @@ def test_mypy_flags_a_misspelt_tensorrt_method_and_passes_edge_tensorrt(tmp_path
 def test_device_io_round_trip_reuses_aligned_buffers_and_times_on_its_stream():
     import torch
 
-    cuda = T.TorchCuda()
+    cuda = cuda_io.TorchCuda()
     assert cuda.stream_handle != torch.cuda.default_stream().cuda_stream
 
     holder: list = []
@@ -590,7 +605,7 @@ def test_device_io_round_trip_reuses_aligned_buffers_and_times_on_its_stream():
     def bind(slot) -> None:
         holder[:] = [slot]
 
-    io = T.DeviceIO(cuda, "float32", lambda n: {"y": (n, 3)}, {"y": "float32"})
+    io = cuda_io.DeviceIO(cuda, "float32", lambda n: {"y": (n, 3)}, {"y": "float32"})
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
     y, ms = io.run(x, bind, enqueue)
     np.testing.assert_allclose(y, x.sum(axis=(2, 3)) * 2, rtol=1e-4, atol=1e-3)
@@ -610,7 +625,7 @@ def test_device_io_round_trip_reuses_aligned_buffers_and_times_on_its_stream():
 def test_device_io_cuda_graph_replays_the_same_result():
     import torch
 
-    cuda = T.TorchCuda()
+    cuda = cuda_io.TorchCuda()
     weight = torch.randn(3, 3, device="cuda")
     holder: list = []
 
@@ -619,8 +634,8 @@ def test_device_io_cuda_graph_replays_the_same_result():
         with torch.cuda.stream(cuda.stream):
             torch.matmul(slot.device_in.mean(dim=(2, 3)), weight, out=slot.device_out["y"])
 
-    plain = T.DeviceIO(cuda, "float32", lambda n: {"y": (n, 3)}, {"y": "float32"})
-    graphed = T.DeviceIO(cuda, "float32", lambda n: {"y": (n, 3)}, {"y": "float32"}, use_graphs=True)
+    plain = cuda_io.DeviceIO(cuda, "float32", lambda n: {"y": (n, 3)}, {"y": "float32"})
+    graphed = cuda_io.DeviceIO(cuda, "float32", lambda n: {"y": (n, 3)}, {"y": "float32"}, use_graphs=True)
     x = np.random.default_rng(1).standard_normal((8, 3, 16, 16)).astype(np.float32)
     expected, _ = plain.run(x, lambda s: holder.__setitem__(slice(None), [s]), enqueue)
     for shift in (0.0, 1.0):  # replays read the new input through the captured addresses
@@ -675,12 +690,12 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
 def test_fp32_engine_builds_runs_and_matches_onnxruntime(tmp_path):
     run = run_dir_with_onnx(tmp_path)
     engine = _build(run, "fp32")
-    env = T.runtime_environment()
-    assert engine == T.engine_file(run, env["gpu_name"], env["compute_capability"], env["tensorrt_version"], "fp32")
+    env = E.runtime_environment()
+    assert engine == run.engine_file(env["gpu_name"], env["compute_capability"], env["tensorrt_version"], "fp32")
     manifest = read_manifest(engine)
     assert manifest.kind == "engine" and manifest.parent_file == "model.onnx"
     assert manifest.provenance["tensorrt_version"] == env["tensorrt_version"] and manifest.provenance["profile"]["max"] == 8
-    assert (engine.parent / T.TIMING_CACHE).stat().st_size > 0
+    assert (engine.parent / TIMING_CACHE).stat().st_size > 0
     x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
     expected = _ort(run.onnx, x)
     for graphs in (False, True):
@@ -700,7 +715,7 @@ def test_fp16_and_int8_engines_keep_top1(tmp_path):
     run = run_dir_with_onnx(tmp_path, int8=True)
     x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
     expected = _ort(run.onnx, x)
-    major = T.trt_version_tuple(T.runtime_environment()["tensorrt_version"])[0]
+    major = trt_version_tuple(E.runtime_environment()["tensorrt_version"])[0]
     precisions = ["int8"] + (["fp16"] if major < 11 or __import__("importlib").util.find_spec("modelopt") else [])
     for precision in precisions:
         engine = _build(run, precision)
@@ -716,7 +731,10 @@ def test_engine_from_another_tensorrt_is_refused_with_the_rebuild_command(tmp_pa
     manifest = json.loads((engine.parent / (engine.name + ".json")).read_text())
     manifest["provenance"]["tensorrt_version"] = "9.0.0"
     (engine.parent / (engine.name + ".json")).write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match=r"built by TensorRT 9.0.0 .*make engine RUN="), T.TensorRTRunner(engine):
+    with (
+        pytest.raises(UserError, match=r"built by TensorRT 9.0.0 .*make engine RUN="),
+        TensorRTRunner(engine, artifact_spec(engine)),
+    ):
         pass
 
 
