@@ -71,7 +71,9 @@ def test_no_edge_module_imports_a_heavy_package_at_import_time():
     """A Jetson imports edge with JetPack's own torch/TensorRT/OpenCV, or without them: every
     module of the package (core, stages, commands) imports them inside functions only."""
     modules = _modules("edge")
-    assert {"edge.spec", "edge.runners", "edge.runners.onnxruntime_runner", "edge.camera.cli", "edge.quantize.cli"} <= set(modules)
+    assert {"edge.spec", "edge.runners", "edge.runners.onnxruntime_runner", "edge.camera.cli", "edge.quantize.cli"} <= set(
+        modules
+    )
     code = (
         "import importlib, sys\n"
         f"heavy = {HEAVY!r}\n"
