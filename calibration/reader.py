@@ -1,4 +1,6 @@
-"""Calibration data as ONNX Runtime's tiny protocol: ``get_next()`` returns a feed or None."""
+"""Reading a calibration tensor: float32 batches refused when they hold NaN/Inf (``iter_batches``,
+what edge.quantize.ranges collects ranges over), and the same batches as ONNX Runtime's tiny
+``CalibrationDataReader`` protocol (``calibration_reader``: ``get_next()`` returns a feed or None)."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ EXTERNAL_DATA_LIMIT = 2**31 - 2**24  # protobuf's 2 GB cap, with room for the gr
 
 @dataclass(frozen=True)
 class Verification:
-    """ORT-vs-torch agreement on real images."""
+    """ORT-vs-torch agreement on real images (``top1_agreement`` in percent)."""
 
     count: int
     source: str
@@ -54,6 +54,15 @@ class Verification:
     max_rel_diff: float
     top1_agreement: float
     within_tolerance: bool
+
+    def require_match(self) -> None:
+        """Refuse an export whose logits leave the tolerance or whose top-1 changes on any image."""
+        if not self.within_tolerance or self.top1_agreement < 100.0:
+            raise UserError(
+                f"export verification failed on {self.count} {self.source} images: max |ORT - torch| = "
+                f"{self.max_abs_diff:.3g} (tolerance {ATOL} + {RTOL}*|torch|), top-1 agreement "
+                f"{self.top1_agreement:.2f}% (need 100%); try --exporter torchscript or another --opset"
+            )
 
     def to_metrics(self) -> dict[str, Any]:
         return {
@@ -105,12 +114,7 @@ def export_onnx(
     ``exporter``: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript".
     ``data``: where the verification images come from (default: the data named in the checkpoint).
     """
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UserError(f"opset {opset} is out of range: use {MIN_OPSET}..{MAX_OPSET} (TensorRT 10 parses at most {MAX_OPSET})")
-    if verify_limit < 1:
-        raise UserError(f"--verify-limit must be at least 1, got {verify_limit}")
-    if exporter not in ("auto", "dynamo", "torchscript"):
-        raise UserError(f"unknown exporter {exporter!r}: use auto, dynamo or torchscript")
+    _check_arguments(opset, verify_limit, exporter)
     ckpt, target = _resolve(run_or_checkpoint, checkpoint, out)
     torch = require("torch", "train", "Exporting to ONNX")
     if exporter != "torchscript":
@@ -126,26 +130,11 @@ def export_onnx(
         tmp_path = Path(tmp) / "model.onnx"
         used, fallback_reason = _export(torch, model, spec, tmp_path, opset, exporter)
         model_proto = _finish(tmp_path, spec, payload, used)
-        check = verify_onnx(tmp_path, model, batch, source)
-        if not check.within_tolerance or check.top1_agreement < 1.0:
-            raise UserError(
-                f"export verification failed on {check.count} {source} images: max |ORT - torch| = "
-                f"{check.max_abs_diff:.3g} (tolerance {ATOL} + {RTOL}*|torch|), top-1 agreement "
-                f"{100 * check.top1_agreement:.2f}% (need 100%); try --exporter torchscript or another --opset"
-            )
+        check = verify_onnx(tmp_path, model, spec, batch, source)
+        check.require_match()
         extra = _move_into_place(tmp_path, target, model_proto)
 
-    provenance = {
-        "exporter": used,
-        "opset": opset,
-        "fallback_reason": fallback_reason,
-        "checkpoint": str(ckpt),
-        "arch": payload["arch"],
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "dynamic_batch": BATCH_DIM,
-        "external_data": bool(extra),
-    }
+    provenance = _provenance(ckpt, payload, used, fallback_reason, opset, external_data=bool(extra))
     write_manifest(target, "onnx", spec, parent=ckpt, provenance=provenance, metrics=check.to_metrics(), extra_files=extra)
     log.info(
         "wrote %s (%s exporter, opset %d); verified on %d %s images: max abs diff %.2g, top-1 agreement %.1f%%",
@@ -155,9 +144,35 @@ def export_onnx(
         check.count,
         source,
         check.max_abs_diff,
-        100 * check.top1_agreement,
+        check.top1_agreement,
     )
     return target
+
+
+def _provenance(
+    ckpt: Path, payload: dict[str, Any], exporter: str, fallback_reason: str | None, opset: int, external_data: bool
+) -> dict[str, Any]:
+    """How model.onnx was made, for its manifest."""
+    return {
+        "exporter": exporter,
+        "opset": opset,
+        "fallback_reason": fallback_reason,
+        "checkpoint": str(ckpt),
+        "arch": payload["arch"],
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "dynamic_batch": BATCH_DIM,
+        "external_data": external_data,
+    }
+
+
+def _check_arguments(opset: int, verify_limit: int, exporter: str) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"opset {opset} is out of range: use {MIN_OPSET}..{MAX_OPSET} (TensorRT 10 parses at most {MAX_OPSET})")
+    if verify_limit < 1:
+        raise UserError(f"--verify-limit must be at least 1, got {verify_limit}")
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise UserError(f"unknown exporter {exporter!r}: use auto, dynamo or torchscript")
 
 
 def _export(torch: Any, model: Any, spec: PreprocessSpec, path: Path, opset: int, exporter: str) -> tuple[str, str | None]:
@@ -301,23 +316,22 @@ def verification_images(
     return photos, "scikit-image photos"
 
 
-def verify_onnx(path: Path, model: Any, batch: np.ndarray, source: str) -> Verification:
-    """Logits of ONNX Runtime (CPU) vs PyTorch on the same preprocessed batch."""
+def verify_onnx(path: Path, model: Any, spec: PreprocessSpec, batch: np.ndarray, source: str) -> Verification:
+    """Logits of ONNX Runtime's CPU runner vs PyTorch on the same preprocessed batch, 16 images at a time."""
+    from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
+
     torch = require("torch", "train", "Verifying an export")
-    ort = require("onnxruntime", "cpu", "Verifying an export")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = np.concatenate([model(torch.from_numpy(chunk)).numpy() for chunk in _chunks(batch, 16)])
-    actual = np.concatenate([session.run(None, {INPUT_NAME: chunk})[0] for chunk in _chunks(batch, 16)])
+    with OnnxRuntimeRunner(path, spec) as runner:
+        actual = np.concatenate([runner.infer(chunk) for chunk in _chunks(batch, 16)])
     diff = np.abs(actual - expected)
     return Verification(
         count=len(batch),
         source=source,
         max_abs_diff=float(diff.max()),
         max_rel_diff=float((diff / np.maximum(np.abs(expected), 1e-6)).max()),
-        top1_agreement=float(np.mean(actual.argmax(1) == expected.argmax(1))),
+        top1_agreement=100.0 * int(np.count_nonzero(actual.argmax(1) == expected.argmax(1))) / len(batch),
         within_tolerance=bool(np.all(diff <= ATOL + RTOL * np.abs(expected))),
     )
 
@@ -377,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         f"{manifest.size_bytes / 1e6:.1f}",
         f"{metrics['verify_count']} {metrics['verify_source']}",
         f"{metrics['verify_max_abs_diff']:.2g}",
-        f"{100 * metrics['verify_top1_agreement']:.1f}%",
+        f"{metrics['verify_top1_agreement']:.1f}%",
     )
     Console().print(table)
     return 0

@@ -118,7 +118,7 @@ def print_run(root: Path, as_json: bool = False) -> None:
             parent = run_dir.int8_trt if "int8" in name else run_dir.onnx
         stale = is_stale(path, parent) if parent is not None else False
         status = {True: "[red]stale[/red]", None: "parent absent", False: "[green]current[/green]"}[stale]
-        top1 = manifest.metrics.get("top1")
+        top1 = manifest.metrics.get("top1")  # percent (the quantizer's acceptance on the test split)
         table.add_row(
             name,
             str(path.relative_to(root)),
@@ -126,7 +126,7 @@ def print_run(root: Path, as_json: bool = False) -> None:
             f"{manifest.size_bytes / 1e6:.1f}",
             manifest.sha256[:12],
             status,
-            f"{100 * top1:.2f}%" if isinstance(top1, float) else "-",
+            f"{top1:.2f}%" if isinstance(top1, float) else "-",
         )
     if spec is not None:
         console.print(spec_table(spec, title=f"PreprocessSpec of {root}"))

@@ -10,8 +10,8 @@
    photo crops), each method in its own subprocess so each peak is its own.
 3. Wall time of calibration + quantization of 512 images (`edge calibrate` + `quantize --method
    auto`, target cpu) on RUN.
-4. Accuracy of that INT8 model against its float parent on the full test split: drop in points
-   and top-1 agreement.
+4. Accuracy of that INT8 model against its float parent on the full test split: top-1 and top-1
+   agreement in percent (as the manifest holds them), the drop in points.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ def rss_child(method: str, run: str, images: int) -> None:
     """Subprocess body: calibrate ``images`` cached images with one method, print peak RSS."""
     from calibration.reader import iter_batches
     from calibration.sets import load_calibration_set
-    from edge.quantize.cli import calibration_batch
-    from edge.quantize.ranges import collect_ranges
+    from edge.quantize.ranges import calibration_batch, collect_ranges
     from edge.quantize.targets import TARGET_CONFIGS, prepare_float_model
 
     before = peak_rss_mb()
@@ -166,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from edge.quantize.cli import quantize_run
 
@@ -176,29 +174,7 @@ def _main(args: argparse.Namespace) -> int:
         work = Path(tmp_name)
         if not args.skip_accuracy:
             result = calibrate_and_quantize(run.root, args.data, work)
-            table = Table(title=f"calibration + quantization (512 images, target cpu, auto) on {run.root}")
-            for column in (
-                "calib set s",
-                "calib+quant s",
-                "total incl. acceptance s",
-                "top-1",
-                "float top-1",
-                "drop (points)",
-                "agreement",
-                "test images",
-            ):
-                table.add_column(column)
-            table.add_row(
-                f"{result['calibration_set_s']:.1f}",
-                f"{result['calibration_set_s'] + result['quantization_s']:.1f}",
-                f"{result['calibration_set_s'] + result['total_s']:.1f}",
-                f"{100 * result['top1']:.2f}%",
-                f"{100 * result['parent_top1']:.2f}%",
-                f"{result['drop_points']:.2f}",
-                f"{100 * result['agreement']:.2f}%",
-                str(result["eval_count"]),
-            )
-            console.print(table)
+            _print_accuracy(console, run, result)
             int8 = result["path"]
         else:
             int8 = (
@@ -207,16 +183,48 @@ def _main(args: argparse.Namespace) -> int:
         if not args.skip_throughput:
             _print_throughput(console, run, Path(int8), args)
         if not args.skip_rss:
-            rows = calibration_rss(work)
-            table = Table(
-                title=f"calibration peak RSS, {RSS_IMAGES} images at {RSS_SIZE} px (ImageNet Lite0, one process per method)"
-            )
-            for column in ("method", "peak RSS MB", "RSS before MB", "collect s"):
-                table.add_column(column)
-            for row in rows:
-                table.add_row(row["method"], f"{row['peak_rss_mb']:.0f}", f"{row['start_rss_mb']:.0f}", f"{row['seconds']:.1f}")
-            console.print(table)
+            _print_rss(console, calibration_rss(work))
     return 0
+
+
+def _print_accuracy(console: Any, run: RunDir, result: dict[str, Any]) -> None:
+    """Times and accuracy of calibrate_and_quantize (top-1 and agreement in percent, drop in points)."""
+    from rich.table import Table
+
+    table = Table(title=f"calibration + quantization ({RSS_IMAGES} images, target cpu, auto) on {run.root}")
+    for column in (
+        "calib set s",
+        "calib+quant s",
+        "total incl. acceptance s",
+        "top-1",
+        "float top-1",
+        "drop (points)",
+        "agreement",
+        "test images",
+    ):
+        table.add_column(column)
+    table.add_row(
+        f"{result['calibration_set_s']:.1f}",
+        f"{result['calibration_set_s'] + result['quantization_s']:.1f}",
+        f"{result['calibration_set_s'] + result['total_s']:.1f}",
+        f"{result['top1']:.2f}%",
+        f"{result['parent_top1']:.2f}%",
+        f"{result['drop_points']:.2f}",
+        f"{result['agreement']:.2f}%",
+        str(result["eval_count"]),
+    )
+    console.print(table)
+
+
+def _print_rss(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"calibration peak RSS, {RSS_IMAGES} images at {RSS_SIZE} px (ImageNet Lite0, one process per method)")
+    for column in ("method", "peak RSS MB", "RSS before MB", "collect s"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["method"], f"{row['peak_rss_mb']:.0f}", f"{row['start_rss_mb']:.0f}", f"{row['seconds']:.1f}")
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """INT8 static quantization (`edge quantize`): QDQ ONNX models for ONNX Runtime CPU or TensorRT.
 
-``cli`` is the command and the accuracy-aware search over methods; ``targets`` holds the ONNX
-Runtime settings of each target (cpu, trt) and writes the QDQ model; ``ranges`` collects activation
-ranges (minmax, entropy, percentile) chunk by chunk; ``weights`` rounds weights (nearest or GPTQ);
-``evaluate`` compares a quantized model with its float parent through the Runner contract.
+``cli`` is the command and ``quantize_run``, its library entry point; ``search`` is the
+accuracy-aware search (one calibration pass, the tries on the val split, layers kept in float,
+the speed of the tries, acceptance on the test split, the written model and manifest);
+``targets`` holds the ONNX Runtime settings of each target (cpu, trt) and writes the QDQ model;
+``ranges`` collects activation ranges (minmax, entropy, percentile) chunk by chunk; ``weights``
+rounds weights (nearest or GPTQ); ``evaluate`` runs models through the Runner contract and compares
+a quantized model with its float parent (percentages) and layer by layer.
 Calibration sets themselves (drawing, storing, reading) belong to the ``calibration`` package.
 """

@@ -1,13 +1,17 @@
-"""Accuracy of a quantized model against its float parent, and per-layer quantization error.
+"""How a quantized model compares with its float parent, every model run through the Runner contract.
 
-Every quantized artifact is compared with its float parent on the same preprocessed images:
-top-1 and top-5 against the labels, the drop in points, and top-1 agreement (the share of
-images whose predicted class did not change). Where no labelled data exists (the ImageNet
-model has no ImageNet images here) the parent's own top-1 is the label, which the metrics say.
+Owns the evaluation sets (a split of the run's data, or scikit-image photos where no labelled data
+exists: the parent's own top-1 is then the label, which the metrics say), the logits of a model over
+a set (:func:`predict`, ONNX Runtime's runner in batches), the comparison (top-1 and top-5 against
+the labels, the drop in points and the top-1 agreement, all in percent), interleaved throughput of
+several models, and the per-layer diagnostics auto ranks layers by: activation SQNR per tensor
+(:func:`layer_errors`) and the logits' sensitivity to each layer's int8 weights
+(:func:`weight_sensitivity`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -70,29 +74,13 @@ def eval_set_from_photos(count: int, spec: PreprocessSpec, seed: int) -> EvalSet
     )
 
 
-def session(model_path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """An ORT CPU session with full graph optimization (the QDQ pairs fused, as deployed)."""
-    ort = require("onnxruntime", "cpu", "Evaluating ONNX models")
-    from edge.runners.onnxruntime_runner import physical_cores
+def predict(model_path: str | os.PathLike[str], spec: PreprocessSpec, tensor: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Logits of an ONNX model over a preprocessed tensor, in batches, on ONNX Runtime's CPU runner
+    (full graph optimization: the QDQ pairs fused, as deployed)."""
+    from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or physical_cores()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own types for invalid models
-        raise UserError(f"ONNX Runtime cannot load {model_path}: {str(exc).splitlines()[0][:300]}") from exc
-
-
-def predict(model_path: str | os.PathLike[str], tensor: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    """Logits of a model over a preprocessed tensor, in batches."""
-    sess = session(model_path)
-    name = sess.get_inputs()[0].name
-    return np.concatenate(
-        [sess.run(None, {name: np.ascontiguousarray(tensor[i : i + batch])})[0] for i in range(0, len(tensor), batch)]
-    )
+    with OnnxRuntimeRunner(model_path, spec) as runner:
+        return np.concatenate([runner.infer(tensor[i : i + batch]) for i in range(0, len(tensor), batch)])
 
 
 def interleaved_throughput(
@@ -117,9 +105,9 @@ def interleaved_throughput(
     runners = [OnnxRuntimeRunner(path, spec, threads=threads) for path in paths]
     per_round: list[list[float]] = [[] for _ in runners]
     latencies: list[list[float]] = [[] for _ in runners]
-    try:
+    with contextlib.ExitStack() as active:
         for runner in runners:
-            runner.activate()
+            active.enter_context(runner)
             for _ in range(warmup):
                 runner.infer(batch)
         for _ in range(rounds):
@@ -135,9 +123,6 @@ def interleaved_throughput(
                     if now - start >= window_s and calls >= 3:
                         break
                 per_round[i].append(calls * len(batch) / (now - start))
-    finally:
-        for runner in runners:
-            runner.deactivate()
     results = []
     for i, runner in enumerate(runners):
         ratios = [mine / ref for mine, ref in zip(per_round[i], per_round[0])]
@@ -163,27 +148,34 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=1)
 
 
+def percent(count: int, total: int) -> float:
+    """``count`` of ``total`` in percent, from the exact integers (NaN for an empty set)."""
+    return 100.0 * count / total if total else float("nan")
+
+
 def compare(parent_logits: np.ndarray, child_logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-    """Top-1/top-5 of child and parent, the drop in points and the top-1 agreement."""
+    """Top-1/top-5 of child and parent and the top-1 agreement in percent, the drop in points."""
     parent_top1 = parent_logits.argmax(1)
     truth = parent_top1 if labels is None else labels
-    top1 = float(topk_correct(child_logits, truth, 1).mean())
-    parent = float(topk_correct(parent_logits, truth, 1).mean())
+    total = int(len(truth))
+    correct = int(np.count_nonzero(topk_correct(child_logits, truth, 1)))
+    parent_correct = int(np.count_nonzero(topk_correct(parent_logits, truth, 1)))
+    flips = int(np.count_nonzero(child_logits.argmax(1) != parent_top1))
     return {
-        "top1": top1,
-        "top5": float(topk_correct(child_logits, truth, 5).mean()),
-        "parent_top1": parent,
-        "parent_top5": float(topk_correct(parent_logits, truth, 5).mean()),
-        "drop_points": round(100.0 * (parent - top1), 4),
-        "agreement": float(np.mean(child_logits.argmax(1) == parent_top1)),
-        "flips": int(np.count_nonzero(child_logits.argmax(1) != parent_top1)),
-        "eval_count": int(len(truth)),
+        "top1": percent(correct, total),
+        "top5": percent(int(np.count_nonzero(topk_correct(child_logits, truth, 5))), total),
+        "parent_top1": percent(parent_correct, total),
+        "parent_top5": percent(int(np.count_nonzero(topk_correct(parent_logits, truth, 5))), total),
+        "drop_points": round(percent(parent_correct - correct, total), 4),
+        "agreement": percent(total - flips, total),
+        "flips": flips,
+        "eval_count": total,
         "labelled": labels is not None,
     }
 
 
 def layer_errors(
-    float_path: str | os.PathLike[str], qdq_path: str | os.PathLike[str], batches: Sequence[np.ndarray]
+    float_path: str | os.PathLike[str], qdq_path: str | os.PathLike[str], spec: PreprocessSpec, batches: Sequence[np.ndarray]
 ) -> list[dict[str, Any]]:
     """Per-tensor quantization error (SQNR in dB), the nodes that lose the most first.
 
@@ -194,26 +186,42 @@ def layer_errors(
     import onnx
 
     debug = require("onnxruntime.quantization.qdq_loss_debug", "cpu", "Per-layer quantization error")
-    reader_module = require("onnxruntime.quantization", "cpu", "Per-layer quantization error")
-
-    class Reader(reader_module.CalibrationDataReader):  # type: ignore[name-defined]
-        def __init__(self, name: str) -> None:
-            self._it = iter([{name: b} for b in batches])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    float_model = onnx.load(str(float_path))
-    input_name = float_model.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="edge-qdq-debug-") as tmp:
-        aug_float = str(Path(tmp) / "float.onnx")
-        aug_qdq = str(Path(tmp) / "qdq.onnx")
-        debug.modify_model_output_intermediate_tensors(str(float_path), aug_float)
-        debug.modify_model_output_intermediate_tensors(str(qdq_path), aug_qdq)
-        float_acts = debug.collect_activations(aug_float, Reader(input_name))
-        qdq_acts = debug.collect_activations(aug_qdq, Reader(input_name))
-    matching = debug.create_activation_matching(qdq_acts, float_acts)
-    errors = debug.compute_activation_error(matching)
+        activations = []
+        for name, path in (("float", float_path), ("qdq", qdq_path)):
+            augmented = Path(tmp) / f"{name}.onnx"
+            debug.modify_model_output_intermediate_tensors(str(path), str(augmented))
+            activations.append(_activations(augmented, spec, batches))
+    float_acts, qdq_acts = activations
+    errors = debug.compute_activation_error(debug.create_activation_matching(qdq_acts, float_acts))
+    rows = _error_rows(errors, onnx.load(str(float_path)))
+    rows.sort(key=lambda r: -r["loss_db"])
+    return rows
+
+
+# The suffix onnxruntime.quantization.qdq_loss_debug gives the outputs it adds for each saved tensor.
+SAVED_TENSOR_SUFFIX = "_ReshapedSavedOutput"
+
+
+def _activations(augmented: Path, spec: PreprocessSpec, batches: Sequence[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Every saved tensor of a model augmented by qdq_loss_debug, per batch, by tensor name (what
+    its ``collect_activations`` returns), run through the runner with all outputs."""
+    from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    activations: dict[str, list[np.ndarray]] = {}
+    runner = OnnxRuntimeRunner(augmented, spec, all_outputs=True)
+    with runner:
+        for batch in batches:
+            for name, value in runner.infer_outputs(batch).items():
+                if name.endswith(SAVED_TENSOR_SUFFIX):
+                    activations.setdefault(name[: -len(SAVED_TENSOR_SUFFIX)], []).append(value)
+    if not activations:
+        raise RuntimeError(f"{augmented.name}: no intermediate tensors were collected (no batches, or no saved outputs)")
+    return activations
+
+
+def _error_rows(errors: dict[str, Any], float_model: Any) -> list[dict[str, Any]]:
+    """One report row per tensor: its errors in dB, what its producer loses, the nodes to keep in float."""
     producers: dict[str, Any] = {}
     for node in float_model.graph.node:
         for tensor in node.output:
@@ -236,7 +244,6 @@ def layer_errors(
                 "keep_float": _float_candidates(node, producers),
             }
         )
-    rows.sort(key=lambda r: -r["loss_db"])
     return rows
 
 
@@ -251,52 +258,50 @@ def _float_candidates(node: Any, producers: dict[str, Any]) -> list[str]:
     return names
 
 
-def weight_sensitivity(float_path: str | os.PathLike[str], batch: np.ndarray) -> list[dict[str, Any]]:
+def weight_sensitivity(float_path: str | os.PathLike[str], spec: PreprocessSpec, batch: np.ndarray) -> list[dict[str, Any]]:
     """Per weighted node: the logits' SQNR (dB) when only that node's weights are fake-quantized
-    to per-channel symmetric int8, most sensitive first.
+    to per-channel symmetric int8, most sensitive first. Each variant is a temporary file that
+    ONNX Runtime's runner runs like any model.
 
     Layers right after the input can be very sensitive (a folded BatchNorm with a tiny variance
     makes a weighted sum cancel a large bias), which activation SQNR alone does not reveal."""
     import onnx
     from onnx import numpy_helper
 
-    ort = require("onnxruntime", "cpu", "Per-layer sensitivity")
     model = onnx.load(str(float_path))
-    name = model.graph.input[0].name
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-
-    def logits(proto: Any) -> np.ndarray:
-        sess = ort.InferenceSession(proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-        return np.asarray(sess.run(None, {name: batch})[0])
-
-    reference = logits(model)
+    reference = predict(float_path, spec, batch, batch=len(batch))
     inits = {init.name: index for index, init in enumerate(model.graph.initializer)}
     rows = []
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        index = inits[node.input[1]]
-        original = model.graph.initializer[index]
-        weight = numpy_helper.to_array(original)
-        if weight.ndim < 2:
-            continue
-        scale = np.abs(weight).reshape(weight.shape[0], -1).max(axis=1) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * (weight.ndim - 1)))
-        fake = (np.clip(np.round(weight / scale), -127, 127) * scale).astype(weight.dtype)
-        saved = onnx.TensorProto()
-        saved.CopyFrom(original)
-        model.graph.initializer[index].CopyFrom(numpy_helper.from_array(fake, original.name))
-        noisy = logits(model)
-        model.graph.initializer[index].CopyFrom(saved)
-        noise = max(float(np.linalg.norm(reference - noisy)), 1e-12)
-        rows.append(
-            {
-                "node": node.name,
-                "op": node.op_type,
-                "weight": original.name,
-                "logits_sqnr_db": 20 * float(np.log10(max(float(np.linalg.norm(reference)), 1e-12) / noise)),
-            }
-        )
+    with tempfile.TemporaryDirectory(prefix="edge-sensitivity-") as tmp:
+        noisy_path = Path(tmp) / "noisy.onnx"
+        for node in model.graph.node:
+            if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in inits:
+                continue
+            index = inits[node.input[1]]
+            original = model.graph.initializer[index]
+            weight = numpy_helper.to_array(original)
+            if weight.ndim < 2:
+                continue
+            saved = onnx.TensorProto()
+            saved.CopyFrom(original)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(fake_quantized(weight), original.name))
+            onnx.save(model, str(noisy_path))
+            model.graph.initializer[index].CopyFrom(saved)
+            noise = max(float(np.linalg.norm(reference - predict(noisy_path, spec, batch, batch=len(batch)))), 1e-12)
+            rows.append(
+                {
+                    "node": node.name,
+                    "op": node.op_type,
+                    "weight": original.name,
+                    "logits_sqnr_db": 20 * float(np.log10(max(float(np.linalg.norm(reference)), 1e-12) / noise)),
+                }
+            )
     rows.sort(key=lambda r: r["logits_sqnr_db"])
     return rows
+
+
+def fake_quantized(weight: np.ndarray) -> np.ndarray:
+    """``weight`` rounded to per-output-channel symmetric int8 and back to its float type."""
+    scale = np.abs(weight).reshape(weight.shape[0], -1).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * (weight.ndim - 1)))
+    return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(weight.dtype)

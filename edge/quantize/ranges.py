@@ -1,5 +1,7 @@
-"""Activation ranges for every calibration method from one bounded-memory pass.
+"""Activation ranges for every calibration method from one bounded-memory pass (`edge quantize`).
 
+Owns the collection of activation ranges (minmax, entropy, percentile) over a calibration set and
+the size of its batches; the calibration sets themselves come from the ``calibration`` package.
 ONNX Runtime's histogram calibrators (entropy, percentile) keep every intermediate tensor of
 the whole reader in memory before building histograms. Here the model runs one batch at a time,
 each batch's tensors go straight into ONNX Runtime's own ``HistogramCollector`` (which merges
@@ -14,7 +16,8 @@ with the zero point 128, which puts *every* pixel on a rounding tie, half a step
 background of Fashion-MNIST a constant half step low). ``refine_input_range`` picks the uint8 grid
 that represents the observed values best (2/254 with zero point 127 there: black and white exact).
 On the demo model this took the drop of full INT8 with plain rounding from 0.37 to 0.17 points on the
-10k test set; agreement stayed within noise (the weights' rounding dominates it, see quantize_weights).
+10k test set; agreement stayed within noise (the weights' rounding dominates it, see
+edge.quantize.weights).
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ PERCENTILE = 99.999
 # A graph input with more distinct values than this is not an 8-bit grid: its range stays as calibrated.
 MAX_INPUT_VALUES = 4096
 REFINE_STEPS = 16  # refine_input_range tries grids of 255 down to 240 steps over the observed range
+# Calibration batches hold every activation of the model at once: 16 images at 224 px, more at smaller sizes.
+CALIBRATION_PIXELS = 16 * 224 * 224
+
+
+def calibration_batch(input_size: int) -> int:
+    """Images per calibration batch: bounded activation memory whatever the input size."""
+    return int(np.clip(CALIBRATION_PIXELS // (input_size * input_size), 1, 256))
 
 
 class RangeCollector:

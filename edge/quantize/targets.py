@@ -10,6 +10,9 @@ Two targets, because one INT8 file cannot serve both runtimes well:
   with every zero point 0, ``QuantizeBias`` off (TensorRT rejects an int32 bias feeding a
   DequantizeLinear), Q/DQ only on the inputs of weighted ops (Conv/Gemm/MatMul), as TensorRT's
   placement guidance says.
+
+Also here: the float model's preparation before quantization (shape inference, BatchNorm folded)
+and the check of a target-trt model against TensorRT's Q/DQ rules.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
-"""Runner backends and the selector that picks one from an artifact path and a device.
+"""The Runner contract, every backend, and the selector that picks one from an artifact and a device.
 
-Bench and camera call :func:`select_runner` and never special-case a backend.
+``base`` is the contract (``with runner: logits = runner.infer(batch)``; backends implement
+``_activate/_infer/_deactivate``); ``torch_runner``, ``onnxruntime_runner`` (CPU, and the CUDA and
+TensorRT execution providers) and ``tensorrt_runner`` (native engines, over ``cuda_io``'s buffers
+and streams) are the backends, all built as ``Backend(path, spec, device=..., threads=...)``;
+``tensorrt_engines`` knows which engine of a run can run on this machine. Bench and camera call
+:func:`select_runner` and never special-case a backend.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def test_export_writes_verified_onnx_with_manifest(pretrained_onnx_run: Path) ->
     assert manifest.parent_sha256 == read_manifest(pretrained_onnx_run / "checkpoint.pt").sha256
     assert manifest.sha256 == sha256_file(path)
     assert manifest.provenance["exporter"] in ("dynamo", "torchscript")
-    assert manifest.metrics["verify_top1_agreement"] == 1.0
+    assert manifest.metrics["verify_top1_agreement"] == 100.0  # percent
     assert manifest.metrics["verify_max_abs_diff"] <= 1e-3
     assert manifest.metrics["verify_source"] == "scikit-image photos"
 

@@ -1,4 +1,4 @@
-"""edge/quantize.py and friends: INT8 QDQ per target, auto, acceptance metrics, bad input."""
+"""edge/quantize/cli.py and search.py: INT8 QDQ per target, auto, acceptance metrics (percent), bad input."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from onnx import numpy_helper
 from edge.artifacts import read_manifest
 from edge.errors import UserError
 from edge.photos import PHOTO_CLASSES
-from edge.quantize.cli import Try, _choose, quantize_run
+from edge.quantize.cli import quantize_run
+from edge.quantize.search import Budget, Try
 from edge.quantize.targets import check_tensorrt_rules, default_reduce_range
 
 ACCEPTANCE_KEYS = {"top1", "top5", "parent_top1", "drop_points", "agreement", "eval_count", "size_ratio", "simulated", "accepted"}
@@ -55,7 +56,7 @@ def test_pretrained_int8_manifest(pretrained_int8_run: Path) -> None:
     assert manifest.parent_sha256 == read_manifest(pretrained_int8_run / "model.onnx").sha256
     assert set(manifest.metrics) >= ACCEPTANCE_KEYS
     assert manifest.metrics["labelled"] is False  # photos: the float parent's top-1 is the label
-    assert manifest.metrics["parent_top1"] == 1.0
+    assert manifest.metrics["parent_top1"] == 100.0  # percent
     assert manifest.provenance["calibration"]["data"] == "scikit-image photos"
 
 
@@ -66,7 +67,10 @@ def test_cpu_target_layout_and_metrics(fashion_quant_run: Path) -> None:
     metrics = manifest.metrics
     assert set(metrics) >= ACCEPTANCE_KEYS
     assert metrics["eval_count"] == 200 and metrics["simulated"] is False
-    assert metrics["drop_points"] == pytest.approx(100 * (metrics["parent_top1"] - metrics["top1"]), abs=1e-3)
+    assert metrics["drop_points"] == pytest.approx(metrics["parent_top1"] - metrics["top1"], abs=1e-3)
+    # top-1, top-5 and agreement are percentages (0-100), as in every file of the harness
+    assert metrics["agreement"] == pytest.approx(100 * (200 - metrics["flips"]) / 200)
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
     assert 0.15 < metrics["size_ratio"] < 0.5  # int8 weights: about a quarter of the float file
     assert metrics["eval_source"] == "fashion-mnist:test"
     assert manifest.provenance["reduce_range"] is default_reduce_range()
@@ -121,7 +125,7 @@ def test_auto_records_its_tries_and_a_layer_report(fashion_quant_run: Path) -> N
         if t["method"] == manifest.provenance["chosen_method"] and t["excluded"] == manifest.provenance["nodes_excluded"]
     ]
     assert chosen
-    fitting = [t for t in tries[:3] if t["drop_points"] <= 0.5 and t["agreement"] >= 0.99]
+    fitting = [t for t in tries[:3] if t["drop_points"] <= 0.5 and t["agreement"] >= 99.0]
     assert fitting or len(tries) > 3, "auto must try keeping layers in float when no method fits the budget"
     report = json.loads((fashion_quant_run / "model.int8-cpu.layers.json").read_text())
     losses = [layer["loss_db"] for layer in report["layers"]]
@@ -186,7 +190,9 @@ def test_reduce_range_default_follows_cpu_flags() -> None:
         ({"method": "distribution"}, "unknown method 'distribution'"),
         ({"max_drop": -1}, "max-drop"),
         ({"eval_limit": -5}, "eval-limit"),
-        ({"min_agreement": 2}, "min-agreement"),
+        ({"min_agreement": 101}, r"--min-agreement is a percentage in \(0, 100\], got 101"),
+        ({"min_agreement": 0}, r"--min-agreement is a percentage in \(0, 100\], got 0"),
+        ({"min_agreement": 0.99}, r"--min-agreement is a percentage, e.g. 99, not a fraction: got 0.99 \(for 99% pass 99\)"),
         ({"weight_rounding": "stochastic"}, "unknown weight rounding 'stochastic'"),
     ],
 )
@@ -238,7 +244,9 @@ def test_nan_in_calibration_batch_is_refused(fashion_onnx_run: Path, tmp_path: P
         quantize_run(run, target="cpu", method="minmax", calibration=tmp_path / "poisoned.npy")
 
 
-def test_cli_quantize_prints_and_writes(fashion_quant_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_quantize_prints_and_writes(
+    fashion_quant_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     from edge.cli import main
 
     out = tmp_path / "cli.int8-cpu.onnx"
@@ -265,7 +273,14 @@ def test_cli_quantize_prints_and_writes(fashion_quant_run: Path, tmp_path: Path,
     manifest = read_manifest(out)
     assert manifest.metrics["eval_count"] == 50
     assert manifest.provenance["weight_rounding"] == {"rounding": "nearest"}
+    printed = capsys.readouterr().out
+    assert f"{manifest.metrics['top1']:.2f}%" in printed and f"{manifest.metrics['agreement']:.2f}%" in printed
     assert main(["quantize", str(fashion_quant_run), "--target", "cpu", "--max-drop", "-1"]) == 2
+    assert main(["quantize", str(fashion_quant_run), "--target", "cpu", "--min-agreement", "0.99"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "edge quantize: error: --min-agreement is a percentage, e.g. 99, not a fraction: got 0.99 (for 99% pass 99)"
+    )
 
 
 def _try(excluded: int, drop: float, agreement: float, speedup: float | None) -> Try:
@@ -279,17 +294,19 @@ def _try(excluded: int, drop: float, agreement: float, speedup: float | None) ->
 
 
 def test_auto_takes_the_fastest_try_that_fits() -> None:
-    full = _try(0, 0.2, 0.985, 2.2)  # fast, agreement short of 0.99
-    two = _try(2, 0.1, 0.995, 1.6)
-    four = _try(4, 0.0, 0.999, 1.4)
-    assert _choose([full, two, four], 0.5, 0.99) is two
+    budget = Budget(max_drop=0.5, min_agreement=99.0)  # points, percent
+    full = _try(0, 0.2, 98.5, 2.2)  # fast, agreement short of 99%
+    two = _try(2, 0.1, 99.5, 1.6)
+    four = _try(4, 0.0, 99.9, 1.4)
+    assert budget.fastest([full, two, four]) is two
     # within SPEED_TOLERANCE of the fastest, accuracy decides
-    close = _try(1, 0.0, 0.998, 1.58)
-    assert _choose([full, two, close, four], 0.5, 0.99) is close
+    close = _try(1, 0.0, 99.8, 1.58)
+    assert budget.fastest([full, two, close, four]) is close
     # nothing fits: the most accurate within the drop budget, speed aside
-    assert _choose([full, _try(1, 0.3, 0.986, 2.0)], 0.5, 0.99).excluded == ["n0"]
+    assert budget.fastest([full, _try(1, 0.3, 98.6, 2.0)]).excluded == ["n0"]
     # untimed tries (target trt): accuracy alone
-    assert _choose([_try(0, 0.1, 0.992, None), _try(1, 0.0, 0.995, None)], 0.5, 0.99).excluded == ["n0"]
+    assert budget.fastest([_try(0, 0.1, 99.2, None), _try(1, 0.0, 99.5, None)]).excluded == ["n0"]
+    assert budget.fits(two) and not budget.fits(full) and not budget.fits(_try(0, 0.6, 100.0, None))
 
 
 def test_interleaved_throughput_reports_ratios_to_the_first_model(fashion_onnx_run: Path) -> None:

@@ -1,4 +1,4 @@
-"""edge/quantize_weights.py: layer inputs as GPTQ sees them, GPTQ rounding, rewriting a QDQ model."""
+"""edge/quantize/weights.py: layer inputs as GPTQ sees them, GPTQ rounding, rewriting a QDQ model."""
 
 from __future__ import annotations
 

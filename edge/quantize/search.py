@@ -1,0 +1,527 @@
+"""The accuracy-aware search behind `edge quantize`, from one calibration pass to the written model.
+
+A :class:`QuantizeSearch` quantizes one run's float model for one target:
+
+1. one pass over the calibration set collects every method's activation ranges
+   (``edge.quantize.ranges``) and the layer inputs GPTQ rounds the weights with
+   (``edge.quantize.weights``);
+2. each method gives a :class:`Try`: a QDQ model (``edge.quantize.targets``) scored against the
+   float parent on the val split (``edge.quantize.evaluate``);
+3. while no try fits the :class:`Budget` (a drop in points, an agreement in percent), the most
+   sensitive layers stay in float, their number doubling up to ``max_excluded``;
+4. on target cpu the tries are timed against the float model and the fastest that fits is taken;
+5. the choice is accepted on the test split, and the model, its per-layer error report and its
+   manifest are written.
+
+:class:`QuantizeOptions` holds what the user asked for and checks it. ``quantize_run`` and
+`edge quantize` (``edge.quantize.cli``) are the entry points.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, write_manifest
+from edge.errors import UserError
+from edge.export import load_onnx_checked
+from edge.quantize.evaluate import (
+    EvalSet,
+    compare,
+    eval_set_from_data,
+    eval_set_from_photos,
+    interleaved_throughput,
+    layer_errors,
+    predict,
+    weight_sensitivity,
+)
+from edge.quantize.targets import (
+    TARGETS,
+    check_tensorrt_rules,
+    default_reduce_range,
+    prepare_float_model,
+    quantize_onnx,
+    target_config,
+)
+from edge.quantize.weights import ROUNDINGS, GPTQRounding, InputStatistics
+from edge.run import RunDir, layer_report_name
+from edge.spec import PreprocessSpec
+
+if TYPE_CHECKING:
+    from calibration.sets import CalibrationSet
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+CHOICES = (*METHODS, "auto")
+DEFAULT_MAX_DROP = 0.5  # points of top-1
+DEFAULT_MIN_AGREEMENT = 99.0  # percent of top-1 agreement with the float parent
+# Agreement is what auto reads closest: on 500 images one flip is 0.2% and the noise about 0.5%,
+# on 2000 about 0.2%. Full INT8 on 2 cores evaluates 2000 images of 64 px in about a second.
+DEFAULT_VAL_LIMIT = 2000
+DEFAULT_EVAL_LIMIT = 1000
+DEFAULT_MAX_EXCLUDED = 8
+DEFAULT_CALIB_SIZE = 512
+PHOTO_EVAL_COUNT = 24  # unlabelled photo sets: a few dozen images at most
+DEBUG_PIXELS = 32 * 64 * 64  # per-layer report: 32 images at 64 px, fewer at larger sizes (it keeps every tensor)
+DEBUG_BATCH = 16
+SPEED_BATCH = 8
+SPEED_ROUNDS = 5
+SPEED_WINDOW_S = 0.2
+SPEED_TOLERANCE = 0.05  # tries within 5% of the fastest count as equally fast: accuracy decides
+SENSITIVE_DB = 40.0  # logits SQNR below which a layer's int8 weights are worth keeping in float
+
+
+@dataclass
+class Try:
+    """One quantization configuration and its validation result (one row of the tries table)."""
+
+    method: str
+    excluded: list[str]
+    path: Path
+    val: dict[str, Any] = field(default_factory=dict)  # compare() on the val split: percent, drop in points
+    speedup: float | None = None  # throughput against the float model (auto, target cpu)
+    rounding: dict[str, Any] = field(default_factory=lambda: {"rounding": "nearest"})
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "excluded": list(self.excluded),
+            **{k: self.val[k] for k in ("top1", "drop_points", "agreement", "eval_count") if k in self.val},
+            **({"speedup": round(self.speedup, 3)} if self.speedup is not None else {}),
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What auto accepts: a top-1 drop of at most ``max_drop`` points and a top-1 agreement with the
+    float parent of at least ``min_agreement`` percent."""
+
+    max_drop: float
+    min_agreement: float
+
+    def fits(self, candidate: Try) -> bool:
+        val = candidate.val
+        return bool(val) and val["drop_points"] <= self.max_drop and val["agreement"] >= self.min_agreement
+
+    def best(self, tries: list[Try]) -> Try:
+        """Within the drop budget the highest agreement (flips are a steadier signal than a small
+        drop, which noise can even make negative), then the lowest drop, then the fewest float nodes."""
+        scored = [t for t in tries if t.val] or tries
+        return min(
+            scored,
+            key=lambda t: (
+                t.val.get("drop_points", 0.0) > self.max_drop,
+                -t.val.get("agreement", 100.0),
+                t.val.get("drop_points", 0.0),
+                len(t.excluded),
+            ),
+        )
+
+    def fastest(self, tries: list[Try]) -> Try:
+        """The fastest try that fits (within SPEED_TOLERANCE, the most accurate of those); when
+        none fits, the most accurate (:meth:`best`). Untimed tries count as equally fast."""
+        fitting = [t for t in tries if self.fits(t)]
+        if not fitting:
+            return self.best(tries)
+        timed = [t.speedup for t in fitting if t.speedup is not None]
+        if timed:
+            floor = max(timed) * (1 - SPEED_TOLERANCE)
+            fitting = [t for t in fitting if t.speedup is None or t.speedup >= floor]
+        return self.best(fitting)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The chosen model against its float parent on the test split."""
+
+    source: str  # the test set's name
+    figures: dict[str, Any]  # compare(): top-1, top-5 and agreement in percent, the drop in points
+    accepted: bool  # the drop is within --max-drop
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What one quantization asks for: ``quantize_run``'s arguments but the paths."""
+
+    target: str = "cpu"
+    method: str = "auto"
+    data: str | None = None
+    max_drop: float = DEFAULT_MAX_DROP
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    reduce_range: bool | None = None
+    val_limit: int = DEFAULT_VAL_LIMIT
+    eval_limit: int = DEFAULT_EVAL_LIMIT
+    calib_size: int = DEFAULT_CALIB_SIZE
+    seed: int = 0
+    max_excluded: int = DEFAULT_MAX_EXCLUDED
+    weight_rounding: str = "gptq"
+
+    @property
+    def auto(self) -> bool:
+        return self.method == "auto"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return METHODS if self.auto else (self.method,)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_drop, self.min_agreement)
+
+    def weights_reduce_range(self) -> bool:
+        """--reduce-range, else the default: 7-bit weights on x86 CPUs without VNNI (target cpu only)."""
+        if self.reduce_range is not None:
+            return self.reduce_range
+        return default_reduce_range() if self.target == "cpu" else False
+
+    def validate(self) -> None:
+        """Refuse bad options with a UserError that names the flag, before any work."""
+        if self.target not in TARGETS:
+            raise UserError(f"unknown target {self.target!r}: use cpu (ONNX Runtime) or trt (TensorRT)")
+        if self.method not in CHOICES:
+            raise UserError(
+                f"unknown method {self.method!r}: use {', '.join(CHOICES)} (ORT's Distribution calibrator is for float8)"
+            )
+        if self.max_drop < 0:
+            raise UserError(f"--max-drop must be >= 0 points, got {self.max_drop}")
+        check_agreement_percent(self.min_agreement)
+        for name, value in (
+            ("--val-limit", self.val_limit),
+            ("--eval-limit", self.eval_limit),
+            ("--max-excluded", self.max_excluded),
+        ):
+            if value < 0:
+                raise UserError(f"{name} must be >= 0 (0 = all / none), got {value}")
+        if self.calib_size < 1:
+            raise UserError(f"--calib-size must be at least 1, got {self.calib_size}")
+        if self.weight_rounding not in ROUNDINGS:
+            raise UserError(f"unknown weight rounding {self.weight_rounding!r}: use {' or '.join(ROUNDINGS)}")
+
+
+def check_agreement_percent(value: float) -> None:
+    """--min-agreement is a percentage in (0, 100]; a value up to 1 is a fraction by mistake."""
+    if not 0 < value <= 100:
+        raise UserError(f"--min-agreement is a percentage in (0, 100], got {value:g}")
+    if value <= 1:
+        raise UserError(
+            f"--min-agreement is a percentage, e.g. 99, not a fraction: got {value:g} (for {100 * value:g}% pass {100 * value:g})"
+        )
+
+
+class QuantizeSearch:
+    """One quantization of a run's float model for one target; the tries live in ``work``.
+
+    Construction resolves the inputs (the float model, its spec, the calibration set) and makes the
+    one calibration pass; :meth:`run` searches, accepts and writes."""
+
+    def __init__(
+        self,
+        run: RunDir,
+        options: QuantizeOptions,
+        work: Path,
+        calibration: str | os.PathLike[str] | None = None,
+        out: str | os.PathLike[str] | None = None,
+    ):
+        self.options = options
+        self.budget = options.budget
+        self.work = work
+        self.parent = run.onnx
+        load_onnx_checked(run.require(self.parent, f"export the model first: `edge export {run.root}`"))
+        self.spec = artifact_spec(self.parent)
+        self.config = target_config(options.target)
+        self.reduce_range = options.weights_reduce_range()
+        self.out_path = Path(out) if out else (run.int8_cpu if options.target == "cpu" else run.int8_trt)
+        self.started = time.perf_counter()
+        self.calib = calibration_set(run, calibration, options, self.spec)
+        self.prepared = prepare_float_model(self.parent, work / "float.onnx")
+        self.ranges, self.rounding = self._calibrate()
+        self.calibrated_s = self.elapsed()
+        self.val = self.eval_set("val", options.val_limit, photo_seed=1) if options.auto else None
+        self.val_parent = predict(self.parent, self.spec, self.val.tensor) if self.val is not None else None
+        self.debug_batches = [
+            np.ascontiguousarray(self.calib.tensor[i : i + DEBUG_BATCH], dtype=np.float32)
+            for i in range(0, min(debug_images(self.spec), len(self.calib)), DEBUG_BATCH)
+        ]
+        self.tries: list[Try] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def run(self) -> Path:
+        """Search, accept the choice on the test split, write the model, its layer report and its
+        manifest; returns the model's path."""
+        best, layers = self.search()
+        searched_s = self.elapsed()  # calibration + quantization, before acceptance
+        acceptance = self.accept(best)
+        report_path = self.write_model(best, layers)
+        self.write_manifest(best, acceptance, report_path, searched_s)
+        return self.out_path
+
+    # ---- calibration and tries -----------------------------------------------------------
+
+    def _calibrate(self) -> tuple[dict[str, Any], GPTQRounding | None]:
+        """Every method's ranges and, for GPTQ, the layers' inputs: one pass over the calibration set."""
+        stats = None
+        if self.options.weight_rounding == "gptq":
+            stats = InputStatistics(onnx.load(str(self.prepared)), seed=self.options.seed)
+        ranges = self._collect_ranges([stats] if stats is not None else [])
+        return ranges, GPTQRounding(stats) if stats is not None else None
+
+    def _collect_ranges(self, observers: list[Any]) -> dict[str, Any]:
+        from rich.progress import Progress
+
+        from calibration.reader import iter_batches
+        from edge.quantize.ranges import calibration_batch, collect_ranges
+
+        tensor = self.calib.tensor
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"calibrating ({', '.join(self.options.methods)})", total=len(tensor))
+            return collect_ranges(
+                self.prepared,
+                iter_batches(tensor, calibration_batch(tensor.shape[-1])),
+                self.options.methods,
+                self.config.op_types,
+                self.config.activation_symmetric,
+                progress=lambda n: progress.advance(task, n),
+                observers=observers,
+            )
+
+    def eval_set(self, split: str, limit: int, photo_seed: int) -> EvalSet:
+        """``limit`` images of a split of --data (0 = all), or scikit-image photos without --data."""
+        if self.options.data is None:
+            return eval_set_from_photos(min(limit or PHOTO_EVAL_COUNT, PHOTO_EVAL_COUNT), self.spec, photo_seed)
+        return eval_set_from_data(self.options.data, split, limit or None, self.spec, seed=self.options.seed)
+
+    def attempt(self, method: str, excluded: list[str]) -> Try:
+        """Quantize with ``method``'s ranges and the ``excluded`` nodes in float, round the weights,
+        and (auto) score the result on the val split."""
+        index = len(self.tries)
+        path = quantize_onnx(
+            self.prepared, self.work / f"try-{index}.onnx", self.options.target, self.ranges[method], self.reduce_range, excluded
+        )
+        result = Try(method, excluded, path)
+        if self.rounding is not None:
+            result.rounding = self.rounding.apply(path)
+        if self.val is not None and self.val_parent is not None:
+            result.val = compare(self.val_parent, predict(path, self.spec, self.val.tensor), self.val.labels)
+            log.info(
+                "try %d: %s, %d node(s) in float: val top-1 %.2f%%, drop %.2f points, agreement %.2f%%",
+                index,
+                method,
+                len(excluded),
+                result.val["top1"],
+                result.val["drop_points"],
+                result.val["agreement"],
+            )
+        self.tries.append(result)
+        return result
+
+    # ---- the search ----------------------------------------------------------------------
+
+    def search(self) -> tuple[Try, list[dict[str, Any]]]:
+        """The chosen try and its per-layer errors: every method, then (auto) layers in float while
+        the budget does not hold, then (auto, target cpu) the fastest try that fits."""
+        for method in self.options.methods:
+            self.attempt(method, [])
+        best = self.budget.best(self.tries)
+        layers = self.layer_errors(best)
+        if self.options.auto and not self.budget.fits(best) and self.options.max_excluded > 0:
+            best, layers = self.exclude_worst(best, layers)
+        if self.options.auto and self.options.target == "cpu":
+            self.time_tries()
+            fastest = self.budget.fastest(self.tries)
+            if fastest is not best:
+                best, layers = fastest, self.layer_errors(fastest)
+        return best, layers
+
+    def layer_errors(self, chosen: Try) -> list[dict[str, Any]]:
+        return layer_errors(self.prepared, chosen.path, self.spec, self.debug_batches)
+
+    def exclude_worst(self, best: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
+        """Keep the most sensitive nodes in float, doubling their number (1, 2, 4, ...) until the
+        budget holds or ``max_excluded`` is reached; returns the best of those tries and its layers."""
+        ranked = self.float_ranking(layers)
+        count = 1
+        chosen = best
+        while count <= min(self.options.max_excluded, len(ranked)):
+            result = self.attempt(best.method, ranked[:count])
+            if self.budget.best([chosen, result]) is result:
+                chosen = result
+            if self.budget.fits(result):
+                break
+            count *= 2
+        if chosen is not best:
+            layers = self.layer_errors(chosen)
+        return chosen, layers
+
+    def float_ranking(self, layers: list[dict[str, Any]]) -> list[str]:
+        """Nodes worth keeping in float, most first: weight sensitivity of the logits first (it
+        finds the layers that flip predictions), then the layers losing the most activation SQNR."""
+        sensitivity = weight_sensitivity(self.prepared, self.spec, np.concatenate(self.debug_batches))
+        ranked: list[str] = [row["node"] for row in sensitivity if row["logits_sqnr_db"] < SENSITIVE_DB]
+        for layer in layers:
+            for node in layer["keep_float"]:
+                if node and node not in ranked:
+                    ranked.append(node)
+        return ranked
+
+    def time_tries(self) -> None:
+        """Throughput of every try against the float parent at SPEED_BATCH, interleaved: tries that
+        keep the same nodes in float share a graph and so a speed, and are timed once."""
+        groups: dict[tuple[str, ...], list[Try]] = {}
+        for t in self.tries:
+            groups.setdefault(tuple(t.excluded), []).append(t)
+        tensor = self.calib.tensor
+        batch = np.ascontiguousarray(np.resize(np.asarray(tensor[:SPEED_BATCH]), (SPEED_BATCH, *tensor.shape[1:])), np.float32)
+        results = interleaved_throughput(
+            [self.parent] + [members[0].path for members in groups.values()],
+            self.spec,
+            batch,
+            rounds=SPEED_ROUNDS,
+            window_s=SPEED_WINDOW_S,
+        )
+        for members, result in zip(groups.values(), results[1:]):
+            for t in members:
+                t.speedup = result["ratio"]
+        log.info(
+            "speed at batch %d vs float: %s",
+            SPEED_BATCH,
+            ", ".join(f"{len(key)} float node(s) {r['ratio']:.2f}x" for key, r in zip(groups, results[1:])),
+        )
+
+    # ---- acceptance and the written result -----------------------------------------------
+
+    def accept(self, best: Try) -> Acceptance:
+        """The chosen model against its float parent on the test split (and, target trt, TensorRT's
+        Q/DQ rules); a drop beyond --max-drop is written but marked not accepted."""
+        test = self.eval_set("test", self.options.eval_limit, photo_seed=2)
+        figures = compare(predict(self.parent, self.spec, test.tensor), predict(best.path, self.spec, test.tensor), test.labels)
+        if self.options.target == "trt":
+            problems = check_tensorrt_rules(best.path)
+            if problems:
+                raise RuntimeError(f"target-trt model breaks TensorRT's Q/DQ rules: {problems[:3]}")
+        accepted = figures["drop_points"] <= self.options.max_drop
+        if not accepted:
+            log.warning(
+                "%s: top-1 drop %.2f points on %d test images exceeds --max-drop %.2f: written, marked not accepted",
+                self.out_path.name,
+                figures["drop_points"],
+                figures["eval_count"],
+                self.options.max_drop,
+            )
+        return Acceptance(test.name, figures, accepted)
+
+    def write_model(self, best: Try, layers: list[dict[str, Any]]) -> Path:
+        """The per-layer error report beside the output, then the chosen model; returns the report's path."""
+        report_path = self.out_path.with_name(layer_report_name(self.out_path))
+        atomic_write_json(
+            report_path,
+            {
+                "model": self.out_path.name,
+                "images": sum(len(b) for b in self.debug_batches),
+                "metric": "SQNR dB (higher is better); loss_db = SQNR the producing node loses",
+                "layers": layers,
+            },
+        )
+        with atomic_path(self.out_path) as staged:
+            shutil.copyfile(best.path, staged)
+        return report_path
+
+    def write_manifest(self, best: Try, acceptance: Acceptance, report_path: Path, searched_s: float) -> None:
+        env = environment_fingerprint()
+        metrics = {
+            **acceptance.figures,
+            "eval_source": acceptance.source,
+            "size_ratio": self.out_path.stat().st_size / self.parent.stat().st_size,
+            "simulated": self.options.target == "trt",
+            "accepted": acceptance.accepted,
+            "calibration_s": round(self.calibrated_s, 2),
+            "quantization_s": round(searched_s, 2),
+            "total_s": round(self.elapsed(), 2),
+        }
+        write_manifest(
+            self.out_path,
+            f"onnx-int8-{self.options.target}",
+            self.spec,
+            parent=self.parent,
+            provenance=self.provenance(best, env, report_path),
+            metrics=metrics,
+            extra_files=[report_path],
+            environment=env,
+        )
+        log.info(
+            "wrote %s: top-1 %.2f%% vs %.2f%% float (drop %.2f points, agreement %.2f%%) on %d images of %s",
+            self.out_path,
+            metrics["top1"],
+            metrics["parent_top1"],
+            metrics["drop_points"],
+            metrics["agreement"],
+            metrics["eval_count"],
+            acceptance.source,
+        )
+
+    def provenance(self, best: Try, env: dict[str, Any], report_path: Path) -> dict[str, Any]:
+        """How the model was made: target settings, the choice and every try, calibration, budget."""
+        target = self.options.target
+        return {
+            **self.config.describe(),
+            "method": self.options.method,
+            "chosen_method": best.method,
+            "nodes_excluded": best.excluded,
+            "reduce_range": self.reduce_range,
+            "weight_rounding": best.rounding,
+            "reduce_range_default": default_reduce_range(env["cpu_flags"]) if target == "cpu" else False,
+            "built_cpu_flags": env["cpu_flags"],
+            "calibration": {
+                "path": str(self.calib.path),
+                "content_hash": self.calib.content_hash,
+                "count": len(self.calib),
+                "data": self.calib.provenance.get("data"),
+                "seed": self.calib.provenance.get("seed"),
+            },
+            "val_set": self.val.name if self.val is not None else None,
+            "speed": {"batch": SPEED_BATCH, "rounds": SPEED_ROUNDS, "window_s": SPEED_WINDOW_S}
+            if any(t.speedup is not None for t in self.tries)
+            else None,
+            "tries": [t.row() for t in self.tries],
+            "max_drop": self.options.max_drop,
+            "min_agreement": self.options.min_agreement,
+            "layer_report": report_path.name,
+        }
+
+
+def calibration_set(
+    run: RunDir, calibration: str | os.PathLike[str] | None, options: QuantizeOptions, spec: PreprocessSpec
+) -> CalibrationSet:
+    """--calibration, else RUN/calibration, else a set drawn here from --data's training split."""
+    from calibration.sets import build_calibration_set, load_calibration_set
+
+    if calibration is not None:
+        return load_calibration_set(calibration, spec)
+    stored = run.calibration_file
+    if stored.exists():
+        calib = load_calibration_set(stored, spec)
+        if options.data is not None and calib.provenance.get("data") != str(options.data):
+            log.warning(
+                "using the stored calibration set from %s, not --data %s (rebuild it with `edge calibrate`)",
+                calib.provenance.get("data"),
+                options.data,
+            )
+        return calib
+    if options.data is None:
+        raise UserError(f"{run.root} has no calibration set: run `edge calibrate {run.root} --data DATA` or pass --data")
+    return build_calibration_set(run.root, options.data, size=options.calib_size, seed=options.seed)
+
+
+def debug_images(spec: PreprocessSpec) -> int:
+    """Calibration images the per-layer diagnostics run on: bounded memory whatever the input size."""
+    return int(np.clip(DEBUG_PIXELS // (spec.input_size * spec.input_size), 4, 32))
