@@ -16,7 +16,11 @@ from calibration.sets import DEFAULT_SIZE, build_calibration_set
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory")
-    parser.add_argument("--data", required=True, help="'fashion-mnist' or an ImageFolder tree (the training data)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="the training data ('fashion-mnist' or an ImageFolder tree; default: the run's, from splits.json)",
+    )
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"images to draw (default {DEFAULT_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified draw (default 0)")
     parser.add_argument("--out", help="output .npy (default RUN/calibration/calibration.npy)")

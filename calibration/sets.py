@@ -57,7 +57,7 @@ def content_hash(ids: Sequence[str], labels: np.ndarray, tensor: np.ndarray) -> 
 
 def build_calibration_set(
     run_dir: str | os.PathLike[str],
-    data: str,
+    data: str | None,
     size: int = DEFAULT_SIZE,
     seed: int = 0,
     out: str | os.PathLike[str] | None = None,
@@ -69,15 +69,16 @@ def build_calibration_set(
         raise UserError(f"--size must be at least 1, got {size}")
     run = RunDir.open(run_dir)
     spec = artifact_spec(run.root)
-    from train.data import open_data
+    from train.splits import run_data
 
-    source = open_data(data, seed=seed)
+    pinned = run_data(run.root, data)
+    source = pinned.source
     if spec.num_classes and len(source.classes) != spec.num_classes:
         raise UserError(
             f"{data} has {len(source.classes)} classes but the model in {run.root} has {spec.num_classes}: "
             "calibrate with the data the model was trained on"
         )
-    split = source.split(SPLIT).take(size, seed)
+    split = pinned.split(SPLIT, size, seed)  # only the run's own training items, whatever the seed
     images = [split.image(i) for i in _progress(range(len(split)), "reading calibration images", progress)]
     return store_calibration_set(
         run,
@@ -85,7 +86,7 @@ def build_calibration_set(
         images,
         list(split.ids),
         np.asarray(split.labels),
-        data=str(data),
+        data=pinned.data,
         seed=seed,
         requested=size,
         classes=source.classes,

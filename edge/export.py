@@ -123,7 +123,7 @@ def export_onnx(
 
     payload = load_checkpoint(ckpt)
     model, spec = model_from_checkpoint(payload)
-    images, source = verification_images(spec, payload.get("config", {}), data, verify_limit)
+    images, source = verification_images(spec, ckpt.parent, payload.get("config", {}), data, verify_limit)
     batch = spec.apply_batch(images)
 
     with tempfile.TemporaryDirectory(prefix="edge-export-") as tmp:
@@ -301,15 +301,17 @@ def _move_into_place(tmp_path: Path, target: Path, model: Any) -> list[str | os.
 
 
 def verification_images(
-    spec: PreprocessSpec, config: dict[str, Any], data: str | None, limit: int
+    spec: PreprocessSpec, run: Path, config: dict[str, Any], data: str | None, limit: int
 ) -> tuple[list[np.ndarray], str]:
-    """Real images to verify on: the run's test split when its data is known, else scikit-image photos."""
+    """Real images to verify on: test items of the split the run pinned (RUN/splits.json) when its
+    data is known (other --data is used whole, as an external set), else scikit-image photos."""
     source = data or config.get("data")
     if source:
-        from train.data import open_data
+        from train.splits import run_data
 
-        split = open_data(source, seed=int(config.get("seed", 0))).split("test", limit=limit, seed=0)
-        return [split.image(i) for i in range(len(split))], f"{source}:test"
+        pinned = run_data(run, data or source, evaluate=True, exclude_seen=True)
+        split = pinned.split("test", limit, seed=0)
+        return [split.image(i) for i in range(len(split))], f"{pinned.data}:{'external' if pinned.external else 'test'}"
     from edge.photos import photo_set
 
     photos = photo_set(limit, seed=0)

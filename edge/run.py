@@ -4,6 +4,7 @@ Every stage takes a run directory and finds its inputs here; explicit paths over
 is the only place that spells a run's file names::
 
     checkpoint.pt  last.pt                       best and last training checkpoints
+    splits.json                                  the data split training pinned: train/val/test items and hashes
     metrics.{json,csv} summary.json curves.png confusion.png   training reports
     model.onnx  model.int8-cpu.onnx  model.int8-trt.onnx       ONNX FP32 and the two INT8 targets
     model.int8-*.layers.json                     the quantizer's per-layer report
@@ -32,6 +33,7 @@ TRAIN_METRICS_CSV = "metrics.csv"
 TRAIN_SUMMARY = "summary.json"
 TRAIN_CURVES = "curves.png"
 TRAIN_CONFUSION = "confusion.png"
+SPLITS_FILE = "splits.json"  # the data split training pinned (train.splits)
 ONNX_FP32 = "model.onnx"
 ONNX_INT8_CPU = "model.int8-cpu.onnx"
 ONNX_INT8_TRT = "model.int8-trt.onnx"
@@ -128,6 +130,10 @@ class RunDir:
     @property
     def bench(self) -> Path:
         return self.root / BENCH_DIR
+
+    @property
+    def splits(self) -> Path:
+        return self.root / SPLITS_FILE
 
     @property
     def last_checkpoint(self) -> Path:

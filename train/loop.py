@@ -35,7 +35,7 @@ import numpy as np
 
 from edge.artifacts import atomic_write_json, update_metrics, write_manifest
 from edge.errors import UserError, require
-from edge.run import CHECKPOINT, LAST_CHECKPOINT, TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY
+from edge.run import CHECKPOINT, LAST_CHECKPOINT, SPLITS_FILE, TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY, RunDir
 from edge.spec import PreprocessSpec
 from train.augment import EpochBatches, EvalDataset, TrainDataset
 from train.checkpoint import load_checkpoint, save_checkpoint
@@ -43,6 +43,7 @@ from train.config import TrainConfig, validate_config
 from train.data import ImageSplit, open_data
 from train.models import build_model, head_parameter_names, layer_groups, pretrained_spec
 from train.report import diagnose, history_table, plot_confusion, plot_curves, write_metrics
+from train.splits import pin_splits
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class Trainer:
         self.data_fingerprint = hashlib.sha256(
             f"{self.train_split.fingerprint()}|{self.val_split.fingerprint()}".encode()
         ).hexdigest()[:16]
+        self.splits = self._pin_splits(data)
         self.spec = training_spec(config.model, data.classes, config.image_size, _is_gray(self.train_split))
         if resume is not None:
             self._check_resume_data(resume)
@@ -268,6 +270,15 @@ class Trainer:
             ):
                 module.eval()
 
+    def _pin_splits(self, data: Any) -> dict[str, str]:
+        """RUN/splits.json: which items are train, val and test, for every later stage. Only the main
+        process writes it (and the manifests that name its fingerprints)."""
+        if not self.dist.is_main:
+            return {}
+        self.out.mkdir(parents=True, exist_ok=True)
+        pinned = pin_splits(RunDir(self.out), self.config.data, data, seed=self.config.seed)
+        return {name: pinned.fingerprint(name) for name in ("train", "val", "test")}
+
     # ---- resume ---------------------------------------------------------------------------
     def _read_resume(self) -> dict[str, Any]:
         path = self.out / LAST
@@ -364,6 +375,7 @@ class Trainer:
                 "mode": self.config.mode,
                 "data": self.config.data,
                 "data_fingerprint": self.data_fingerprint,
+                "splits": {"file": SPLITS_FILE, "fingerprints": self.splits},
                 "epochs": len(self.history),
                 "best_epoch": self.best_epoch,
                 "resumable": resumable,

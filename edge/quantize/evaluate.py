@@ -44,12 +44,19 @@ class EvalSet:
 
 
 def eval_set_from_data(
-    data: str, split: str, limit: int | None, spec: PreprocessSpec, seed: int = 0, progress: bool = True
+    run: str | os.PathLike[str],
+    data: str | None,
+    split: str,
+    limit: int | None,
+    spec: PreprocessSpec,
+    seed: int = 0,
+    progress: bool = True,
 ) -> EvalSet:
-    """A stratified, seeded subset (``limit`` images; None = all) of one split, preprocessed."""
-    from train.data import open_data
+    """A stratified, seeded subset (``limit`` images; None = all) of one split the run pinned
+    (``RUN/splits.json``: ``seed`` subsamples inside it, never re-draws it), preprocessed."""
+    from train.splits import run_data
 
-    images = open_data(data, seed=seed).split(split, limit=limit, seed=seed)
+    images = run_data(run, data).split(split, limit=limit, seed=seed)
     if spec.num_classes and len(images.classes) != spec.num_classes:
         raise UserError(
             f"{data} has {len(images.classes)} classes but the model has {spec.num_classes}: use the data it was trained on"
@@ -62,7 +69,7 @@ def eval_set_from_data(
         indices = track(indices, description=f"preprocessing {data}:{split}", transient=True)
     for i in indices:
         tensor[i] = spec.apply(images.image(i))
-    return EvalSet(f"{data}:{split}", tensor, np.asarray(images.labels))
+    return EvalSet(f"{data or images.source}:{split}", tensor, np.asarray(images.labels))
 
 
 def eval_set_from_photos(count: int, spec: PreprocessSpec, seed: int) -> EvalSet:

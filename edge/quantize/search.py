@@ -19,6 +19,7 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -231,7 +232,8 @@ class QuantizeSearch:
         calibration: str | os.PathLike[str] | None = None,
         out: str | os.PathLike[str] | None = None,
     ):
-        self.options = options
+        self.options = options = _with_run_data(run, options)
+        self.run_dir = run
         self.budget = options.budget
         self.work = work
         self.parent = run.onnx
@@ -299,7 +301,7 @@ class QuantizeSearch:
         """``limit`` images of a split of --data (0 = all), or scikit-image photos without --data."""
         if self.options.data is None:
             return eval_set_from_photos(min(limit or PHOTO_EVAL_COUNT, PHOTO_EVAL_COUNT), self.spec, photo_seed)
-        return eval_set_from_data(self.options.data, split, limit or None, self.spec, seed=self.options.seed)
+        return eval_set_from_data(self.run_dir, self.options.data, split, limit or None, self.spec, seed=self.options.seed)
 
     def attempt(self, method: str, excluded: list[str]) -> Try:
         """Quantize with ``method``'s ranges and the ``excluded`` nodes in float, round the weights,
@@ -497,6 +499,16 @@ class QuantizeSearch:
             "min_agreement": self.options.min_agreement,
             "layer_report": report_path.name,
         }
+
+
+def _with_run_data(run: RunDir, options: QuantizeOptions) -> QuantizeOptions:
+    """Without --data, a run that pinned its data split (RUN/splits.json) is quantized on that data."""
+    if options.data is not None:
+        return options
+    from train.splits import read_splits
+
+    pinned = read_splits(run)
+    return options if pinned is None else dataclasses.replace(options, data=pinned.source)
 
 
 def calibration_set(

@@ -57,6 +57,11 @@ def test_short_set_and_missing_classes_warn_with_counts(
     spec = PreprocessSpec(input_size=32, resize_size=32, crop="resize", color="gray", labels=("a", "b", "c"))
     (run / "model.onnx.json").unlink()
     write_manifest(run / "model.onnx", "onnx", spec)
+    from edge.run import RunDir
+    from train.data import open_data
+    from train.splits import pin_splits
+
+    pin_splits(RunDir(run), str(data), open_data(str(data)), seed=0)  # as if trained on the tiny folder
     with caplog.at_level(logging.WARNING):
         calib = build_calibration_set(run, str(data), size=40, seed=0, progress=False)
     assert len(calib) < 40
