@@ -1,18 +1,34 @@
-"""CI gate over a bench report: fail on accuracy drops and latency regressions, without flakiness.
+"""CI gate over a bench report: fail on accuracy drops, latency regressions and missing numbers.
 
     edge check runs/demo/bench/report.json                               # INT8 vs float parent
     edge check NEW/report.json --baseline OLD/report.json --junit gate.xml
 
-Accuracy: each artifact's top-1 against its float parent on the same images, from the paired
-flips (McNemar): the check fails only when the exact one-sided lower bound of the drop (95%)
-exceeds --max-drop, so noise does not fail a build and a real regression does. When the
-evaluation set cannot resolve the budget (budget < 2 standard errors) the check says so.
-With --baseline: top-1 against the baseline's on the same evaluation set (same paired test);
-p50 latency of every cell against the baseline only when both reports come from the same machine
-fingerprint; INT8/FP32 latency ratios measured within each run are compared on any machine.
-A row or cell that failed to run fails the gate; a skipped one (device absent) does not.
+Every check is one line in the table, one testcase in the --junit XML, and a failed one is also
+printed as one ``FAIL name: detail`` line. The gate fails (exit 1) when:
 
-Exit codes: 0 passed, 1 a check failed, 2 a usage error (bad path, not a report).
+- nothing was measured (no rows, or every row skipped or errored);
+- a row or a timing cell errored, or a row is *rejected* (its quantizer did not accept it:
+  manifest ``accepted: false``; bench still measures it so the report shows why);
+- an artifact with a float parent (INT8, engines, the ONNX export) has no accuracy against it,
+  unless --allow-unmeasured (then a warning);
+- its top-1 drop against the float parent is significantly above --max-drop: paired flips
+  (McNemar), failing only when the exact one-sided lower bound (--confidence, 95%) of the drop
+  exceeds the budget, so noise does not fail a build and a real regression does;
+- its evaluation set cannot resolve the budget, unless --allow-small-eval (then a warning). The
+  *minimum detectable drop* of n images is the smallest drop that would fail the gate if every
+  flip were a loss; the set resolves the budget when that is at most 2 x --max-drop, i.e. it can
+  fail a regression of twice the budget (0.5 points at 95% needs 1100 images; 200 images can
+  only fail a 3.0 point drop). The gate prints it for every artifact;
+- with --baseline: a row (artifact@device) or a timing cell (artifact@device, batch) measured in
+  the baseline is absent now. A cell skipped now (outside an engine's optimisation profile) is
+  listed, not missing; a row skipped now fails on the same machine and is listed on another;
+- with --baseline: top-1 fell against the baseline's on the same evaluation set (same paired
+  test); p50 latency of a cell regressed beyond --max-latency-regression, compared only when both
+  reports carry a machine fingerprint and they are equal; INT8/FP32 latency ratios measured within
+  each run are compared on any machine.
+
+A skipped row or cell (device absent, batch outside an engine's profile) does not fail.
+Exit codes: 0 passed, 1 a check failed, 2 a usage error (bad path, malformed report: one line).
 """
 
 from __future__ import annotations
@@ -23,11 +39,22 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from bench.matrix import is_int8, recompute_flips
-from bench.paired import CONFIDENCE, min_eval_size, paired_flips
+from bench.matrix import float_parent, is_int8
+from bench.paired import (
+    CONFIDENCE,
+    RESOLUTION,
+    PairedFlips,
+    flips_from_counts,
+    min_detectable_drop,
+    min_resolving_count,
+    paired_flips,
+    resolves,
+)
 from bench.report import read_report
 from edge.artifacts import atomic_write_text
 from edge.errors import UserError
+
+MEASURED = ("ok", "rejected")  # row statuses with numbers in them
 
 
 @dataclass
@@ -47,80 +74,159 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--confidence", type=float, default=CONFIDENCE, help="one-sided confidence of the accuracy bound (default 0.95)"
     )
+    parser.add_argument(
+        "--allow-unmeasured",
+        action="store_true",
+        help="warn instead of failing when an artifact with a float parent has no accuracy (bench without --eval)",
+    )
+    parser.add_argument(
+        "--allow-small-eval",
+        action="store_true",
+        help=f"warn instead of failing when the evaluation set cannot resolve --max-drop (its minimum detectable drop, "
+        f"every flip a loss, is above {RESOLUTION:g} x the budget)",
+    )
     parser.add_argument("--junit", type=Path, help="write JUnit XML here (for CI test reports)")
-
-
-# ---- accuracy ----------------------------------------------------------------------------------
 
 
 def _row_key(row: dict[str, Any]) -> str:
     return f"{row['artifact']}@{row['device']}"
 
 
+def _measured(row: dict[str, Any]) -> bool:
+    ok_cell = any(c.get("status") == "ok" for c in row.get("cells") or [])
+    return row.get("status") in MEASURED and (ok_cell or bool(row.get("accuracy")))
+
+
+def same_machine(report: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """Both reports carry a machine fingerprint and it is the same (two unknowns are not a match)."""
+    mine, theirs = report["environment"].get("machine_fingerprint"), baseline["environment"].get("machine_fingerprint")
+    return bool(mine) and mine == theirs
+
+
+# ---- what was run ------------------------------------------------------------------------------
+
+
+def check_measured(report: dict[str, Any]) -> list[Check]:
+    """An empty or all-skipped report proves nothing: it fails."""
+    rows = report["rows"]
+    measured = [r for r in rows if _measured(r)]
+    if measured:
+        return [Check("anything measured", "pass", f"{len(measured)} of {len(rows)} rows measured")]
+    if not rows:
+        return [Check("anything measured", "fail", "the report has no rows: nothing was measured")]
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("skipped", "error", "ok", "rejected")}
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    return [Check("anything measured", "fail", f"nothing was measured ({len(rows)} rows: {summary})")]
+
+
 def check_runs(report: dict[str, Any]) -> list[Check]:
-    """A row or cell that errored fails; a skipped one is listed."""
+    """A row or cell that errored fails, a rejected row fails; skipped rows and cells are listed."""
     checks = []
     for row in report["rows"]:
-        key = _row_key(row)
-        if row.get("status") == "error":
+        key, status = _row_key(row), row.get("status")
+        if status == "error":
             checks.append(Check(f"run {key}", "fail", f"error: {row.get('error')}"))
-        elif row.get("status") == "skipped":
+            continue
+        if status == "skipped":
             checks.append(Check(f"run {key}", "skip", str(row.get("reason"))))
-        else:
-            bad = [c for c in row.get("cells", []) if c.get("status") == "error"]
-            if bad:
-                checks.append(Check(f"run {key}", "fail", f"batch {bad[0]['batch']}: {bad[0].get('error')}"))
+            continue
+        if status == "rejected":
+            checks.append(Check(f"accepted {key}", "fail", f"rejected: {row.get('reason') or 'no reason recorded'}"))
+        cells = row.get("cells") or []
+        for cell in (c for c in cells if c.get("status") == "error"):
+            checks.append(Check(f"run {key} batch {cell['batch']}", "fail", f"error: {cell.get('error')}"))
+        skipped = [c for c in cells if c.get("status") == "skipped"]
+        if skipped:
+            batches = ", ".join(str(c["batch"]) for c in skipped)
+            checks.append(Check(f"run {key} batch {batches}", "skip", str(skipped[0].get("reason"))))
     return checks
 
 
-def check_parent_drops(report: dict[str, Any], max_drop: float, confidence: float) -> list[Check]:
-    """Each artifact against its float parent, from the stored predictions (recounted here)."""
-    if not report.get("eval"):
-        return [Check("top-1 drop vs float parent", "warn", "no accuracy in this report (bench ran without --eval): not gated")]
-    checks = []
-    labels = report["eval"].get("labels")
+# ---- accuracy ----------------------------------------------------------------------------------
+
+
+def check_parent_drops(
+    report: dict[str, Any],
+    max_drop: float,
+    confidence: float = CONFIDENCE,
+    allow_unmeasured: bool = False,
+    allow_small_eval: bool = False,
+) -> list[Check]:
+    """Each measured artifact with a float parent: is it measured, does its set resolve the budget,
+    is its drop significantly above it. Flips are recounted from the stored predictions."""
+    ev = report.get("eval") or {}
+    labels = ev.get("labels")
     rows = {_row_key(r): r for r in report["rows"]}
+    checks = []
     for row in report["rows"]:
+        parent_name = float_parent(row["artifact"])
         vs = (row.get("accuracy") or {}).get("vs_parent")
-        if not vs:
+        if row.get("status") not in MEASURED or (parent_name is None and not vs):
             continue
         key = _row_key(row)
-        name = f"top-1 drop {key} vs {vs['parent']}"
-        if "error" in vs:
-            checks.append(Check(name, "fail" if is_int8(row["artifact"]) else "warn", vs["error"]))
+        if not vs or "error" in vs:
+            if not ev:
+                why = "bench ran without --eval"
+            elif not row.get("accuracy"):
+                why = "the row has no accuracy"
+            else:
+                why = vs["error"] if vs else "the row has no comparison with it"
+            detail = f"no top-1 against its float parent {parent_name or vs['parent']}: {why}"
+            if allow_unmeasured:
+                checks.append(Check(f"accuracy {key}", "warn", f"{detail} (--allow-unmeasured)"))
+            else:
+                checks.append(Check(f"accuracy {key}", "fail", f"{detail}: give --eval DATA, or --allow-unmeasured"))
             continue
         parent = rows.get(f"{vs['parent']}@{vs['parent_device']}")
-        if labels and parent and (parent.get("accuracy") or {}).get("predictions") is not None:
-            flips = paired_flips(labels, parent["accuracy"]["predictions"], row["accuracy"]["predictions"], confidence)
+        parent_preds = ((parent or {}).get("accuracy") or {}).get("predictions")
+        if labels and parent_preds is not None and row["accuracy"].get("predictions") is not None:
+            flips = paired_flips(labels, parent_preds, row["accuracy"]["predictions"], confidence)
         else:
-            flips = recompute_flips(vs)
+            f = vs["flips"]
+            flips = flips_from_counts(f["n"], f["lost"], f["gained"], f["agree"], confidence)
+        name = f"top-1 drop {key} vs {vs['parent']}"
         checks.append(_drop_check(name, flips, max_drop, simulated=bool(row.get("simulated"))))
+        checks.append(resolution_check(f"resolution {key}", flips.n, max_drop, confidence, allow_small_eval))
     return checks
 
 
-def _drop_check(name: str, flips: Any, max_drop: float, simulated: bool = False) -> Check:
+def resolution_check(name: str, n: int, max_drop: float, confidence: float, allow_small_eval: bool = False) -> Check:
+    """Can ``n`` images fail a drop of RESOLUTION x the budget, every flip a loss?"""
+    mdd = min_detectable_drop(n, max_drop, confidence)
+    shown = "none (not even losing every image fails)" if mdd == float("inf") else f"{mdd:.2f} pts"
+    detail = f"minimum detectable drop {shown} on {n} images at {confidence:.0%}"
+    if resolves(n, max_drop, confidence):
+        return Check(name, "pass", f"{detail}: resolves the {max_drop:g} pt budget (<= {RESOLUTION:g}x)")
+    needed = min_resolving_count(max_drop, confidence)
+    need = f"at least {needed} images" if needed else "a budget above 0 (a 0 pt budget is never resolved)"
+    detail = f"{detail}: cannot resolve the {max_drop:g} pt budget (needs <= {RESOLUTION:g}x = {RESOLUTION * max_drop:.2f} pts: {need})"
+    if allow_small_eval:
+        return Check(name, "warn", f"{detail} (--allow-small-eval)")
+    return Check(name, "fail", f"{detail}; evaluate more images (--eval-count) or give --allow-small-eval")
+
+
+def _drop_check(name: str, flips: PairedFlips, max_drop: float, simulated: bool = False) -> Check:
+    # bounds to 3 decimals, so a bound just under the budget does not print as the budget; no "-0.000"
+    drop, lower, upper = (round(v, 3) + 0.0 for v in (flips.drop_points, flips.drop_lower_points, flips.drop_upper_points))
     detail = (
-        f"drop {flips.drop_points:+.2f} pts (lower bound {flips.drop_lower_points:+.2f}, upper {flips.drop_upper_points:+.2f} "
-        f"at {flips.confidence:.0%}); lost {flips.lost}, gained {flips.gained} of {flips.n}"
+        f"drop {drop:+.2f} pts (lower bound {lower:+.3f}, upper {upper:+.3f} at {flips.confidence:.0%}); "
+        f"lost {flips.lost}, gained {flips.gained} of {flips.n}"
     )
     if simulated:
         detail += "; simulated (TensorRT INT8 evaluated on ONNX Runtime CPU)"
     if flips.drop_lower_points > max_drop:
-        return Check(name, "fail", f"{detail}: exceeds the {max_drop} pt budget")
-    if flips.too_small_for(max_drop):
-        needed = min_eval_size(max_drop, max((flips.lost + flips.gained) / flips.n, 0.01))
-        return Check(
-            name, "warn", f"{detail}; evaluation set too small for a {max_drop} pt budget (about {needed} images needed)"
-        )
+        return Check(name, "fail", f"{detail}: significantly above the {max_drop:g} pt budget")
     return Check(name, "pass", detail)
 
 
-def check_baseline_accuracy(report: dict[str, Any], baseline: dict[str, Any], max_drop: float, confidence: float) -> list[Check]:
+def check_baseline_accuracy(
+    report: dict[str, Any], baseline: dict[str, Any], max_drop: float, confidence: float = CONFIDENCE
+) -> list[Check]:
     """Top-1 against the baseline's, paired, when both used the same evaluation images."""
     ev, base_ev = report.get("eval") or {}, baseline.get("eval") or {}
-    if not ev or not base_ev:
-        return [Check("top-1 vs baseline", "skip", "a report has no accuracy (bench without --eval)")]
-    if ev.get("fingerprint") != base_ev.get("fingerprint"):
+    if not ev.get("labels") or not base_ev.get("labels"):
+        return [Check("top-1 vs baseline", "skip", "a report has no per-image labels (bench without --eval)")]
+    if ev.get("fingerprint") != base_ev.get("fingerprint") or len(ev["labels"]) != len(base_ev["labels"]):
         return [Check("top-1 vs baseline", "skip", "different evaluation sets (fingerprints differ): not comparable")]
     base_rows = {_row_key(r): r for r in baseline["rows"] if (r.get("accuracy") or {}).get("predictions") is not None}
     checks = []
@@ -134,6 +240,48 @@ def check_baseline_accuracy(report: dict[str, Any], baseline: dict[str, Any], ma
     return checks
 
 
+# ---- coverage against the baseline -------------------------------------------------------------
+
+
+def check_baseline_coverage(report: dict[str, Any], baseline: dict[str, Any]) -> list[Check]:
+    """Every row and timing cell measured in the baseline must be here (a vanished row fails).
+
+    A cell skipped now is not missing (an engine's profile excludes it: listed by check_runs); a
+    row skipped now (device absent) fails on the same machine and is listed on another; a row or
+    cell that errored now already fails in check_runs.
+    """
+    rows = {_row_key(r): r for r in report["rows"]}
+    here = same_machine(report, baseline)
+    checks: list[Check] = []
+    counted = 0
+    for base in (r for r in baseline["rows"] if _measured(r)):
+        key = _row_key(base)
+        row = rows.get(key)
+        counted += 1
+        if row is None:
+            checks.append(Check(f"missing {key}", "fail", "measured in the baseline, absent from this report"))
+            continue
+        if row.get("status") == "skipped":
+            detail = f"measured in the baseline, skipped now: {row.get('reason')}"
+            if here:
+                checks.append(Check(f"missing {key}", "fail", f"{detail} (same machine)"))
+            else:
+                checks.append(Check(f"missing {key}", "skip", f"{detail} (another machine)"))
+            continue
+        if row.get("status") not in MEASURED:
+            continue
+        batches = {c["batch"] for c in row.get("cells") or []}
+        for cell in base.get("cells") or []:
+            counted += cell.get("status") == "ok"
+            if cell.get("status") == "ok" and cell["batch"] not in batches:
+                checks.append(
+                    Check(f"missing {key} batch {cell['batch']}", "fail", "timed in the baseline, absent from this report")
+                )
+    if not checks:
+        checks.append(Check("baseline coverage", "pass", f"all {counted} rows and cells measured in the baseline are here"))
+    return checks
+
+
 # ---- latency -----------------------------------------------------------------------------------
 
 
@@ -141,8 +289,8 @@ def _p50s(report: dict[str, Any]) -> dict[tuple[str, str, int], float]:
     return {
         (r["artifact"], r["device"], c["batch"]): c["compute"]["p50_ms"]
         for r in report["rows"]
-        if r.get("status") == "ok"
-        for c in r.get("cells", [])
+        if r.get("status") in MEASURED
+        for c in r.get("cells") or []
         if c.get("status") == "ok"
     }
 
@@ -153,31 +301,28 @@ def int8_ratios(report: dict[str, Any]) -> dict[tuple[str, str, int], float]:
     return {
         (a, d, b): value / p50[("onnx-fp32", d, b)]
         for (a, d, b), value in p50.items()
-        if is_int8(a) and ("onnx-fp32", d, b) in p50
+        if is_int8(a) and p50.get(("onnx-fp32", d, b))
     }
 
 
 def check_latency(report: dict[str, Any], baseline: dict[str, Any], tolerance: float) -> list[Check]:
     checks = []
-    same_machine = report["environment"].get("machine_fingerprint") == baseline["environment"].get("machine_fingerprint")
-    if same_machine:
+    if same_machine(report, baseline):
         base = _p50s(baseline)
         for key, value in sorted(_p50s(report).items()):
-            if key not in base:
+            if not base.get(key):
                 continue
             change = (value / base[key] - 1.0) * 100.0
             name = f"p50 {key[0]}@{key[1]} batch {key[2]}"
             detail = f"{base[key]:.3f} -> {value:.3f} ms ({change:+.1f}%, tolerance {tolerance}%)"
             checks.append(Check(name, "fail" if change > tolerance else "pass", detail))
     else:
-        checks.append(
-            Check(
-                "absolute latency vs baseline", "skip", "different machine fingerprint: only ratios within each run are compared"
-            )
-        )
+        known = report["environment"].get("machine_fingerprint") and baseline["environment"].get("machine_fingerprint")
+        why = "different machine fingerprints" if known else "a report has no machine fingerprint"
+        checks.append(Check("absolute latency vs baseline", "skip", f"{why}: only ratios within each run are compared"))
     base_ratios = int8_ratios(baseline)
     for key, ratio in sorted(int8_ratios(report).items()):
-        if key not in base_ratios:
+        if not base_ratios.get(key):
             continue
         change = (ratio / base_ratios[key] - 1.0) * 100.0
         name = f"INT8/FP32 ratio {key[0]}@{key[1]} batch {key[2]}"
@@ -214,10 +359,14 @@ def evaluate_gate(
     max_drop: float,
     max_latency_regression: float,
     confidence: float = CONFIDENCE,
+    allow_unmeasured: bool = False,
+    allow_small_eval: bool = False,
 ) -> list[Check]:
-    """Every check of the gate, in order: runs, drops vs parent, then baseline comparisons."""
-    checks = check_runs(report) + check_parent_drops(report, max_drop, confidence)
+    """Every check of the gate, in order: what ran, drops vs parent, then baseline comparisons."""
+    checks = check_measured(report) + check_runs(report)
+    checks += check_parent_drops(report, max_drop, confidence, allow_unmeasured, allow_small_eval)
     if baseline is not None:
+        checks += check_baseline_coverage(report, baseline)
         checks += check_baseline_accuracy(report, baseline, max_drop, confidence)
         checks += check_latency(report, baseline, max_latency_regression)
     return checks
@@ -235,7 +384,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--confidence must be in [0.5, 1), got {args.confidence}")
     report = read_report(args.report)
     baseline = read_report(args.baseline) if args.baseline else None
-    checks = evaluate_gate(report, baseline, args.max_drop, args.max_latency_regression, args.confidence)
+    checks = evaluate_gate(
+        report,
+        baseline,
+        args.max_drop,
+        args.max_latency_regression,
+        args.confidence,
+        allow_unmeasured=args.allow_unmeasured,
+        allow_small_eval=args.allow_small_eval,
+    )
 
     console = Console()
     if not console.is_terminal:
@@ -253,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"JUnit XML: {args.junit}")
     failed = [c for c in checks if c.status == "fail"]
     if failed:
+        for check in failed:  # one greppable line each, unwrapped, for CI logs
+            console.print(f"FAIL {check.name}: {check.detail}", soft_wrap=True, markup=False, highlight=False)
         console.print(f"[bold red]gate FAILED: {len(failed)} of {len(checks)} checks[/]")
         return 1
     console.print(f"[green]gate passed[/] ({len(checks)} checks, {sum(c.status == 'warn' for c in checks)} warnings)")

@@ -4,6 +4,12 @@
 shows a progress bar, and assembles the report dict (schema in ``bench.report``): timing cells per
 batch size, single stream, peak memory, file size, and accuracy with the paired comparison against
 the float parent. A row that crashes, hangs or cannot run here is kept with its error or reason.
+
+Two decisions are made here from the artifact's manifest, before or after its worker runs:
+an engine is timed only at the batch sizes its optimisation profile covers (``cell_skips``: the
+others are *skipped* cells, "engine built for batch 1..32", not errors), and a measured row of an
+artifact whose maker did not accept it (``accepted: false``) becomes *rejected* with the reason
+(``rejection_reason``), its numbers kept so the report shows why; ``edge check`` fails it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.paired import flips_from_counts, paired_flips
+from bench.paired import paired_flips
 from bench.timing import TimingWindow
-from edge.artifacts import manifest_path, read_manifest
+from edge.artifacts import Manifest, manifest_path, read_manifest
 from edge.errors import UserError
 from edge.run import RunDir
 
@@ -47,6 +53,8 @@ class EvalPlan:
     data: str
     count: int | None
     seed: int = 0
+    run: str = ""  # whose pinned test split (RUN/splits.json) the images come from
+    exclude_seen: bool = False  # external data: drop the run's train/val images instead of refusing
 
 
 @dataclass
@@ -67,8 +75,14 @@ class BenchPlan:
     max_drop: float = 0.5
 
 
+EVAL_BATCH = 32  # images per inference call while measuring accuracy
+
+
 def artifact_job(plan: BenchPlan, name: str, path: Path, device: str) -> dict[str, Any]:
-    """The JSON job for one worker."""
+    """The JSON job for one worker: what to measure, and which cells to skip (with the reason)."""
+    limits = batch_limits(_manifest(path))
+    skips = cell_skips(plan.batch_sizes, limits)
+    single_stream = plan.single_stream_samples and 1 not in skips
     return {
         "kind": "artifact",
         "name": name,
@@ -76,12 +90,71 @@ def artifact_job(plan: BenchPlan, name: str, path: Path, device: str) -> dict[st
         "device": device,
         "threads": plan.threads,
         "batch_sizes": plan.batch_sizes,
+        "cell_skips": [{"batch": b, "reason": reason} for b, reason in sorted(skips.items())],
         "window": asdict(plan.window),
         "end_to_end": plan.end_to_end,
-        "single_stream": {"samples": plan.single_stream_samples} if plan.single_stream_samples else None,
+        "single_stream": {"samples": plan.single_stream_samples} if single_stream else None,
         "eval": asdict(plan.eval) if plan.eval else None,
-        "eval_batch": 32,
+        "eval_batch": min(EVAL_BATCH, limits[1]) if limits else EVAL_BATCH,
     }
+
+
+# ---- what an artifact was built for --------------------------------------------------------------
+
+
+def batch_limits(manifest: Manifest | None) -> tuple[int, int] | None:
+    """(min, max) batch of an engine's optimisation profile (manifest provenance ``profile``);
+    None for artifacts that take any batch (ONNX, checkpoints) or have no manifest."""
+    if manifest is None or manifest.kind != "engine" or "profile" not in manifest.provenance:
+        return None
+    profile = manifest.provenance["profile"]
+    low, high = (_whole(profile.get("min")), _whole(profile.get("max"))) if isinstance(profile, dict) else (None, None)
+    if low is None or high is None or not 1 <= low <= high:
+        raise UserError(
+            f"{manifest.file}'s manifest has a malformed optimisation profile {profile!r}: rebuild it with `edge engine`"
+        )
+    return low, high
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def cell_skips(batch_sizes: list[int], limits: tuple[int, int] | None) -> dict[int, str]:
+    """Batch sizes outside an engine's profile, each with the reason: skipped cells, not errors."""
+    if limits is None:
+        return {}
+    low, high = limits
+    return {b: f"engine built for batch {low}..{high}" for b in batch_sizes if not low <= b <= high}
+
+
+def rejection_reason(manifest: Manifest | None) -> str | None:
+    """Why the artifact's maker did not accept it (manifest metrics ``accepted: false``), else None."""
+    if manifest is None or manifest.metrics.get("accepted") is None:
+        return None
+    metrics = manifest.metrics
+    accepted = metrics["accepted"]
+    if not isinstance(accepted, bool):
+        raise UserError(f"{manifest.file}'s manifest says accepted: {accepted!r} (not true or false): rebuild it")
+    if accepted:
+        return None
+    if isinstance(metrics.get("reason"), str) and metrics["reason"]:
+        return f"edge quantize did not accept it: {metrics['reason']}"
+    reason = "edge quantize did not accept it (manifest accepted: false)"
+    figures = [
+        f"{label} {metrics[key]:.2f}{unit}"
+        for key, label, unit in (("drop_points", "top-1 drop", " pts"), ("agreement", "agreement", "%"))
+        if isinstance(metrics.get(key), (int, float))
+    ]
+    if figures:
+        where = f" on {metrics['eval_count']} test images" if isinstance(metrics.get("eval_count"), int) else ""
+        reason += f": {', '.join(figures)}{where}"
+    budget = [
+        f"--{k.replace('_', '-')} {manifest.provenance[k]}" for k in ("max_drop", "min_agreement") if k in manifest.provenance
+    ]
+    if budget:
+        reason += f" (budget {', '.join(budget)})"
+    return reason
 
 
 # ---- running workers ---------------------------------------------------------------------------
@@ -140,11 +213,22 @@ def _keep_tail(stream: Any, tail: list[str]) -> None:
 # ---- assembling the report ---------------------------------------------------------------------
 
 
+def _manifest(path: Path) -> Manifest | None:
+    return read_manifest(path) if manifest_path(path).exists() else None
+
+
 def _manifest_info(path: Path) -> dict[str, Any]:
-    if not manifest_path(path).exists():
+    manifest = _manifest(path)
+    if manifest is None:
         return {"kind": None, "sha256": None, "manifest_metrics": {}}
-    manifest = read_manifest(path)
     return {"kind": manifest.kind, "sha256": manifest.sha256, "manifest_metrics": manifest.metrics}
+
+
+def mark_rejected(row: dict[str, Any], manifest: Manifest | None) -> None:
+    """A measured row of an artifact its maker did not accept becomes ``rejected`` (numbers kept)."""
+    reason = rejection_reason(manifest)
+    if reason and row.get("status") == "ok":
+        row.update(status="rejected", reason=reason)
 
 
 def _reference_row(rows: list[dict[str, Any]], name: str, device: str) -> dict[str, Any] | None:
@@ -177,12 +261,6 @@ def attach_parent_comparison(rows: list[dict[str, Any]], labels: list[int], max_
         }
 
 
-def recompute_flips(vs_parent: dict[str, Any]) -> Any:
-    """The PairedFlips of a stored comparison (the gate reads reports through this)."""
-    f = vs_parent["flips"]
-    return flips_from_counts(f["n"], f["lost"], f["gained"], f["agree"], f["confidence"])
-
-
 def run_matrix(plan: BenchPlan, eval_labels: list[int] | None, console: Any = None) -> list[dict[str, Any]]:
     """Run every artifact x device; rows in artifact order, then device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -207,6 +285,7 @@ def run_matrix(plan: BenchPlan, eval_labels: list[int] | None, console: Any = No
             result["simulated"] = name in SIMULATED
             result["float_parent"] = float_parent(name)
             result.update(_manifest_info(path))
+            mark_rejected(result, _manifest(path))
             rows.append(result)
             progress.remove_task(row_task)
             progress.advance(overall)

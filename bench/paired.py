@@ -6,6 +6,14 @@ got wrong, ``c`` the reverse; the drop in top-1 is ``(b - c) / n``. Conditional 
 discordant images, ``b ~ Binomial(m, p)``, and the drop is ``m (2p - 1) / n``; an exact
 (Clopper-Pearson) bound on ``p`` gives an exact one-sided bound on the drop. A gate that fails only
 when the *lower* bound exceeds the budget fails for a real regression and not for noise.
+
+That protection has a price: on a small set only a large drop can fail. The **minimum detectable
+drop** of ``n`` images is the smallest drop that fails the gate in the most favourable case, every
+discordant image a loss (``b`` lost, none gained, the drop ``100 b / n`` points): at 95% and a
+0.5 point budget it is 3.0 points at n = 200 and 0.8 at n = 2000. An evaluation set *resolves* a
+budget when its minimum detectable drop is at most ``RESOLUTION`` (2) times the budget, that is when
+it can fail a regression of twice the budget; ``min_resolving_count`` is the smallest such ``n``
+(1100 images for 0.5 points at 95%).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Any
 import numpy as np
 
 CONFIDENCE = 0.95
+# An evaluation set resolves a drop budget when it can fail a drop of RESOLUTION x the budget.
+RESOLUTION = 2.0
 
 
 @dataclass(frozen=True)
@@ -38,8 +48,8 @@ class PairedFlips:
         return asdict(self)
 
     def too_small_for(self, budget_points: float) -> bool:
-        """True when the budget is within two standard errors: the set cannot resolve it."""
-        return budget_points < 2.0 * self.stderr_points
+        """True when these ``n`` images cannot resolve the budget (see ``resolves``)."""
+        return not resolves(self.n, budget_points, self.confidence)
 
 
 def _log_binom_pmf(k: int, m: int, p: float) -> float:
@@ -118,9 +128,48 @@ def flips_from_counts(n: int, lost: int, gained: int, agree: int, confidence: fl
     )
 
 
-def min_eval_size(budget_points: float, discordance: float = 0.02) -> int:
-    """Images needed for two standard errors to fit in the budget at a given discordance rate."""
-    budget = budget_points / 100.0
-    if budget <= 0:
-        return 0
-    return int(math.ceil(4.0 * max(discordance, 1e-9) / (budget * budget)))
+def _fails_when_all_lost(lost: int, n: int, budget_points: float, confidence: float) -> bool:
+    """Would ``lost`` losses and no gain among ``n`` images fail a gate with this budget?"""
+    return flips_from_counts(n, lost, 0, n - lost, confidence).drop_lower_points > budget_points
+
+
+def min_detectable_drop(n: int, budget_points: float, confidence: float = CONFIDENCE) -> float:
+    """The smallest drop (points) that fails the gate on ``n`` images, every flip a loss.
+
+    ``inf`` when not even losing every image would fail (a tiny set or a budget near 100 points).
+    Once the lower bound of the drop is positive it grows with the number lost, so the smallest
+    failing count is found by bisection over ``1..n``, with the gate's own bound.
+    """
+    if n <= 0:
+        raise ValueError("the minimum detectable drop needs at least one image")
+    if not _fails_when_all_lost(n, n, budget_points, confidence):
+        return math.inf
+    lo, hi = 0, n  # lo does not fail, hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _fails_when_all_lost(mid, n, budget_points, confidence):
+            hi = mid
+        else:
+            lo = mid
+    return hi * 100.0 / n
+
+
+def resolves(n: int, budget_points: float, confidence: float = CONFIDENCE, factor: float = RESOLUTION) -> bool:
+    """True when ``n`` images can fail a drop of ``factor`` x the budget (a zero budget: never)."""
+    return n > 0 and min_detectable_drop(n, budget_points, confidence) <= factor * budget_points + 1e-9
+
+
+def min_resolving_count(budget_points: float, confidence: float = CONFIDENCE, factor: float = RESOLUTION) -> int | None:
+    """The fewest images that resolve the budget (``resolves``); None for a budget of 0 or >= 100/factor.
+
+    With ``B`` = the most losses a set of ``n`` may need (``factor x budget x n / 100``), ``n``
+    resolves when ``B`` losses fail; for each ``B`` the smallest such ``n`` is the best, and ``n``
+    grows with ``B``, so the first ``B`` that works gives the answer.
+    """
+    if budget_points <= 0 or factor * budget_points >= 100.0:
+        return None
+    for most_lost in range(1, 1_000_000):
+        n = math.ceil(most_lost * 100.0 / (factor * budget_points) - 1e-9)
+        if most_lost <= n and _fails_when_all_lost(most_lost, n, budget_points, confidence):
+            return n
+    return None

@@ -37,11 +37,18 @@ def _progress(done: int, total: int, what: str) -> None:
 # ---- evaluation data ---------------------------------------------------------------------------
 
 
-def load_eval_images(data: str, count: int | None, seed: int) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...], str]:
-    """Decoded test images (uint8, as a camera delivers them), labels, class names, fingerprint."""
-    from train.data import open_data
+def eval_split(run: str, data: str, count: int | None, seed: int, exclude_seen: bool = False) -> tuple[Any, Any]:
+    """(RunData, ImageSplit): ``count`` test items of the run's pinned split (``seed`` subsamples
+    inside it), or of external data evaluated whole; the same items in the CLI and in every worker."""
+    from train.splits import run_data
 
-    split = open_data(data, seed=seed).split("test").take(count, seed)
+    data_of_run = run_data(run, data, evaluate=True, exclude_seen=exclude_seen)
+    return data_of_run, data_of_run.split("test", count, seed)
+
+
+def load_eval_images(eval_plan: dict[str, Any]) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...], str]:
+    """Decoded test images (uint8, as a camera delivers them), labels, class names, fingerprint."""
+    _, split = eval_split(eval_plan["run"], eval_plan["data"], eval_plan["count"], eval_plan["seed"], eval_plan["exclude_seen"])
     images = [split.image(i) for i in range(len(split))]
     return images, np.asarray(split.labels, dtype=np.int64), tuple(split.classes), split.fingerprint()
 
@@ -146,17 +153,22 @@ def run_artifact_job(job: dict[str, Any]) -> dict[str, Any]:
     spec = runner.spec
     images, labels = None, None
     if job.get("eval"):
-        images, labels, _, _ = load_eval_images(job["eval"]["data"], job["eval"]["count"], job["eval"]["seed"])
+        images, labels, _, _ = load_eval_images(job["eval"])
     frames = images if images else synthetic_frames(spec, max(job["batch_sizes"]))
     with runner:
         result["runner"] = runner.describe()
         result["threads"] = runner.threads
         total = len(job["batch_sizes"])
+        # outside an engine's optimisation profile: skipped with the reason (bench.matrix.cell_skips)
+        skips = {skip["batch"]: skip["reason"] for skip in job.get("cell_skips") or []}
         for i, batch in enumerate(job["batch_sizes"]):
             _progress(i, total, f"batch {batch}")
+            if batch in skips:
+                result["cells"].append({"batch": batch, "status": "skipped", "reason": skips[batch]})
+                continue
             try:
                 result["cells"].append(time_cell(runner, spec, frames, batch, window, job.get("end_to_end", True)))
-            except UserError as exc:  # e.g. a batch beyond an engine's profile: this cell only
+            except UserError as exc:  # a batch this backend refuses: this cell only
                 result["cells"].append({"batch": batch, "status": "error", "error": str(exc)})
         _progress(total, total, "timing")
         if job.get("single_stream"):

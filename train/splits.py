@@ -108,8 +108,10 @@ def pin_splits(
     seed: int,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     trained: bool = True,
+    write: bool = True,
 ) -> PinnedSplits:
-    """Write ``RUN/splits.json`` for ``source`` (opened with ``seed`` and ``val_fraction``)."""
+    """Write ``RUN/splits.json`` for ``source`` (opened with ``seed`` and ``val_fraction``); with
+    ``write=False`` only compute it."""
     key = source_key(data)
     payload: dict[str, Any] = {
         "schema": SCHEMA,
@@ -132,8 +134,9 @@ def pin_splits(
             "labels": labels,
             "hashes": hashes,
         }
-    atomic_write_json(run.splits, payload)
-    log.info("pinned the %s data split of %s to %s", key, run.root, run.splits)
+    if write:
+        atomic_write_json(run.splits, payload)
+        log.info("pinned the %s data split of %s to %s", key, run.root, run.splits)
     return _parse(run.splits, payload)
 
 
@@ -305,7 +308,8 @@ def run_data(
         if data is None:
             raise UserError(f"{run.root} has no data of its own (a pretrained run): give --data")
         source = open_data(data)
-        pinned = pin_splits(run, data, source, seed=0, trained=False)
+        # A stage that draws from the data pins it; an evaluation only reads (and may still refuse it).
+        pinned = pin_splits(run, data, source, seed=0, trained=False, write=not evaluate)
         return RunData(pinned, source, str(data))
     if data is None or source_key(data) == pinned.source:
         source = open_data(pinned.source, seed=pinned.seed, val_fraction=pinned.val_fraction)

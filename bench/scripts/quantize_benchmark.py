@@ -1,6 +1,7 @@
 """Figures for the INT8 targets (issue 4): not a test, a script that prints what it measured.
 
     python -m bench.scripts.quantize_benchmark [--run runs/demo] [--data fashion-mnist] [--skip-rss]
+    python -m bench.scripts.quantize_benchmark --run runs/demo --compare-rounding [--rounding-method minmax]
 
 1. Throughput of RUN/model.int8-cpu.onnx vs RUN/model.onnx in ONNX Runtime at batch 8: interleaved
    rounds (FP32 then INT8, --rounds times, --window seconds each) in the same runner with the same
@@ -12,6 +13,13 @@
    auto`, target cpu) on RUN.
 4. Accuracy of that INT8 model against its float parent on the full test split: top-1 and top-1
    agreement in percent (as the manifest holds them), the drop in points.
+
+--compare-rounding prints only this instead: GPTQ against nearest weight rounding. RUN's float
+model is quantized twice for target cpu with one method (--rounding-method, every layer in INT8,
+no search), from the same calibration set (RUN/calibration, else one drawn from the run's training
+split) and evaluated on the same test images (--eval-limit of the run's test split; 0 = all of it):
+top-1, the drop in points, the agreement in percent and the flips against the float model, with
+the number of images. Nothing in RUN is changed.
 """
 
 from __future__ import annotations
@@ -105,6 +113,89 @@ def calibrate_and_quantize(run: Path, data: str, work: Path) -> dict[str, Any]:
     return {"calibration_set_s": drawn, **metrics, "path": path}
 
 
+ROUNDINGS = ("gptq", "nearest")
+
+
+def compare_rounding(
+    run: RunDir, data: str | None, work: Path, method: str, eval_limit: int, calib_size: int = RSS_IMAGES
+) -> list[dict[str, Any]]:
+    """Quantize RUN (target cpu, one method, no layers in float) once per weight rounding, from one
+    calibration set, each evaluated against the float model on the same test images; one row each."""
+    from calibration.sets import build_calibration_set
+    from edge.artifacts import read_manifest
+    from edge.quantize.cli import quantize_run
+
+    calibration = run.calibration_file
+    if not calibration.exists():
+        calibration = build_calibration_set(run.root, data, size=calib_size, seed=0, out=work / "calibration.npy").path
+    rows = []
+    for rounding in ROUNDINGS:
+        path = quantize_run(
+            run.root,
+            target="cpu",
+            method=method,
+            data=data,
+            eval_limit=eval_limit,
+            calibration=calibration,
+            max_excluded=0,
+            out=work / f"model.int8-cpu.{rounding}.onnx",
+            weight_rounding=rounding,
+        )
+        manifest = read_manifest(path)
+        rows.append(
+            {
+                "rounding": rounding,
+                "method": method,
+                "calibration": str(calibration),
+                "calibration_count": manifest.provenance["calibration"]["count"],
+                "output_error_gain_db": manifest.provenance["weight_rounding"].get("output_error_gain_db"),
+                **{
+                    k: manifest.metrics[k]
+                    for k in ("top1", "parent_top1", "drop_points", "agreement", "flips", "eval_count", "eval_source")
+                },
+            }
+        )
+    return rows
+
+
+def _print_rounding(console: Any, run: RunDir, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    first = rows[0]
+    table = Table(
+        title=f"GPTQ vs nearest weight rounding on {run.root}: target cpu, {first['method']}, all layers INT8; "
+        f"{first['calibration_count']} calibration images, {first['eval_count']} test images ({first['eval_source']})"
+    )
+    for column in (
+        "weight rounding",
+        "top-1",
+        "float top-1",
+        "drop (points)",
+        "agreement",
+        "flips",
+        "images",
+        "layer output gain dB",
+    ):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["rounding"],
+            _fmt(row["top1"], "{:.2f}%"),
+            _fmt(row["parent_top1"], "{:.2f}%"),
+            _fmt(row["drop_points"], "{:.2f}"),
+            f"{row['agreement']:.2f}%",
+            str(row["flips"]),
+            str(row["eval_count"]),
+            _fmt(row["output_error_gain_db"], "{:.1f}"),
+        )
+    console.print(table)
+    print(json.dumps({"compare_rounding": rows}))  # the figures, machine-readable
+
+
+def _fmt(value: float | None, form: str) -> str:
+    return "n/a" if value is None else form.format(value)
+
+
 def _print_throughput(console: Any, run: RunDir, int8: Path, args: argparse.Namespace) -> None:
     from rich.table import Table
 
@@ -148,11 +239,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-rss", action="store_true", help="skip the 224 px peak-RSS measurement")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the INT8/FP32 throughput")
     parser.add_argument("--skip-accuracy", action="store_true", help="skip calibration+quantization and the full test set")
+    parser.add_argument(
+        "--compare-rounding",
+        action="store_true",
+        help="only compare GPTQ with nearest weight rounding (same calibration set, same test images)",
+    )
+    parser.add_argument(
+        "--rounding-method",
+        default="minmax",
+        choices=("minmax", "entropy", "percentile"),
+        help="calibration method of --compare-rounding (default minmax)",
+    )
+    parser.add_argument(
+        "--eval-limit", type=int, default=0, help="test images of --compare-rounding (default 0: the whole test split)"
+    )
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name, value in (("--batch", args.batch), ("--rounds", args.rounds), ("--window", args.window)):
         if value <= 0:
             parser.error(f"{name} must be positive, got {value}")
+    if args.eval_limit < 0:
+        parser.error(f"--eval-limit must be >= 0 (0 = the whole test split), got {args.eval_limit}")
     if args.rss_child:
         rss_child(args.rss_child, args.run, RSS_IMAGES)
         return 0
@@ -172,6 +279,9 @@ def _main(args: argparse.Namespace) -> int:
     run = RunDir.open(args.run)
     with tempfile.TemporaryDirectory(prefix="edge-qbench-") as tmp_name:
         work = Path(tmp_name)
+        if args.compare_rounding:
+            _print_rounding(console, run, compare_rounding(run, args.data, work, args.rounding_method, args.eval_limit))
+            return 0
         if not args.skip_accuracy:
             result = calibrate_and_quantize(run.root, args.data, work)
             _print_accuracy(console, run, result)

@@ -13,7 +13,15 @@ import pytest
 
 # ---- the real pipeline, through the CLI ------------------------------------------------------
 
-EVAL_COUNT = 200
+# 1500 test images resolve `edge check --max-drop 0.5`: the gate's minimum detectable drop there is
+# 0.87 points, within its 2x margin (at least 1100 images; the 200 used before could only fail a
+# 3.0 point drop). Measured on 2 cores: the bench fixture takes 15 s instead of 12 s.
+EVAL_COUNT = 1500
+# INT8 of this 2-epoch 32 px model agrees with its float parent on about 93% of the test images
+# (small logit margins; measured: drop 0.13 points, 82 of 1500 images discordant), so the
+# quantizer's own acceptance, a point estimate, gets budgets such a model meets on any CPU's
+# kernels; `edge check --max-drop 0.5` (a confidence bound) is what these tests hold it to.
+QUANTIZE_BUDGET = ("--max-drop", "1.0", "--min-agreement", "90")
 # One thread per process: on a shared 2-core CI machine torch's and ONNX Runtime's spinning
 # thread pools slow each other down several-fold; the figures here are not what is tested.
 PIPELINE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -30,7 +38,7 @@ def edge_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train (Fashion-MNIST subset, 32 px, 1 epoch) -> export -> calibrate -> quantize --target cpu."""
+    """train (Fashion-MNIST subset, 32 px, 2 epochs) -> export -> calibrate -> quantize --target cpu."""
     run = tmp_path_factory.mktemp("runs") / "fashion-tiny"
     edge_cli(
         "train",
@@ -39,7 +47,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--data",
         "fashion-mnist",
         "--train-limit",
-        "1000",
+        "2000",
         "--val-limit",
         "200",
         "--test-limit",
@@ -47,7 +55,13 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--image-size",
         "32",
         "--epochs",
-        "1",
+        "2",
+        "--augment",
+        "none",
+        "--lr",
+        "3e-3",
+        "--label-smoothing",
+        "0.1",
     )
     edge_cli("export", str(run), "--verify-limit", "16")
     edge_cli("calibrate", str(run), "--data", "fashion-mnist", "--size", "64")
@@ -64,6 +78,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "200",
         "--eval-limit",
         str(EVAL_COUNT),
+        *QUANTIZE_BUDGET,
     )
     return run
 

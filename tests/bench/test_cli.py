@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -38,12 +39,16 @@ def test_missing_run_directory(tmp_path: Path, capsys):
 
 
 def test_eval_classes_must_match_the_model_labels(pretrained_run: Path, tmp_path: Path, capsys):
-    # An ImageFolder of two classes against the 1000 ImageNet labels of the pretrained run.
+    # An ImageFolder of two classes against the 1000 ImageNet labels of the pretrained run. On a copy:
+    # a run without splits.json may be pinned to the --eval data, which must not leak into the
+    # session's shared pretrained run (later quantize tests would find a 2-class split there).
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
     for cls in ("cat", "dog"):
         (tmp_path / "data" / cls).mkdir(parents=True)
         for i in range(8):
             cv2.imwrite(str(tmp_path / "data" / cls / f"{i}.png"), np.full((16, 16, 3), i * 20, np.uint8))
-    assert main(["bench", str(pretrained_run), "--eval", str(tmp_path / "data"), "--devices", "cpu"]) == 2
+    assert main(["bench", str(run), "--eval", str(tmp_path / "data"), "--devices", "cpu"]) == 2
     assert "does not match torch-fp32's labels" in capsys.readouterr().err
 
 

@@ -1,17 +1,24 @@
 """The project's own CI instance: train -> export -> calibrate -> quantize -> bench -> check on a
-Fashion-MNIST subset at 32 px. The gate must pass on the real artifacts and fail on a degraded INT8.
+Fashion-MNIST subset at 32 px. The gate must pass on the real artifacts, resolve a 0.5 point budget,
+and fail on a degraded INT8 (near the threshold too), a vanished row, a missing accuracy and an
+artifact its quantizer did not accept.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge.artifacts import read_manifest
+from bench.matrix import BenchPlan, artifact_job
+from bench.paired import flips_from_counts, min_detectable_drop
+from bench.timing import TimingWindow
+from bench.worker import run_job
+from edge.artifacts import read_manifest, update_metrics
 
 from .conftest import EVAL_COUNT, edge_cli
 
@@ -22,12 +29,25 @@ def _rows(report: dict) -> dict[str, dict]:
     return {f"{r['artifact']}@{r['device']}": r for r in report["rows"]}
 
 
+def _check(report: dict, tmp_path: Path, *args: str) -> str:
+    """`edge check` on a doctored copy of the real report: its output, after asserting exit 1."""
+    doctored = tmp_path / "doctored.json"
+    doctored.write_text(json.dumps(report))
+    proc = edge_cli("check", str(doctored), *args, check=False)
+    assert proc.returncode == 1, proc.stdout
+    return proc.stdout
+
+
 def test_gate_passes_on_the_real_pipeline(pipeline_report: Path, tmp_path: Path):
     junit = tmp_path / "gate.xml"
     proc = edge_cli("check", str(pipeline_report), "--max-drop", "0.5", "--max-latency-regression", "10", "--junit", str(junit))
     assert "gate passed" in proc.stdout
     assert 'failures="0"' in junit.read_text()
     assert "int8-cpu@cpu vs onnx-fp32" in junit.read_text()
+    # the evaluation set resolves the budget, and the gate says with what margin
+    mdd = min_detectable_drop(EVAL_COUNT, 0.5)
+    assert mdd <= 1.0
+    assert f"minimum detectable drop {mdd:.2f} pts on {EVAL_COUNT} images at 95%: resolves the 0.5 pt budget" in proc.stdout
 
 
 def test_gate_fails_when_int8_is_degraded(pipeline_report: Path, tmp_path: Path):
@@ -44,6 +64,69 @@ def test_gate_fails_when_int8_is_degraded(pipeline_report: Path, tmp_path: Path)
     assert proc.returncode == 1, proc.stdout
     assert "gate FAILED" in proc.stdout
     assert "<failure" in (tmp_path / "gate.xml").read_text()
+
+
+def test_gate_on_both_sides_of_the_threshold_on_the_real_report(pipeline_report: Path, tmp_path: Path):
+    """INT8 = its float parent except on ``lost`` images the parent got right: at 1500 images, 13 lost
+    (0.87 pt, lower bound 0.510 > 0.5) fails; 12 lost (0.80 pt, lower bound 0.447) passes."""
+    report = json.loads(pipeline_report.read_text())
+    labels = np.asarray(report["eval"]["labels"])
+    parent = np.asarray(_rows(report)["onnx-fp32@cpu"]["accuracy"]["predictions"])
+    right = np.flatnonzero(parent == labels)
+    assert flips_from_counts(EVAL_COUNT, 13, 0, EVAL_COUNT - 13).drop_lower_points > 0.5
+    assert flips_from_counts(EVAL_COUNT, 12, 0, EVAL_COUNT - 12).drop_lower_points < 0.5
+    for lost, passes in ((12, True), (13, False)):
+        int8 = parent.copy()
+        int8[right[:lost]] = (labels[right[:lost]] + 1) % 10
+        _rows(report)["int8-cpu@cpu"]["accuracy"]["predictions"] = int8.tolist()
+        doctored = tmp_path / f"lost{lost}.json"
+        doctored.write_text(json.dumps(report))
+        proc = edge_cli("check", str(doctored), "--max-drop", "0.5", check=False)
+        assert proc.returncode == (0 if passes else 1), proc.stdout
+    assert "FAIL top-1 drop int8-cpu@cpu vs onnx-fp32: drop +0.87 pts (lower bound +0.510" in proc.stdout
+
+
+def test_gate_fails_on_a_vanished_row_and_a_missing_accuracy(pipeline_report: Path, tmp_path: Path):
+    report = json.loads(pipeline_report.read_text())
+    report["rows"] = [r for r in report["rows"] if f"{r['artifact']}@{r['device']}" != "int8-cpu@cpu"]
+    out = _check(report, tmp_path, "--baseline", str(pipeline_report))
+    assert "FAIL missing int8-cpu@cpu: measured in the baseline, absent from this report" in out
+    report = json.loads(pipeline_report.read_text())
+    del _rows(report)["int8-cpu@cpu"]["accuracy"]
+    out = _check(report, tmp_path)
+    assert "FAIL accuracy int8-cpu@cpu: no top-1 against its float parent onnx-fp32" in out
+
+
+def test_an_artifact_the_quantizer_did_not_accept_is_benched_as_rejected(pipeline_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run, run, ignore=shutil.ignore_patterns("bench"))
+    update_metrics(run / "model.int8-cpu.onnx", {"accepted": False, "reason": "top-1 drop 1.20 points exceeds --max-drop 0.5"})
+    edge_cli(
+        "bench", str(run), "--artifacts", "onnx-fp32,int8-cpu", "--devices", "cpu", "--batch-sizes", "1",
+        "--eval", "fashion-mnist", "--eval-count", "100", "--warmup-s", "0", "--min-iters", "2", "--min-seconds", "0",
+        "--single-stream", "0", "--no-end-to-end", "--threads", "1",
+    )  # fmt: skip
+    report_path = run / "bench" / "report.json"
+    row = _rows(json.loads(report_path.read_text()))["int8-cpu@cpu"]
+    assert row["status"] == "rejected"
+    assert row["reason"] == "edge quantize did not accept it: top-1 drop 1.20 points exceeds --max-drop 0.5"
+    assert row["cells"][0]["status"] == "ok" and row["accuracy"]["count"] == 100  # measured all the same
+    assert "rejected: edge quantize did not accept it" in (run / "bench" / "report.md").read_text()
+    proc = edge_cli("check", str(report_path), "--allow-unmeasured", "--allow-small-eval", check=False)
+    assert proc.returncode == 1
+    assert [line for line in proc.stdout.splitlines() if line.startswith("FAIL")] == [
+        f"FAIL accepted int8-cpu@cpu: rejected: {row['reason']}"
+    ]
+
+
+def test_the_worker_records_cells_outside_the_profile_as_skipped(pipeline_run: Path):
+    plan = BenchPlan(pipeline_run, {}, ["cpu"], [1, 2, 4], TimingWindow(0.0, 2, 0.0, 1.0), threads=1, end_to_end=False)
+    job = artifact_job(plan, "onnx-fp32", pipeline_run / "model.onnx", "cpu")
+    job["cell_skips"] = [{"batch": 4, "reason": "engine built for batch 1..2"}]  # what an engine's manifest gives
+    result = run_job(job)
+    assert result["status"] == "ok", result.get("error")
+    assert [(c["batch"], c["status"]) for c in result["cells"]] == [(1, "ok"), (2, "ok"), (4, "skipped")]
+    assert result["cells"][2]["reason"] == "engine built for batch 1..2"
 
 
 def test_report_rows_cells_and_accuracy(pipeline_report: Path):
@@ -82,7 +165,7 @@ def test_report_files_and_manifest(pipeline_report: Path):
     assert manifest.kind == "bench-report"
     assert set(manifest.extra_files) == {"report.md", "report.csv", "report.png"}
     report = json.loads(pipeline_report.read_text())
-    assert report["schema_version"] == 1 and report["environment"]["machine_fingerprint"]
+    assert report["schema_version"] == 2 and report["environment"]["machine_fingerprint"]
     with open(bench_dir / "report.csv") as handle:
         lines = list(csv.DictReader(handle))
     assert {(line["artifact"], line["batch"]) for line in lines if line["status"] == "ok"} >= {

@@ -13,8 +13,8 @@ import pytest
 
 from edge.errors import UserError
 from edge.run import RunDir
-from train.splits import read_splits, run_data, source_key
 from tests.train.conftest import tiny_config
+from train.splits import read_splits, run_data, source_key
 
 CLASSES = ("circle", "square", "stripes")
 PER_CLASS = 30
@@ -163,7 +163,10 @@ def test_a_pretrained_run_pins_the_data_a_stage_first_gets(folder_run, tmp_path)
     (run / "checkpoint.pt").write_bytes(b"weights")
     spec = PreprocessSpec(input_size=32, resize_size=32, crop="resize", labels=CLASSES)
     write_manifest(run / "checkpoint.pt", "checkpoint", spec, provenance={"trained": False}, environment={"hostname": "t"})
-    first = run_data(run, data).split("test")
+    evaluated = run_data(run, data, evaluate=True).split("test")  # bench --eval only reads: it pins nothing
+    assert not (run / "splits.json").exists()
+    first = run_data(run, data).split("test")  # a stage that draws from the data pins it
+    assert first.fingerprint() == evaluated.fingerprint()
     pinned = read_splits(RunDir(run))
     assert pinned is not None and not pinned.trained
     assert run_data(run).split("test").fingerprint() == first.fingerprint()

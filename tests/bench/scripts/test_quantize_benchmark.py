@@ -19,3 +19,37 @@ def test_missing_run_is_one_line(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope"), "--skip-rss"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("quantize_benchmark: error: run directory") and "does not exist" in err[0]
+
+
+def test_negative_eval_limit_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--compare-rounding", "--eval-limit", "-1"])
+    assert exit_info.value.code == 2
+    assert "--eval-limit must be >= 0 (0 = the whole test split), got -1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_rounding_uses_one_calibration_set_and_the_same_test_images(fashion_onnx_run, tmp_path, capsys):
+    """GPTQ against nearest rounding (the README figure): both rows from the same calibration set and
+    test images, with flips that match the agreement; the run itself is left as it was."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fashion_onnx_run, run, ignore=shutil.ignore_patterns("calibration", "model.int8-*"))
+    before = sorted(p.name for p in run.iterdir())
+    argv = ["--run", str(run), "--data", "fashion-mnist", "--compare-rounding", "--eval-limit", "60"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out.strip().splitlines()[-1])["compare_rounding"]
+    assert [r["rounding"] for r in rows] == ["gptq", "nearest"]
+    gptq, nearest = rows
+    for key in ("calibration", "calibration_count", "eval_count", "eval_source", "parent_top1", "method"):
+        assert gptq[key] == nearest[key], key
+    assert gptq["eval_count"] == 60 and gptq["eval_source"] == "fashion-mnist:test" and gptq["method"] == "minmax"
+    for row in rows:
+        assert row["agreement"] == pytest.approx(100 * (60 - row["flips"]) / 60)
+        assert row["drop_points"] == pytest.approx(row["parent_top1"] - row["top1"], abs=1e-3)
+    assert gptq["output_error_gain_db"] > 0 and nearest["output_error_gain_db"] is None
+    assert "GPTQ vs nearest weight rounding" in out and "60 test images" in " ".join(out.split())
+    assert sorted(p.name for p in run.iterdir() if p.name != "splits.json") == [n for n in before if n != "splits.json"]
