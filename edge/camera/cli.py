@@ -8,10 +8,12 @@ A capture thread reads and preprocesses the source (the artifact's own Preproces
 the model's work on the previous frame. Live sources and --realtime files hand the model only the
 newest frame, dropping and counting older ones, so latency stays near one frame instead of growing;
 --every-frame classifies every frame in order (deterministic replay; what a file gets without
---realtime). At the end it prints achieved FPS, inference-only FPS, capture-to-result latency
-percentiles and dropped frames; --serve shows the same live in a browser. Without a display, --show
-falls back to headless. Ctrl-C ends the run after the current frame: the recording is playable and
-the JSONL complete (a second Ctrl-C stops at once).
+--realtime). At the end it prints achieved FPS, inference-only FPS, grab-to-result latency
+percentiles (from the moment a frame is grabbed, before decode) and dropped frames; --serve shows
+the same live in a browser. Without a display, --show falls back to headless. Ctrl-C ends the run
+after the current frame: the recording is playable and the JSONL complete (a second Ctrl-C stops at
+once). The exit status follows the first reason to stop: 130 for Ctrl-C, 1 for a source that
+failed (stalled, capture error, nothing decodable), else 0.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def summary_table(result: CameraResult) -> Any:
 
     fig = result.figures
     table = Table(
-        title=f"edge camera: {result.source} -> {Path(result.model).name} ({result.runner.get('backend')}:{result.runner.get('device')})"
+        title=f"edge camera: {result.source} -> {Path(result.model).name} ({result.runner.get('backend')}:{result.runner.get('device')})",
+        caption="latency runs from when each frame was grabbed, before decode (JSONL grabbed_at) to its result",
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -38,7 +41,7 @@ def summary_table(result: CameraResult) -> Any:
         ("achieved FPS", format_figure(fig["achieved_fps"])),
         ("inference-only FPS", format_figure(fig["inference_fps"])),
         (
-            "capture-to-result latency p50 / p90 / p99 (ms)",
+            "grab-to-result latency p50 / p90 / p99 (ms)",
             " / ".join(format_figure(fig[f"latency_p{q}_ms"]) for q in (50, 90, 99)),
         ),
         ("inference p50 / p90 / p99 (ms)", " / ".join(format_figure(fig[f"inference_p{q}_ms"]) for q in (50, 90, 99))),
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_camera(args.model, options, console=console)
     if not options.quiet:
         console.print(summary_table(result))
-    if result.end_reason.startswith("interrupted"):
+    if result.interrupted:  # the first reason to stop; nothing recorded after it overwrites it
         return 130
     failed = ("source stalled", "capture error", "no frame could be decoded")
     return 1 if result.end_reason.startswith(failed) else 0

@@ -161,8 +161,25 @@ def jsonl_record(
     latency_ms: float,
     inference_ms: float,
     source_time_s: float | None,
+    *,
+    grabbed_unix: float | None = None,
+    source_ts_ms: float | None = None,
 ) -> dict[str, Any]:
-    """The JSONL schema: one classified frame."""
+    """The JSONL schema: one classified frame (one JSON object per line, keys in JSONL_FIELDS order).
+
+    ``frame``          index of the frame in the source (counting every frame read, dropped ones too)
+    ``captured_at``    Unix time (s) when the decoded BGR frame was in hand
+    ``source_time_s``  ``frame / declared fps`` for a file, null for a live source
+    ``latency_ms``     from ``grabbed_at`` to the top-k result: decode, queueing, preprocessing, inference
+    ``inference_ms``   the runner's ``infer`` call alone
+    ``topk``           ``[{class_id, label, prob}]``, most probable first
+    ``grabbed_at``     Unix time (s) when the frame was grabbed, before decode: a live source right after
+                       the driver handed it over, a file just before it was read (--realtime: when it was
+                       released); ``latency_ms`` and every latency figure start here
+    ``source_ts_ms``   the source's own timestamp of the frame (OpenCV CAP_PROP_POS_MSEC at grab time):
+                       for a file the container's presentation time (restarting at 0 on each --loop pass),
+                       for a live source what its backend reports (V4L2: driver buffer time), else null
+    """
     return {
         "frame": frame_index,
         "captured_at": round(captured_unix, 6),
@@ -170,10 +187,21 @@ def jsonl_record(
         "latency_ms": round(latency_ms, 3),
         "inference_ms": round(inference_ms, 3),
         "topk": [{"class_id": p.class_id, "label": p.label, "prob": round(p.prob, 6)} for p in predictions],
+        "grabbed_at": None if grabbed_unix is None else round(grabbed_unix, 6),
+        "source_ts_ms": None if source_ts_ms is None else round(source_ts_ms, 3),
     }
 
 
-JSONL_FIELDS = ("frame", "captured_at", "source_time_s", "latency_ms", "inference_ms", "topk")
+JSONL_FIELDS = (
+    "frame",
+    "captured_at",
+    "source_time_s",
+    "latency_ms",
+    "inference_ms",
+    "topk",
+    "grabbed_at",
+    "source_ts_ms",
+)
 
 
 # ---- the window ---------------------------------------------------------------------------------

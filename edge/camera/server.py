@@ -3,7 +3,8 @@
     GET /            the page: the stream, a live statistics table, a frame counter
     GET /stream.mjpg multipart/x-mixed-replace JPEG stream (what <img src> plays)
     GET /frame.jpg   the newest annotated frame
-    GET /stats.json  the live metrics (FPS, latency percentiles, dropped frames, top-k)
+    GET /stats.json  the live metrics (FPS, latency percentiles, dropped frames, top-k); ``latency_from``
+                     names the frame timestamp the latency starts at (``grabbed_at``)
 
 It binds 127.0.0.1 unless told otherwise (``--serve 0.0.0.0:8080`` to view a Jetson from a
 laptop). Handlers run on daemon threads, every socket has a timeout, and ``close`` ends the
@@ -36,6 +37,7 @@ td { padding: 0.15em 1em 0.15em 0; }
 <p>stream: <span id="state">waiting for the first frame</span> &middot; frames shown: <span id="frames">0</span></p>
 <img id="stream" src="/stream.mjpg" alt="annotated camera stream">
 <table id="stats"><tbody></tbody></table>
+<p id="latency-note">latency runs from when each frame was grabbed, before decode (JSONL <code>grabbed_at</code>), to its result</p>
 <script>
 const img = document.getElementById("stream");
 img.addEventListener("load", () => {
@@ -43,15 +45,25 @@ img.addEventListener("load", () => {
 });
 img.addEventListener("error", () => { document.getElementById("state").textContent = "stream ended"; });
 const rows = [["top-1", s => s.top1], ["achieved FPS", s => s.achieved_fps], ["inference FPS", s => s.inference_fps],
-  ["latency p50 / p90 / p99 (ms)", s => [s.latency_p50_ms, s.latency_p90_ms, s.latency_p99_ms].join(" / ")],
+  ["grab-to-result latency p50 / p90 / p99 (ms)", s => [s.latency_p50_ms, s.latency_p90_ms, s.latency_p99_ms].join(" / ")],
   ["inference p50 (ms)", s => s.inference_p50_ms], ["captured", s => s.captured], ["classified", s => s.classified],
   ["dropped", s => s.dropped], ["source", s => s.source], ["model", s => s.model]];
+// Labels and the source string come from the model and the user: they go in as text (textContent),
+// never as markup, so a label or source holding markup shows as itself and runs nothing.
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = String(text);
+  return td;
+}
 async function poll() {
   try {
     const s = await (await fetch("/stats.json", {cache: "no-store"})).json();
     document.getElementById("frames").textContent = s.classified;
-    document.querySelector("#stats tbody").innerHTML = rows.map(
-      ([name, f]) => "<tr><td>" + name + "</td><td>" + f(s) + "</td></tr>").join("");
+    document.querySelector("#stats tbody").replaceChildren(...rows.map(([name, f]) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(name), cell(f(s)));
+      return tr;
+    }));
   } catch (e) { document.getElementById("state").textContent = "disconnected"; }
 }
 poll(); setInterval(poll, 500);

@@ -36,6 +36,10 @@ from edge.camera.sources import (
 from edge.errors import UserError, require
 
 LIVE_WINDOW = 300  # results behind the live statistics (the final summary uses all of them)
+# Every latency figure (summary, result JSON, served page, JSONL latency_ms) runs from this timestamp
+# of the frame to its result: when it was grabbed, before decode (see edge.camera.sources.Frame).
+LATENCY_FROM = "grabbed_at"
+INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 @dataclass
@@ -86,7 +90,7 @@ class CameraMetrics:
     """Per-frame timings and the figures made from them (all times in seconds, reported in ms)."""
 
     def __init__(self) -> None:
-        self.latency = array("d")  # capture -> result
+        self.latency = array("d")  # grabbed (before decode) -> result
         self.inference = array("d")  # runner.infer only
         self.preprocess = array("d")  # spec.apply
         self.first_result: float | None = None
@@ -132,7 +136,7 @@ class CameraMetrics:
 
 @dataclass
 class CameraResult:
-    """What a run did: its figures, counts and why it ended."""
+    """What a run did: its figures, counts and why it ended (the first reason to stop)."""
 
     figures: dict[str, float | None]
     captured: int
@@ -147,9 +151,15 @@ class CameraResult:
     wall_s: float
     outputs: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def interrupted(self) -> bool:
+        """True when Ctrl-C was the first reason to stop (``edge camera`` then exits 130)."""
+        return self.end_reason == INTERRUPTED
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = dict(self.figures)
         data.update(
+            latency_from=LATENCY_FROM,
             captured=self.captured,
             classified=self.classified,
             dropped=self.dropped,
@@ -222,14 +232,16 @@ def run_camera(
 
     session = _Session(runner, source, options, stop, console)
     session.capture = capture
-    try:
-        with _ctrl_c_stops(session):
+    # The handler stays through close: a Ctrl-C while the files are finished is recorded (as a later
+    # reason, so it changes nothing) instead of cutting the finishing short; a second one still does.
+    with _ctrl_c_stops(session):
+        try:
             session.start(capture, on_ready)
             session.loop()
-    except KeyboardInterrupt:
-        session.end_reason = "interrupted (Ctrl-C)"
-    finally:
-        session.close()
+        except KeyboardInterrupt:
+            session.end(INTERRUPTED)
+        finally:
+            session.close()
     return session.result()
 
 
@@ -244,7 +256,7 @@ def _ctrl_c_stops(session: "_Session") -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         if session.stop.is_set():
             raise KeyboardInterrupt
-        session.end_reason = "interrupted (Ctrl-C)"
+        session.end(INTERRUPTED)
         session.stop.set()
 
     previous = signal.signal(signal.SIGINT, handler)
@@ -265,7 +277,7 @@ class _Session:
         self.stop = stop
         self.console = console
         self.metrics = CameraMetrics()
-        self.end_reason = ""
+        self._end_reasons: list[str] = []  # every reason to stop, in order; the first one is the run's
         self.grabber: FrameGrabber | None = None
         self.capture: Any = None  # released here unless the grabber took it over
         self.recorder: VideoRecorder | None = None
@@ -281,6 +293,17 @@ class _Session:
         self._stats: dict[str, Any] = {}
         self._active = False
         self._cv2_threads: int | None = None
+
+    def end(self, reason: str) -> None:
+        """Record a reason to stop. The first one is the run's and is never overwritten: a Ctrl-C
+        followed by "end of file" or "N frames classified" stays an interrupted run. ``list.append``
+        is atomic, so the SIGINT handler (which runs between any two bytecodes of the main thread)
+        cannot lose or reorder a reason the loop is recording."""
+        self._end_reasons.append(reason)
+
+    @property
+    def end_reason(self) -> str:
+        return self._end_reasons[0] if self._end_reasons else ""
 
     # ---- set-up -------------------------------------------------------------------------
     def start(self, capture: Any, on_ready: Callable[[dict[str, Any]], None] | None) -> None:
@@ -363,13 +386,13 @@ class _Session:
             frame = grabber.get(timeout=0.05)
             if frame is None:
                 if grabber.finished:
-                    self.end_reason = grabber.stats.end_reason or "source ended"
+                    self.end(grabber.stats.end_reason or "source ended")
                     return
                 if grabber.stalled_for() > stall_limit:
-                    self.end_reason = f"source stalled: a read blocked for more than {stall_limit:g} s"
+                    self.end(f"source stalled: a read blocked for more than {stall_limit:g} s")
                     return
                 if deadline is not None and time.monotonic() >= deadline:
-                    self.end_reason = f"duration of {options.duration:g} s reached"
+                    self.end(f"duration of {options.duration:g} s reached")
                     return
                 continue
             assert frame.tensor is not None  # the grabber preprocesses every frame it delivers
@@ -378,17 +401,17 @@ class _Session:
             t2 = time.monotonic()
             predictions = top_k(logits[0], self.spec.labels, options.topk)
             result_at = time.monotonic()
-            self.metrics.add(result_at - frame.captured_at, t2 - t1, frame.preprocess_s, result_at)
+            self.metrics.add(result_at - frame.grabbed_at, t2 - t1, frame.preprocess_s, result_at)
             if not self._emit(frame, predictions, result_at, t2 - t1):
-                self.end_reason = "window closed"
+                self.end("window closed")
                 return
             if options.max_frames is not None and self.metrics.classified >= options.max_frames:
-                self.end_reason = f"{options.max_frames} frames classified"
+                self.end(f"{options.max_frames} frames classified")
                 return
             if deadline is not None and result_at >= deadline:
-                self.end_reason = f"duration of {options.duration:g} s reached"
+                self.end(f"duration of {options.duration:g} s reached")
                 return
-        self.end_reason = self.end_reason or "stopped"
+        self.end("stopped")
 
     def _emit(self, frame: Frame, predictions: list[Prediction], result_at: float, inference_s: float) -> bool:
         """Hand one result to every output; False when the user closed the window."""
@@ -401,9 +424,19 @@ class _Session:
         if self.jsonl is not None:
             fps = self.grabber.stats.fps if self.grabber else None
             source_time = frame.index / fps if (fps and not self.source.live) else None
-            latency_ms = (result_at - frame.captured_at) * 1000
-            captured_unix = self.wall_clock_offset + frame.captured_at
-            self.jsonl.write(jsonl_record(frame.index, captured_unix, predictions, latency_ms, inference_s * 1000, source_time))
+            latency_ms = (result_at - frame.grabbed_at) * 1000
+            self.jsonl.write(
+                jsonl_record(
+                    frame.index,
+                    self.wall_clock_offset + frame.captured_at,
+                    predictions,
+                    latency_ms,
+                    inference_s * 1000,
+                    source_time,
+                    grabbed_unix=self.wall_clock_offset + frame.grabbed_at,
+                    source_ts_ms=frame.source_ts_ms,
+                )
+            )
         if self.recorder is None and self.server is None and self.window is None:
             return True
         annotated = draw_overlay(frame.image, predictions, _status_line(self._stats))
@@ -432,6 +465,7 @@ class _Session:
             dropped=grabber.dropped if grabber else 0,
             source=self.source.text,
             model=f"{self.runner.path.name} ({self.runner.name})",
+            latency_from=LATENCY_FROM,
             top1=f"{predictions[0].label} {100 * predictions[0].prob:.1f}%" if predictions else None,
             topk=[{"class_id": p.class_id, "label": p.label, "prob": round(p.prob, 4)} for p in predictions or []],
         )

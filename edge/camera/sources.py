@@ -11,6 +11,7 @@ ends and says why. Nothing here blocks without a timeout.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import re
@@ -122,11 +123,16 @@ def opencv_has_gstreamer() -> bool:
 
 
 class Capture(Protocol):
-    """What the grabber needs from a capture (cv2.VideoCapture, or a test double)."""
+    """What the grabber needs from a capture (cv2.VideoCapture, or a test double). A capture that also
+    has ``grab()`` and ``retrieve()`` (every cv2.VideoCapture) is read in two steps, so the frame is
+    stamped when it is grabbed, before it is converted; one with ``read()`` only is stamped around it."""
 
     def read(self) -> tuple[bool, Any]: ...
     def get(self, prop: int) -> float: ...
     def release(self) -> None: ...
+
+
+CAP_PROP_POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC: the grabbed frame's timestamp in the source, in ms
 
 
 def open_capture(source: SourceSpec, read_timeout_s: float = 5.0) -> Any:
@@ -205,11 +211,23 @@ class RetryPolicy:
 
 @dataclass
 class Frame:
-    """One captured frame: its index in the source, the BGR image and when it was captured."""
+    """One captured frame: its index in the source, the BGR image and when it was captured.
+
+    ``grabbed_at`` is when the frame was grabbed, before it was decoded and converted: for a live
+    source right after ``grab()`` handed it over (so waiting for the next frame is not counted); for a
+    file just before ``grab()`` (nothing waits for a file's frame to arrive, and OpenCV's FFmpeg
+    backend demuxes and decodes inside ``grab()``; with --realtime that is the frame's release time).
+    ``captured_at`` is when the decoded BGR image was in hand. Latency is measured from ``grabbed_at``.
+    ``source_ts_ms`` is the source's own timestamp of the frame (``CAP_PROP_POS_MSEC`` read right after
+    the grab): for a file the container's presentation time, for a live source whatever its backend
+    reports (V4L2: the driver's buffer time; GStreamer/FFmpeg: the stream time), None when it gives none.
+    """
 
     index: int
     image: np.ndarray
-    captured_at: float  # time.monotonic() when the frame became available
+    captured_at: float  # time.monotonic() when the decoded image was in hand
+    grabbed_at: float  # time.monotonic() when the frame was grabbed, before decode (see above)
+    source_ts_ms: float | None = None  # the source's timestamp of the frame (container time for files)
     tensor: np.ndarray | None = None  # the network input, when the grabber preprocesses
     preprocess_s: float = 0.0
 
@@ -333,8 +351,15 @@ class FrameGrabber:
         position = 0  # frames read in this pass over a file (a loop starts a new pass)
         started: float | None = None
         while not self._stop.is_set():
-            ok, image = self._capture.read()
-            self.heartbeat = time.monotonic()
+            if self.realtime_fps:
+                # Release frame i at start + i / fps, as a camera would deliver it, and grab it then:
+                # its decode counts in its latency, as a camera frame's does.
+                now = time.monotonic()
+                started = now if started is None else started
+                wait = started + self.stats.captured / self.realtime_fps - now
+                if wait > 0 and self._stop.wait(wait):
+                    break
+            ok, image, grabbed_at, source_ts_ms = self._grab()
             if not ok or image is None:
                 if self._stop.is_set():
                     break
@@ -349,15 +374,43 @@ class FrameGrabber:
                     continue
                 self._end_of_file(position)
                 return
-            if self.realtime_fps:
-                # Release frame i at start + i / fps, as a camera would deliver it.
-                started = self.heartbeat if started is None else started
-                wait = started + self.stats.captured / self.realtime_fps - time.monotonic()
-                if wait > 0 and self._stop.wait(wait):
-                    break
-            self._deliver(Frame(self.stats.captured, image, time.monotonic()))
+            self._deliver(Frame(self.stats.captured, image, time.monotonic(), grabbed_at, source_ts_ms))
             position += 1
         self.stats.end_reason = self.stats.end_reason or "stopped"
+
+    def _grab(self) -> tuple[bool, Any, float, float | None]:
+        """Read one frame: (ok, BGR image, grabbed_at, source_ts_ms).
+
+        ``grab()`` takes the frame from the source, the stamp and the source timestamp are read
+        right then, and ``retrieve()`` decodes/converts it afterwards (V4L2 decodes MJPEG/YUYV there).
+        """
+        capture = self._capture
+        before = time.monotonic()
+        grab, retrieve = getattr(capture, "grab", None), getattr(capture, "retrieve", None)
+        if not (callable(grab) and callable(retrieve)):  # a capture with read() only
+            ok, image = capture.read()
+            self.heartbeat = time.monotonic()
+            grabbed_at = self.heartbeat if self.live else before
+            return bool(ok), image, grabbed_at, self._source_timestamp(capture) if ok else None
+        ok = bool(grab())
+        self.heartbeat = time.monotonic()
+        grabbed_at = self.heartbeat if self.live else before
+        if not ok:
+            return False, None, grabbed_at, None
+        source_ts_ms = self._source_timestamp(capture)
+        ok, image = retrieve()
+        self.heartbeat = time.monotonic()
+        return bool(ok), image, grabbed_at, source_ts_ms
+
+    def _source_timestamp(self, capture: Any) -> float | None:
+        """The grabbed frame's timestamp in the source (ms), or None when the backend reports none."""
+        try:
+            value = float(capture.get(CAP_PROP_POS_MSEC))
+        except Exception:  # a backend without the property
+            return None
+        if not math.isfinite(value) or value < 0 or (self.live and value == 0):
+            return None  # a file's first frame is at 0 ms; a live source's 0 means "not reported"
+        return value
 
     def _deliver(self, frame: Frame) -> None:
         self.stats.captured += 1
@@ -396,11 +449,10 @@ class FrameGrabber:
             except UserError:
                 continue
             self.heartbeat = time.monotonic()
-            ok, image = self._capture.read()
-            self.heartbeat = time.monotonic()
+            ok, image, grabbed_at, source_ts_ms = self._grab()
             if ok and image is not None:
                 self.stats.reconnects += 1
-                self._deliver(Frame(self.stats.captured, image, time.monotonic()))
+                self._deliver(Frame(self.stats.captured, image, time.monotonic(), grabbed_at, source_ts_ms))
                 return True
         self.stats.end_reason = f"source stalled: no frame after {self.retry.retries} retries with backoff"
         return False

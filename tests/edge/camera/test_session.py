@@ -4,6 +4,7 @@ faults (missing device, truncated file, stalled source, Ctrl-C)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -81,8 +82,14 @@ def test_jsonl_schema_and_recording(pretrained_onnx_run, video, tmp_path):
         assert set(record["topk"][0]) == {"class_id", "label", "prob"}
         assert record["latency_ms"] >= record["inference_ms"] > 0
         assert record["source_time_s"] == pytest.approx(record["frame"] / video.fps, abs=1e-3)
+        # grabbed (before decode) <= decoded; the latency starts at the grab, so it covers the decode
+        assert record["grabbed_at"] <= record["captured_at"]
+        assert record["latency_ms"] >= (record["captured_at"] - record["grabbed_at"]) * 1000 - 0.01
+        assert record["source_ts_ms"] == pytest.approx(1000 * record["frame"] / video.fps, abs=0.01)  # container time
     assert records[0]["captured_at"] <= records[-1]["captured_at"]
     assert abs(records[0]["captured_at"] - time.time()) < 600  # a wall-clock timestamp
+    assert abs(records[0]["grabbed_at"] - time.time()) < 600
+    assert result.to_dict()["latency_from"] == "grabbed_at"
 
     capture = cv2.VideoCapture(str(recording))
     frames = []
@@ -152,6 +159,13 @@ def test_show_without_display_runs_headless(pretrained_onnx_run, video, monkeypa
 @pytest.fixture
 def served(pretrained_onnx_run, video):
     """A camera run serving on a free loopback port, looping the video in real time; stopped afterwards."""
+    with serving(pretrained_onnx_run, video.path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(model: Path, source: Path):
+    """Serve a camera run of ``source`` (looped in real time) on a free loopback port; yields the URL."""
     stop, ready, results = threading.Event(), threading.Event(), {}
     info: dict = {}
 
@@ -159,20 +173,22 @@ def served(pretrained_onnx_run, video):
         info.update(details)
         ready.set()
 
-    options = CameraOptions(source=str(video.path), realtime=True, loop=True, serve="127.0.0.1:0", quiet=True, duration=60)
+    options = CameraOptions(source=str(source), realtime=True, loop=True, serve="127.0.0.1:0", quiet=True, duration=60)
 
     def target():
         try:
-            results["result"] = run_camera(pretrained_onnx_run, options, stop=stop, on_ready=on_ready)
+            results["result"] = run_camera(model, options, stop=stop, on_ready=on_ready)
         finally:
             ready.set()
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     assert ready.wait(60) and info.get("url"), "the camera did not start serving"
-    yield info["url"]
-    stop.set()
-    thread.join(15)
+    try:
+        yield info["url"]
+    finally:
+        stop.set()
+        thread.join(15)
     assert not thread.is_alive(), "the camera run did not stop"
     assert results["result"].end_reason == "stopped"
 
@@ -212,6 +228,7 @@ def test_served_page_stream_and_statistics(served):
     ):
         assert key in stats
     assert stats["classified"] >= 2 and stats["latency_p50_ms"] > 0 and stats["topk"][0]["label"]
+    assert stats["latency_from"] == "grabbed_at"
 
     status, kind, page = fetch(served)
     assert status == 200 and kind.startswith("text/html") and b'<img id="stream" src="/stream.mjpg"' in page
@@ -229,24 +246,61 @@ def test_served_page_stream_and_statistics(served):
     assert fetch(served + "nope")[0] == 404
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium is not installed (make system-deps installs Debian's chromium as root)"
-)
-def test_headless_chromium_shows_the_stream(served):
-    wait_for_frames(served, 1)
+def chromium_dom(url: str) -> str:
+    """The page's DOM after headless Chromium ran its script for 3 s of virtual time."""
     with tempfile.TemporaryDirectory() as profile:
         command = [
             str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom", served,
+            f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom", url,
         ]  # fmt: skip
-        dom = subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
+        return subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
+
+
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (make system-deps installs Debian's chromium as root)"
+)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_headless_chromium_shows_the_stream(served):
+    wait_for_frames(served, 1)
+    dom = chromium_dom(served)
     # The page's script writes these only after the MJPEG <img> decoded a frame and /stats.json answered.
     assert '<span id="state">streaming 320x240</span>' in dom
     shown = int(dom.split('<span id="frames">', 1)[1].split("<", 1)[0])
     assert shown >= 1
     assert "<td>achieved FPS</td>" in dom
+    assert "<td>grab-to-result latency p50 / p90 / p99 (ms)</td>" in dom
+
+
+MARKUP = "<img src=x onerror=document.title=1337>"
+
+
+def test_page_inserts_text_never_markup():
+    from edge.camera.server import PAGE
+
+    script = PAGE.split("<script>", 1)[1]
+    assert "innerHTML" not in PAGE and "insertAdjacentHTML" not in PAGE and "document.write" not in PAGE
+    assert "td.textContent = String(text)" in script
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_markup_in_the_source_shows_as_text_in_the_page(pretrained_onnx_run, video, tmp_path):
+    hostile = tmp_path / f"{MARKUP}.mp4"
+    shutil.copyfile(video.path, hostile)
+    with serving(pretrained_onnx_run, hostile) as url:
+        stats = wait_for_frames(url, 1)
+        assert stats["source"] == str(hostile)
+        dom = chromium_dom(url)
+    # the statistics table was filled (the script ran) ...
+    assert "<td>achieved FPS</td>" in dom
+    # ... and the source string is text in a cell, escaped; no element was made from it, no handler ran
+    assert f"<td>{str(hostile).replace('<', '&lt;').replace('>', '&gt;')}</td>" in dom
+    assert dom.count("<img") == 1  # the stream's own <img>
+    assert "<title>edge camera</title>" in dom and "1337" not in dom.replace(MARKUP.replace("<", "&lt;").replace(">", "&gt;"), "")
 
 
 # ---- faults -------------------------------------------------------------------------------------
@@ -377,6 +431,68 @@ def test_ctrl_c_leaves_a_playable_recording_and_complete_jsonl(pretrained_onnx_r
     # (each classified frame is held until the next one, keeping the source's clock).
     assert readable == records[-1]["frame"] - records[0]["frame"] + 1
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("then", ["max-frames", "source finished"])
+def test_ctrl_c_stays_the_reason_and_exits_130_whatever_ends_the_run_after(pretrained_onnx_run, video, monkeypatch, capsys, then):
+    """Ctrl-C is the first reason to stop; the limit or the end of the file that the loop meets right
+    after is a later reason and must not turn the run into a finished one (exit 0)."""
+    from edge.camera import session as camera_session
+    from edge.cli import main
+
+    sent: list[str] = []
+
+    def ctrl_c(where: str) -> None:
+        if not sent:
+            sent.append(where)
+            signal.raise_signal(signal.SIGINT)  # the handler runs before this returns
+
+    argv = ["camera", str(pretrained_onnx_run), "--source", str(video.path), "--threads", "1"]
+    if then == "max-frames":
+        # Ctrl-C while the second frame is classified; the loop then reaches --max-frames 2
+        real_top_k, calls = camera_session.top_k, []
+
+        def top_k(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                ctrl_c("top_k")
+            return real_top_k(*args, **kwargs)
+
+        monkeypatch.setattr(camera_session, "top_k", top_k)
+        argv += ["--max-frames", "2"]
+    else:
+        # Ctrl-C just as the loop learns that the file has ended (the "finished" branch)
+        class EndsWithCtrlC(camera_session.FrameGrabber):
+            @property
+            def finished(self) -> bool:
+                done = super().finished
+                if done:
+                    ctrl_c("finished")
+                return done
+
+        monkeypatch.setattr(camera_session, "FrameGrabber", EndsWithCtrlC)
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    before = signal.getsignal(signal.SIGINT)
+    assert main(argv) == 130
+    assert sent
+    out = capsys.readouterr().out
+    ended = [line for line in out.splitlines() if "ended because" in line]
+    assert len(ended) == 1 and "interrupted (Ctrl-C)" in ended[0], out
+    assert "grab-to-result latency p50 / p90 / p99 (ms)" in out
+    assert signal.getsignal(signal.SIGINT) is before  # the run put the previous handler back
+
+
+def test_first_end_reason_wins():
+    from edge.camera.session import INTERRUPTED, CameraOptions, _Session
+    from edge.camera.sources import SourceSpec
+
+    runner = type("R", (), {"spec": None})()
+    session = _Session(runner, SourceSpec("clip.mp4", "file", "clip.mp4", live=False), CameraOptions(), threading.Event(), None)
+    assert session.end_reason == ""
+    session.end(INTERRUPTED)
+    session.end("end of file")
+    session.end("stopped")
+    assert session.end_reason == INTERRUPTED
 
 
 def test_the_camera_module_imports_without_cv2_or_torch():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -287,3 +288,109 @@ def test_waiting_between_retries_is_not_a_stall():
         stalled.append(grabber.stalled_for())
     assert max(stalled) < 0.2  # the 0.6 s backoff never looked like a blocked read
     assert grabber.stats.end_reason == "source stalled: no frame after 1 retries with backoff"
+
+
+# ---- when a frame is stamped ------------------------------------------------------------------------
+
+
+class TwoStepCapture:
+    """A capture read like cv2.VideoCapture in two steps: ``grab()`` takes the next frame (waiting
+    ``wait_s`` for it, as a camera's next frame is waited for) and ``retrieve()`` decodes it (``decode_s``).
+    POS_MSEC is the grabbed frame's timestamp until it is retrieved and garbage after, so a timestamp
+    read after decode would show. ``events`` holds (grab called, grab returned, retrieve called) per frame."""
+
+    def __init__(self, frames: int, fps: float = 25.0, wait_s: float = 0.0, decode_s: float = 0.02, first_ms: float = 0.0):
+        self.frames, self.fps, self.wait_s, self.decode_s, self.first_ms = frames, fps, wait_s, decode_s, first_ms
+        self.grabbed = 0
+        self.pos_ms = 0.0
+        self.events: list[list[float]] = []
+
+    def grab(self) -> bool:
+        called = time.monotonic()
+        if self.grabbed >= self.frames:
+            return False
+        time.sleep(self.wait_s)
+        self.pos_ms = self.first_ms + self.grabbed * 1000.0 / self.fps
+        self.grabbed += 1
+        self.events.append([called, time.monotonic(), math.nan])
+        return True
+
+    def retrieve(self):
+        self.events[-1][2] = time.monotonic()
+        self.pos_ms = -12345.0
+        time.sleep(self.decode_s)
+        return True, np.full((4, 4, 3), self.grabbed - 1, dtype=np.uint8)
+
+    def read(self):
+        raise AssertionError("read() was used although grab() and retrieve() exist")
+
+    def get(self, prop: int) -> float:
+        return {0: self.pos_ms, 5: self.fps, 7: float(self.frames)}.get(prop, 0.0)
+
+    def release(self) -> None:
+        return None
+
+
+def take_frames(grabber: FrameGrabber, limit_s: float = 10.0) -> list:
+    frames, deadline = [], time.monotonic() + limit_s
+    while not grabber.finished and time.monotonic() < deadline:
+        frame = grabber.get(timeout=0.05)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def test_live_frame_is_stamped_when_grabbed_before_decode():
+    capture = TwoStepCapture(4, wait_s=0.03, decode_s=0.02, first_ms=5000.0)
+    grabber = FrameGrabber(lambda: TwoStepCapture(0), live=True, every_frame=True, retry=RetryPolicy(retries=0))
+    frames = take_frames(grabber.start(capture))
+    assert [f.index for f in frames] == [0, 1, 2, 3]
+    for frame, (called, returned, retrieved) in zip(frames, capture.events, strict=True):
+        # after the wait for the frame (not latency), before its decode (latency)
+        assert returned <= frame.grabbed_at <= retrieved
+        assert frame.captured_at - frame.grabbed_at >= 0.02
+        assert frame.grabbed_at - called >= 0.03
+        assert frame.source_ts_ms == pytest.approx(5000.0 + frame.index * 40.0)  # read at grab, not after decode
+
+
+def test_file_frame_is_stamped_before_grab_with_its_container_time():
+    capture = TwoStepCapture(5, fps=25.0, decode_s=0.01)
+    grabber = FrameGrabber(lambda: TwoStepCapture(0), live=False, every_frame=True)
+    frames = take_frames(grabber.start(capture))
+    assert [f.index for f in frames] == list(range(5))
+    for frame, (called, _, _) in zip(frames, capture.events, strict=True):
+        # a file's frame waits for nothing: OpenCV's FFmpeg backend decodes inside grab(), so the stamp precedes it
+        assert frame.grabbed_at <= called
+        assert frame.captured_at - frame.grabbed_at >= 0.01
+    assert [f.source_ts_ms for f in frames] == pytest.approx([0.0, 40.0, 80.0, 120.0, 160.0])
+
+
+def test_realtime_file_frames_are_grabbed_at_their_release_time():
+    capture = TwoStepCapture(6, fps=50.0, decode_s=0.005)
+    grabber = FrameGrabber(lambda: TwoStepCapture(0), live=False, realtime_fps=50.0)
+    frames = take_frames(grabber.start(capture))
+    assert [f.index for f in frames] == list(range(6))
+    # frame i is released (and only then grabbed and decoded) at start + i / fps, as a camera delivers it
+    start = frames[0].grabbed_at
+    for frame, (called, _, _) in zip(frames, capture.events, strict=True):
+        assert frame.grabbed_at >= start + frame.index / 50.0 - 1e-3
+        assert frame.grabbed_at <= called and frame.captured_at - frame.grabbed_at >= 0.005
+
+
+def test_video_file_frames_carry_the_container_timestamp(tmp_path):
+    from edge.camera.demo import write_demo_video
+
+    video = write_demo_video(tmp_path / "clip.mp4", size=(64, 48), fps=8, seconds_per_photo=0.5, photos=_tiny_photos())
+    grabber = FrameGrabber(lambda: None, live=False, every_frame=True).start(open_capture(parse_source(str(video.path))))
+    frames = take_frames(grabber)
+    assert len(frames) == video.frames == 12
+    assert [f.source_ts_ms for f in frames] == pytest.approx([1000.0 * i / video.fps for i in range(video.frames)])
+    assert all(f.grabbed_at <= f.captured_at for f in frames)
+
+
+def test_read_only_capture_is_stamped_around_read():
+    grabber = FrameGrabber(lambda: FakeCapture(0), live=True, every_frame=True, retry=RetryPolicy(retries=0))
+    frames = take_frames(grabber.start(FakeCapture(3)))
+    assert len(frames) == 3
+    assert all(f.grabbed_at <= f.captured_at for f in frames)
+    assert all(f.source_ts_ms is None for f in frames)  # a live source reporting 0 reports nothing
