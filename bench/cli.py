@@ -8,12 +8,18 @@
 Each artifact x device runs in its own process. Latency is ms per batch, compute-only (a
 preprocessed batch in host memory) and end-to-end (from decoded images, with preprocessing)
 separately; throughput is images / wall time. Accuracy is measured on the test split of --eval
-against the float parent, with paired flips for `edge check`. Reports go to RUN/bench/.
+against the float parent, with paired flips for `edge check`. Reports go to RUN/bench/
+(report.png only where matplotlib is installed: the `train` extra).
+
+Ctrl-C stops the worker of the row being measured (its whole process group: no orphan keeps the
+machine busy), writes the report of what was measured with that row ``interrupted``, prints one
+line and exits 130. A row past --timeout is stopped the same way and recorded as an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:
     from bench.matrix import BenchPlan, run_matrix, select_artifacts
-    from bench.report import build_report, rich_headline, write_report
+    from bench.report import build_report, plot_unavailable, rich_headline, write_report
     from edge.run import RunDir
 
     settings = _settings(args)
@@ -198,7 +204,21 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     out_dir = args.out or run_dir.bench
     paths = write_report(report, out_dir, spec=_report_spec(artifacts))
     console.print(rich_headline(report, title=f"bench: {run_dir.root} ({args.profile})"))
-    console.print(f"report: {paths['json']} (also {paths['md'].name}, {paths['csv'].name}, {paths['png'].name})")
+    others = ", ".join(path.name for fmt, path in paths.items() if fmt != "json")
+    console.print(f"report: {paths['json']} (also {others})")
+    if "png" not in paths:
+        console.print(f"note: {plot_unavailable()}", style="yellow", highlight=False, markup=False)
+    stopped = next((r for r in rows if r.get("status") == "interrupted"), None)
+    if stopped is not None:  # Ctrl-C: the worker is gone, what was measured is written; one line
+        done, planned = len(rows) - 1, len(artifacts) * len(devices)
+        before = f"{done} of {planned} rows finished before it" if done else "no row finished before it"
+        print(
+            f"edge bench: interrupted while measuring {stopped['artifact']} on {stopped['device']} "
+            f"(its worker was stopped; {before}): partial report {paths['json']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     return (
         0 if any(r.get("status") in ("ok", "rejected") for r in rows) else 1
     )  # rejected rows were measured: the gate fails them

@@ -7,8 +7,9 @@ Every check is one line in the table, one testcase in the --junit XML, and a fai
 printed as one ``FAIL name: detail`` line. The gate fails (exit 1) when:
 
 - nothing was measured (no rows, or every row skipped or errored);
-- a row or a timing cell errored, or a row is *rejected* (its quantizer did not accept it:
-  manifest ``accepted: false``; bench still measures it so the report shows why);
+- a row or a timing cell errored, a row was *interrupted* (Ctrl-C stopped its worker: not a
+  measurement), or a row is *rejected* (its quantizer did not accept it: manifest
+  ``accepted: false``; bench still measures it so the report shows why);
 - an artifact with a float parent (INT8, engines, the ONNX export) has no accuracy against it,
   unless --allow-unmeasured (then a warning);
 - its top-1 drop against the float parent is significantly above --max-drop: paired flips
@@ -114,13 +115,13 @@ def check_measured(report: dict[str, Any]) -> list[Check]:
         return [Check("anything measured", "pass", f"{len(measured)} of {len(rows)} rows measured")]
     if not rows:
         return [Check("anything measured", "fail", "the report has no rows: nothing was measured")]
-    counts = {s: sum(r.get("status") == s for r in rows) for s in ("skipped", "error", "ok", "rejected")}
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ("skipped", "error", "interrupted", "ok", "rejected")}
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     return [Check("anything measured", "fail", f"nothing was measured ({len(rows)} rows: {summary})")]
 
 
 def check_runs(report: dict[str, Any]) -> list[Check]:
-    """A row or cell that errored fails, a rejected row fails; skipped rows and cells are listed."""
+    """A row or cell that errored fails, an interrupted or rejected row fails; skipped rows and cells are listed."""
     checks = []
     for row in report["rows"]:
         key, status = _row_key(row), row.get("status")
@@ -129,6 +130,11 @@ def check_runs(report: dict[str, Any]) -> list[Check]:
             continue
         if status == "skipped":
             checks.append(Check(f"run {key}", "skip", str(row.get("reason"))))
+            continue
+        if status == "interrupted":
+            checks.append(
+                Check(f"run {key}", "fail", f"interrupted: {row.get('reason') or 'Ctrl-C'}: not a measurement, bench it again")
+            )
             continue
         if status == "rejected":
             checks.append(Check(f"accepted {key}", "fail", f"rejected: {row.get('reason') or 'no reason recorded'}"))

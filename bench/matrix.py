@@ -4,6 +4,8 @@
 shows a progress bar, and assembles the report dict (schema in ``bench.report``): timing cells per
 batch size, single stream, peak memory, file size, and accuracy with the paired comparison against
 the float parent. A row that crashes, hangs or cannot run here is kept with its error or reason.
+A timeout or a Ctrl-C stops the worker's whole process group (SIGTERM, then SIGKILL after a grace
+period), so no orphan outlives the bench; a Ctrl-C also ends the matrix with the row ``interrupted``.
 
 Two decisions are made here from the artifact's manifest, before or after its worker runs:
 an engine is timed only at the batch sizes its optimisation profile covers (``cell_skips``: the
@@ -14,13 +16,16 @@ artifact whose maker did not accept it (``accepted: false``) becomes *rejected* 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -160,41 +165,128 @@ def rejection_reason(manifest: Manifest | None) -> str | None:
 # ---- running workers ---------------------------------------------------------------------------
 
 
+GRACE_S = 3.0  # after SIGTERM, before SIGKILL: time for a backend to release its device
+INTERRUPTED_REASON = "Ctrl-C stopped its worker mid-measurement (no numbers kept)"
+
+
+class WorkerInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a worker ran: its process group is gone; ``row`` is the row to report."""
+
+    def __init__(self, row: dict[str, Any]):
+        super().__init__(row.get("reason", "interrupted"))
+        self.row = row
+
+
 def run_worker(job: dict[str, Any], timeout_s: float, on_progress: Any = None) -> dict[str, Any]:
-    """Run one job in a child process; a crash or a timeout becomes an error row."""
+    """Run one job in a child process; a crash or a timeout becomes an error row.
+
+    The worker runs in its own session (so a terminal's Ctrl-C reaches only this process, and its
+    process group holds everything the worker started). On a timeout or a Ctrl-C the whole group is
+    stopped (``stop_process_group``: SIGTERM, SIGKILL after ``GRACE_S``), so no orphan keeps
+    running and skews the next measurement; a Ctrl-C then raises ``WorkerInterrupted``.
+    """
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")]))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", str(job_path), str(out_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,  # so a timeout kills the worker's children too
-        )
+        with _sigint_held() as pressed:  # a Ctrl-C while it starts must not lose the child's pid
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.worker", str(job_path), str(out_path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                start_new_session=True,  # its own process group: stopped as a whole, never orphaned
+            )
         stderr_tail: list[str] = []
         readers = [
             threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True),
             threading.Thread(target=_keep_tail, args=(proc.stderr, stderr_tail), daemon=True),
         ]
-        for reader in readers:
-            reader.start()
+        interrupted, timed_out = pressed[0], False
         try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+            if not interrupted:
+                try:
+                    for reader in readers:
+                        reader.start()
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                except KeyboardInterrupt:
+                    interrupted = True
+        finally:  # on every way out (a bug in this process too), the worker's group is gone
+            with _sigint_held() as again:
+                # a worker that exited may have left a child in its group: that one goes too
+                if interrupted or timed_out or proc.poll() is None or _group_alive(proc.pid):
+                    interrupted = stop_process_group(proc) or interrupted
+                for reader in readers:
+                    if reader.ident is not None:
+                        reader.join(timeout=5)
+            interrupted = interrupted or again[0]
+        if interrupted:
+            raise WorkerInterrupted({"status": "interrupted", "reason": INTERRUPTED_REASON})
+        if timed_out:
             return {"status": "error", "error": f"timed out after {timeout_s:.0f} s (raise --timeout)"}
-        finally:
-            for reader in readers:
-                reader.join(timeout=5)
         if out_path.exists():
             return json.loads(out_path.read_text())
         tail = "".join(stderr_tail)[-600:].strip().splitlines()
         return {"status": "error", "error": f"worker exited with code {proc.returncode}: {tail[-1] if tail else 'no output'}"}
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float | None = None) -> bool:
+    """Stop a worker started with ``start_new_session`` and everything in its process group:
+    SIGTERM, then SIGKILL for whatever is left after ``grace_s`` (``GRACE_S``; at once on another
+    Ctrl-C); the worker is reaped. Returns whether Ctrl-C was pressed meanwhile (the caller stops too)."""
+    with _sigint_held() as pressed:
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + (GRACE_S if grace_s is None else grace_s)
+        while time.monotonic() < deadline and not pressed[0]:
+            if proc.poll() is not None and not _group_alive(proc.pid):
+                return pressed[0]
+            time.sleep(0.02)
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return pressed[0]
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has exited
+        os.killpg(pgid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[list[bool]]:
+    """Within the block, Ctrl-C only sets ``pressed[0]`` (main thread only: elsewhere Python
+    delivers no signal anyway); the caller decides what it means."""
+    pressed = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def note(signum: int, frame: Any) -> None:
+        pressed[0] = True
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed[0] and previous is signal.SIG_DFL:  # a process that chose to die on SIGINT
+            os.kill(os.getpid(), signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            pressed[0] = False
 
 
 def _read_progress(stream: Any, on_progress: Any) -> None:
@@ -262,11 +354,16 @@ def attach_parent_comparison(rows: list[dict[str, Any]], labels: list[int], max_
 
 
 def run_matrix(plan: BenchPlan, eval_labels: list[int] | None, console: Any = None) -> list[dict[str, Any]]:
-    """Run every artifact x device; rows in artifact order, then device."""
+    """Run every artifact x device; rows in artifact order, then device.
+
+    Ctrl-C stops the matrix: the row being measured comes back ``interrupted`` (its worker
+    stopped), the rows not yet run are left out, and the rows measured so far are kept.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     jobs = [(name, path, device) for name, path in plan.artifacts.items() for device in plan.devices]
     rows: list[dict[str, Any]] = []
+    interrupted = False
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
     ) as progress:
@@ -278,7 +375,11 @@ def run_matrix(plan: BenchPlan, eval_labels: list[int] | None, console: Any = No
                 progress.update(task, completed=done, total=max(total, 1), description=f"{label}: {what}")
 
             started = time.time()
-            result = run_worker(artifact_job(plan, name, path, device), plan.timeout_s, on_progress)
+            try:
+                result = run_worker(artifact_job(plan, name, path, device), plan.timeout_s, on_progress)
+            except KeyboardInterrupt as exc:  # the worker is stopped: report this row, run no other
+                result = getattr(exc, "row", None) or {"status": "interrupted", "reason": INTERRUPTED_REASON}
+                interrupted = True
             result.update(artifact=name, device=device, path=str(path))
             result.setdefault("seconds", time.time() - started)
             result["file_size_bytes"] = path.stat().st_size
@@ -288,6 +389,9 @@ def run_matrix(plan: BenchPlan, eval_labels: list[int] | None, console: Any = No
             mark_rejected(result, _manifest(path))
             rows.append(result)
             progress.remove_task(row_task)
+            if interrupted:
+                progress.update(overall, description=f"bench matrix: interrupted at {name} on {device}")
+                break
             progress.advance(overall)
     if eval_labels is not None:
         attach_parent_comparison(rows, eval_labels, plan.max_drop)

@@ -6,8 +6,10 @@ and the rich tables printed in the terminal.
     settings     what was asked: artifacts, devices, batch sizes, window, threads, profile
     environment  edge.artifacts.environment_fingerprint() (+ Jetson power mode, clocks, temperatures)
     eval         data, count, seed, split fingerprint, classes and the per-image labels
-    rows[]       one per artifact x device: status (ok | rejected | error | skipped) with error /
-                 reason (rejected: measured, but the quantizer did not accept the artifact),
+    rows[]       one per artifact x device: status (ok | rejected | error | skipped | interrupted)
+                 with error / reason (rejected: measured, but the quantizer did not accept the
+                 artifact; interrupted: Ctrl-C stopped its worker, not a measurement, and the
+                 rows after it were not run),
                  threads, peak_rss_mib, peak_gpu_mib, file_size_bytes, simulated, manifest_metrics,
                  cells[] per batch: status (ok | error | skipped, e.g. outside an engine's profile),
                  compute / end_to_end timing stats, device_ms, energy_j_per_image,
@@ -16,6 +18,9 @@ and the rich tables printed in the terminal.
 
 The per-image predictions are stored (not just counts) so that ``edge check`` can recount the
 paired flips against the float parent, and against a baseline report on the same evaluation set.
+
+``report.png`` needs matplotlib (the ``train`` extra). A device installed without it (``.[cpu,opencv]``)
+gets the other three files and the manifest, and ``plot_unavailable()`` says why there is no PNG.
 """
 
 from __future__ import annotations
@@ -24,18 +29,21 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_path, atomic_write_json, atomic_write_text, environment_fingerprint, write_manifest
+from edge.artifacts import atomic_paths, environment_fingerprint, write_manifest
 from edge.errors import UserError
 from edge.run import REPORT, RunDir, report_paths
 
 SCHEMA = "edge-bench-report"
-# 2: rows may be ``rejected`` and cells ``skipped`` (a version-1 gate would pass them unseen)
+# 2: rows may be ``rejected`` and cells ``skipped`` (a version-1 gate would pass them unseen).
+# Rows may also be ``interrupted``: a reader of version 2 that does not know it refuses the report
+# as malformed (it never passes one unseen), so it needs no new version.
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CSV_COLUMNS = (
@@ -130,7 +138,7 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 # ---- validation --------------------------------------------------------------------------------
 
-ROW_STATUSES = ("ok", "rejected", "error", "skipped")
+ROW_STATUSES = ("ok", "rejected", "error", "skipped", "interrupted")
 CELL_STATUSES = ("ok", "error", "skipped")
 _NUMBER = (int, float)
 
@@ -277,6 +285,8 @@ def row_note(row: dict[str, Any]) -> str:
         return f"skipped: {row.get('reason', '')}"
     if row.get("status") == "error":
         return f"error: {row.get('error', '')}"
+    if row.get("status") == "interrupted":
+        return f"interrupted: {row.get('reason', '')}"
     notes = []
     if row.get("status") == "rejected":
         notes.append(f"rejected: {row.get('reason', '')}")
@@ -409,7 +419,11 @@ def rich_headline(report: dict[str, Any], title: str = "bench") -> Any:
         if line[-1]:
             notes.append(line[-1])
             mark = f"[{len(notes)}]"
-        style = "dim" if line[-1].startswith("skipped") else ("red" if line[-1].startswith(("error", "rejected")) else None)
+        style = (
+            "dim"
+            if line[-1].startswith("skipped")
+            else ("red" if line[-1].startswith(("error", "rejected", "interrupted")) else None)
+        )
         table.add_row(*[line[i] for i in keep], mark, style=style)
     footer = [Text(f"[{i}] {note}", style="dim") for i, note in enumerate(notes, 1)]
     if not has_energy:
@@ -418,6 +432,21 @@ def rich_headline(report: dict[str, Any], title: str = "bench") -> Any:
 
 
 # ---- files -------------------------------------------------------------------------------------
+
+
+def interrupted_lines(report: dict[str, Any]) -> list[str]:
+    """A partial report (Ctrl-C) says so above its table: where it stopped and what was run."""
+    stopped = [r for r in report["rows"] if r.get("status") == "interrupted"]
+    if not stopped:
+        return []
+    settings = report["settings"]
+    planned = len(settings.get("artifacts") or []) * len(settings.get("devices") or [])
+    of = f" of {planned}" if planned else ""
+    where = ", ".join(f"{r.get('artifact')} on {r.get('device')}" for r in stopped)
+    done = len(report["rows"]) - len(stopped)
+    return [
+        f"- **interrupted** (Ctrl-C) while measuring {where}: a partial report; {done}{of} rows finished before it, the rest were not run"
+    ]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -434,6 +463,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if ev
         else "- evaluation: none (timing only)",
         "- latency in ms per batch (compute-only: preprocessed batch in host memory); e2e includes preprocessing from decoded images",
+        *interrupted_lines(report),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -452,8 +482,22 @@ def render_csv(report: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def plot_unavailable() -> str | None:
+    """Why ``report.png`` cannot be drawn here (a note for the user), or None where matplotlib imports."""
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if (exc.name or "matplotlib").split(".")[0] == "matplotlib":
+            return "report.png not written: it needs matplotlib, which is not installed (pip install matplotlib, or the `train` extra)"
+        return f"report.png not written: matplotlib cannot be imported ({exc}): pip install --force-reinstall matplotlib"
+    except ImportError as exc:
+        return f"report.png not written: matplotlib cannot be imported ({exc}): pip install --force-reinstall matplotlib"
+    return None
+
+
 def render_png(report: dict[str, Any], path: Path) -> None:
-    """Latency and throughput against batch size per artifact x device, and accuracy against latency."""
+    """Latency and throughput against batch size per artifact x device, and accuracy against latency,
+    drawn into ``path`` (``write_report`` passes its staged temporary file). Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,22 +531,42 @@ def render_png(report: dict[str, Any], path: Path) -> None:
     ax_acc.set_ylabel("top-1 %")
     ax_acc.set_title("accuracy vs latency")
     ax_acc.grid(True, alpha=0.3)
-    ax_thr.legend(fontsize=7)
+    if ax_thr.get_legend_handles_labels()[0]:  # nothing timed (all rows skipped, errored or interrupted): no legend
+        ax_thr.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dict[str, Path]:
-    """Write report.{json,csv,md,png} atomically; report.json gets a ``bench-report`` manifest."""
+    """Write report.{json,csv,md,png} together, then report.json's ``bench-report`` manifest (which
+    hashes the others); returns the paths written.
+
+    The files are staged and renamed into place only when all were written (a full disk or Ctrl-C
+    leaves the previous report set whole). Without matplotlib there is no report.png (its absence
+    from the result and ``plot_unavailable()`` say why), and one left by an earlier bench is
+    removed, so the folder never shows a plot of other numbers.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = report_paths(out_dir)
-    atomic_write_json(paths["json"], report)
-    atomic_write_text(paths["csv"], render_csv(report))
-    atomic_write_text(paths["md"], render_markdown(report))
-    render_png(report, paths["png"])
-    ok = [r for r in report["rows"] if r.get("status") == "ok"]
+    every = report_paths(out_dir)
+    formats = ["json", "csv", "md"] if plot_unavailable() else ["json", "csv", "md", "png"]
+    paths = {fmt: every[fmt] for fmt in formats}
+    texts = {
+        "json": json.dumps(report, indent=2, sort_keys=True, default=_jsonable) + "\n",
+        "csv": render_csv(report),
+        "md": render_markdown(report),
+    }
+    with atomic_paths(*paths.values()) as staged:
+        for fmt, tmp in zip(paths, staged):
+            if fmt == "png":
+                render_png(report, tmp)
+            else:
+                tmp.write_bytes(texts[fmt].encode("utf-8"))
+    if "png" not in paths:
+        every["png"].unlink(missing_ok=True)
+    measured = [r for r in report["rows"] if r.get("status") == "ok"]
     write_manifest(
         paths["json"],
         "bench-report",
@@ -510,11 +574,23 @@ def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dic
         provenance={"run": report["settings"].get("run"), "profile": report["settings"].get("profile")},
         metrics={
             "rows": len(report["rows"]),
-            "ok": len(ok),
+            "ok": len(measured),
             "rejected": sum(r.get("status") == "rejected" for r in report["rows"]),
-            "top1": {f"{r['artifact']}@{r['device']}": (r.get("accuracy") or {}).get("top1") for r in ok},
+            "interrupted": sum(r.get("status") == "interrupted" for r in report["rows"]),
+            "top1": {f"{r['artifact']}@{r['device']}": (r.get("accuracy") or {}).get("top1") for r in measured},
         },
-        extra_files=[paths["csv"], paths["md"], paths["png"]],
+        extra_files=[path for fmt, path in paths.items() if fmt != "json"],
         environment=report["environment"],
     )
     return paths
+
+
+def _jsonable(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself: numpy values and arrays, paths, sets and tuples."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

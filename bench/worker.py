@@ -7,12 +7,15 @@ atomically and prints ``progress DONE TOTAL WHAT`` lines for the parent's progre
 
 A job is ``{"kind": "artifact" | "zoo", ...}`` (see ``bench.matrix.artifact_job`` and
 ``bench.zoo.zoo_job``). A row whose device or backend is absent comes back ``skipped`` with the
-reason; any other failure comes back ``error`` with its message.
+reason; any other failure comes back ``error`` with its message. The parent stops a worker
+(timeout, Ctrl-C) with SIGTERM to its process group: the worker unwinds (runners release their
+device) and writes no result; SIGKILL follows after a grace period.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 import traceback
@@ -198,11 +201,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """The parent stops a worker with SIGTERM (timeout, Ctrl-C): unwind, so the runner's context
+    exit releases its device before the SIGKILL that follows the grace period."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m bench.worker JOB.json RESULT.json", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     job = json.loads(Path(args[0]).read_text())
     atomic_write_json(args[1], run_job(job))
     return 0

@@ -417,7 +417,7 @@ def _set(path: str, value: object):
         (_set("rows.0", "torch-fp32"), "rows[0] must be an object"),
         (_drop_artifact, "rows[0] has no 'artifact'"),
         (_set("rows.1.artifact", 7), "rows[1].artifact must be the artifact's bench name, got int"),
-        (_set("rows.2.status", "fine"), "rows[2].status must be one of ok, rejected, error, skipped, got 'fine'"),
+        (_set("rows.2.status", "fine"), "rows[2].status must be one of ok, rejected, error, skipped, interrupted, got 'fine'"),
         (_set("rows.2.cells.0.batch", "1"), "rows[2].cells[0].batch must be the batch size"),
         (_set("rows.2.cells.0.compute", None), "rows[2].cells[0] has no 'compute'"),
         (_set("rows.2.cells.0.compute.p50_ms", True), "rows[2].cells[0].compute.p50_ms must be a number, got True"),
