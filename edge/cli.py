@@ -4,7 +4,8 @@ Each subcommand lives in the module that owns its work; that module provides
 ``add_arguments(parser)`` and ``run(args) -> int | None``. Modules are imported lazily, so
 ``edge camera`` on a Jetson never imports the training code's heavy dependencies.
 
-A user error (``edge.errors.UserError``) prints one line and exits 2; a bug shows its traceback.
+A user error (``edge.errors.UserError``, an ``OSError``, a missing optional package) prints one line
+and exits 2; Ctrl-C exits 130 with one line; a bug shows its traceback (see ``main``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from edge.errors import UserError
+from edge.errors import UserError, missing_module_line, os_error_line
 
 TENSORRT_UNVERIFIED = "TensorRT path: not yet verified on hardware"
 
@@ -34,6 +35,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("edge.pack", "bundle a run's deployable artifacts for copying to a device"),
     "selftest": ("edge.selftest", f"prove the TensorRT path on this device [{TENSORRT_UNVERIFIED}]"),
 }
+
+# command -> the options that name what it writes: (attribute, "file" or "dir"). Checked before the
+# command's work starts (edge.artifacts.check_writable), so an unwritable, read-only, full or
+# mistyped output fails in a second with one line, not after training or a benchmark.
+OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "pretrained": (("out", "dir"),),
+    "train": (("out", "dir"),),
+    "export": (("out", "file"),),
+    "calibrate": (("out", "file"),),
+    "quantize": (("out", "file"),),
+    "engine": (("timing_cache", "file"),),
+    "bench": (("out", "dir"),),
+    "check": (("junit", "file"),),
+    "camera": (("record", "file"), ("jsonl", "file")),
+    "pack": (("out", "file"),),
+    "selftest": (("out", "dir"),),
+}
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse the outputs named on the command line that cannot be written (an OSError naming the path)."""
+    from edge.artifacts import check_writable
+
+    for attribute, kind in OUTPUTS.get(args.command, ()):
+        value = getattr(args, attribute, None)
+        if value is None or str(value) in ("", "-"):
+            continue
+        check_writable(value, directory=kind == "dir")
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -71,21 +100,54 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    selected = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(selected if selected in COMMANDS else "")
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
-    module = importlib.import_module(args._module)
+    """Run one command. The one error path of every command:
+
+    - a user error (``UserError``), an ``OSError`` (permission denied, no space left, read-only file
+      system, is a directory, ...: the path and the errno's plain meaning) and a missing optional
+      package print ONE line on stderr, ``edge CMD: error: ...``, and exit 2;
+    - Ctrl-C, at any point (imports and argument parsing included), prints ``edge CMD: interrupted``
+      and exits 130;
+    - any other exception is a bug and shows its traceback. ``-v`` shows the traceback of the
+      one-line errors too.
+    """
+    command, verbose = "edge", False
     try:
-        result = module.run(args)
-    except UserError as exc:
-        print(f"edge {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        argv = list(sys.argv[1:] if argv is None else argv)
+        selected = next((a for a in argv if not a.startswith("-")), None)
+        if selected in COMMANDS:
+            command = f"edge {selected}"
+        before_command = argv[: argv.index(selected)] if selected is not None else argv
+        verbose = any(a in ("-v", "--verbose") for a in before_command)  # until parse_args has run
+        parser = build_parser(selected if selected in COMMANDS else "")
+        args = parser.parse_args(argv)
+        command, verbose = f"edge {args.command}", args.verbose
+        _setup_logging(args.verbose)
+        check_outputs(args)
+        module = importlib.import_module(args._module)
+        return int(module.run(args) or 0)
     except KeyboardInterrupt:
-        print(f"edge {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
+    except UserError as exc:
+        return _fail(command, str(exc), exc, verbose)
+    except OSError as exc:
+        return _fail(command, os_error_line(exc), exc, verbose)
+    except ImportError as exc:
+        line = missing_module_line(exc, purpose=command)
+        if line is None:  # not an optional package: a bug
+            raise
+        return _fail(command, line, exc, verbose)
+
+
+def _fail(command: str, message: str, exc: BaseException, verbose: bool) -> int:
+    """Print ``edge CMD: error: MESSAGE`` as one line (the traceback first with -v); exit status 2."""
+    if verbose:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip()) or type(exc).__name__
+    print(f"{command}: error: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -164,7 +164,6 @@ class Trainer:
         self.data_fingerprint = hashlib.sha256(
             f"{self.train_split.fingerprint()}|{self.val_split.fingerprint()}".encode()
         ).hexdigest()[:16]
-        self.splits = self._pin_splits(data)
         self.spec = training_spec(config.model, data.classes, config.image_size, _is_gray(self.train_split))
         if resume is not None:
             self._check_resume_data(resume)
@@ -182,6 +181,7 @@ class Trainer:
                 raise UserError(f"--grad-checkpointing needs a timm model; {config.model} is a torchvision model")
             model.set_grad_checkpointing(True)
         self.model = model.to(self.dist.device)
+        self.splits = self._pin_splits(data)  # after the weights loaded: a bad --weights leaves no run folder behind
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.groups = layer_groups(self.model)

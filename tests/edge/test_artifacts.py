@@ -1,11 +1,18 @@
+import errno
 import json
+import os
+import stat
 
 import pytest
 
 from edge.artifacts import (
     MANIFEST_FIELDS,
+    StagedFile,
     atomic_path,
+    atomic_paths,
+    atomic_write_bytes,
     atomic_write_text,
+    check_writable,
     environment_fingerprint,
     is_stale,
     manifest_path,
@@ -16,8 +23,9 @@ from edge.artifacts import (
     verify_file,
     write_manifest,
 )
-from edge.errors import UserError
+from edge.errors import UserError, missing_module_line, os_error_line
 from edge.spec import PreprocessSpec
+from tests.faultsim import can_mount, fill, modes_bite, modes_enforced, remount_read_only, tmpfs
 
 SPEC = PreprocessSpec(input_size=32, resize_size=32, crop="resize", labels=["a", "b"])
 
@@ -135,3 +143,343 @@ def test_environment_fingerprint_lists_cpu_flags():
     assert isinstance(env["cpu_flags"], list)
     assert env["cpu_count"] >= 1
     assert len(env["machine_fingerprint"]) == 16
+
+
+# ---- atomic writes: modes, durability, refusals, no temporary file left (issue 13) --------------------
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test; restored after."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda value: os.umask(value)
+    os.umask(previous)
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mask, expected):
+    umask(mask)
+    atomic_write_text(tmp_path / "report.md", "hello")
+    with atomic_path(tmp_path / "model.onnx") as tmp:  # a writer that truncates and rewrites the path
+        tmp.write_bytes(b"onnx")
+    assert _mode(tmp_path / "report.md") == expected
+    assert _mode(tmp_path / "model.onnx") == expected
+
+
+def test_a_writer_that_replaces_the_temporary_file_still_gets_the_umask_mode(tmp_path, umask):
+    umask(0o022)
+    with atomic_path(tmp_path / "x.bin") as tmp:
+        other = tmp_path / "elsewhere"
+        other.write_bytes(b"data")
+        other.chmod(0o600)
+        os.replace(other, tmp)
+    assert _mode(tmp_path / "x.bin") == 0o644
+
+
+def test_the_file_is_fsynced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append(kind)
+        real_fsync(fd)
+
+    def replace(src, dst, **kwargs):
+        events.append("rename")
+        real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert events == ["file", "rename", "dir"]
+
+
+def test_the_temporary_file_is_in_the_targets_own_directory(tmp_path, monkeypatch):
+    seen = []
+    real_open = os.open
+
+    def spy(path, flags, mode=0o777, **kwargs):
+        seen.append(str(path))
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    atomic_write_text(tmp_path / "sub" / "junit.xml", "<x/>")
+    created = [p for p in seen if p.endswith(".tmp")]
+    assert created and all(os.path.dirname(p) == str(tmp_path / "sub") for p in created)
+    assert _names(tmp_path / "sub") == ["junit.xml"]
+
+
+def test_a_directory_target_is_refused_before_anything_is_written(tmp_path):
+    """`edge check --junit /tmp` once made its temporary file in `/`: a directory target is refused first."""
+    target = tmp_path / "ci"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        atomic_write_text(target, "<x/>")
+    assert caught.value.filename == str(target) and caught.value.edge_action == "write"
+    assert os_error_line(caught.value) == f"cannot write {target}: is a directory (give a file name)"
+    assert _names(tmp_path) == ["ci"] and _names(target) == []
+
+
+def test_a_missing_place_names_the_target_not_the_temporary(tmp_path):
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    with pytest.raises(FileNotFoundError) as caught:
+        atomic_write_bytes("/proc/cal.npy", b"x")
+    assert os_error_line(caught.value) == "cannot write /proc/cal.npy: no such file or directory"
+
+
+def test_a_file_where_a_directory_must_be(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError) as caught:
+        atomic_write_text(tmp_path / "file" / "out.json", "{}")
+    assert caught.value.filename == str(tmp_path / "file" / "out.json")
+
+
+@pytest.mark.skipif(not modes_bite(), reason="file modes cannot be made to bite here (root without capset)")
+def test_an_unwritable_directory_names_the_target_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    atomic_write_text(folder / "out.json", "old")
+    folder.chmod(0o555)
+    try:
+        with modes_enforced(), pytest.raises(PermissionError) as caught:
+            atomic_write_text(folder / "out.json", "new")
+    finally:
+        folder.chmod(0o755)
+    assert os_error_line(caught.value) == f"cannot write {folder / 'out.json'}: permission denied"
+    assert _names(folder) == ["out.json"] and (folder / "out.json").read_text() == "old"
+
+
+@pytest.mark.skipif(not modes_bite(), reason="file modes cannot be made to bite here (root without capset)")
+def test_a_read_only_target_is_refused_and_kept(tmp_path):
+    target = tmp_path / "baseline.json"
+    target.write_text("old")
+    target.chmod(0o444)
+    try:
+        with modes_enforced(), pytest.raises(PermissionError) as caught:
+            atomic_write_text(target, "new")
+    finally:
+        target.chmod(0o644)
+    assert "the file is read-only" in os_error_line(caught.value)
+    assert target.read_text() == "old" and _names(tmp_path) == ["baseline.json"]
+
+
+def test_a_full_disk_while_writing_names_the_target_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """ENOSPC on flush (the fsync before the rename): simulated in-process on any machine."""
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(target, b"new" * 1000)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert os_error_line(caught.value).startswith(f"cannot write {target}: no space left on device")
+    assert target.read_bytes() == b"old" and _names(tmp_path) == ["model.onnx"]
+
+
+@pytest.mark.skipif(not can_mount(), reason="a real full disk needs root and mount (a tmpfs)")
+def test_a_real_full_disk_and_a_cpp_writer(tmp_path):
+    """A 64 KiB tmpfs filled to the last byte: Python writers get ENOSPC; a writer that reports it
+    as another exception (torch.save says RuntimeError) is told apart by the free space left."""
+    with tmpfs(tmp_path / "full") as folder:
+        (folder / "old.bin").write_bytes(b"old")
+        fill(folder)
+        with pytest.raises(OSError) as caught:
+            atomic_write_bytes(folder / "old.bin", b"x" * 10000)
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(folder / "old.bin")
+        with pytest.raises(OSError) as caught, atomic_path(folder / "new.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # torch.save's words
+        assert caught.value.errno == errno.ENOSPC and isinstance(caught.value.__cause__, RuntimeError)
+        assert (folder / "old.bin").read_bytes() == b"old"
+        assert _names(folder) == [".filler", "old.bin"]
+
+
+@pytest.mark.skipif(not can_mount(), reason="a read-only file system needs root and mount (a tmpfs remounted ro)")
+def test_a_read_only_file_system(tmp_path):
+    with tmpfs(tmp_path / "ro") as folder:
+        (folder / "old.bin").write_bytes(b"old")
+        remount_read_only(folder)
+        for target in (folder / "old.bin", folder / "new.bin"):
+            with pytest.raises(OSError) as caught:
+                atomic_write_bytes(target, b"new")
+            assert os_error_line(caught.value) == f"cannot write {target}: read-only file system"
+        assert _names(folder) == ["old.bin"]
+
+
+def test_an_input_error_inside_the_block_keeps_its_own_path(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught, atomic_path(tmp_path / "out.bin") as tmp:
+        tmp.write_bytes((tmp_path / "missing-input").read_bytes())
+    assert caught.value.filename == str(tmp_path / "missing-input")
+    assert not hasattr(caught.value, "edge_action") and _names(tmp_path) == []
+
+
+def test_a_keyboard_interrupt_leaves_no_temporary_file(tmp_path):
+    atomic_write_text(tmp_path / "out.bin", "old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "out.bin") as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert _names(tmp_path) == ["out.bin"] and (tmp_path / "out.bin").read_text() == "old"
+
+
+def test_atomic_paths_renames_all_or_none(tmp_path):
+    json_path, png_path = tmp_path / "report.json", tmp_path / "report.png"
+    for path in (json_path, png_path):
+        path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_paths(json_path, png_path) as (tmp_json, tmp_png):
+        tmp_json.write_text("new")
+        raise RuntimeError("the PNG failed")
+    assert json_path.read_text() == png_path.read_text() == "old" and len(_names(tmp_path)) == 2
+    with atomic_paths(json_path, png_path) as (tmp_json, tmp_png):
+        tmp_json.write_text("new json")
+        tmp_png.write_text("new png")
+    assert (json_path.read_text(), png_path.read_text()) == ("new json", "new png")
+    assert _names(tmp_path) == ["report.json", "report.png"]
+
+
+def test_check_writable_refuses_before_the_work_and_creates_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    check_writable(tmp_path / "new" / "deeper" / "out.onnx")  # missing folders are created later
+    check_writable(tmp_path / "new-run", directory=True)
+    check_writable(tmp_path / "dir", directory=True)
+    with pytest.raises(IsADirectoryError):
+        check_writable(tmp_path / "dir")
+    with pytest.raises(NotADirectoryError) as caught:
+        check_writable(tmp_path / "file", directory=True)
+    assert os_error_line(caught.value) == f"cannot write {tmp_path / 'file'}: exists and is not a directory"
+    with pytest.raises(NotADirectoryError):
+        check_writable(tmp_path / "file" / "x.json")
+    assert _names(tmp_path) == ["dir", "file"] and _names(tmp_path / "dir") == []
+
+
+@pytest.mark.skipif(not can_mount(), reason="a full disk needs root and mount (a tmpfs)")
+def test_check_writable_refuses_a_full_disk(tmp_path):
+    with tmpfs(tmp_path / "full") as folder:
+        fill(folder)
+        with pytest.raises(OSError) as caught:
+            check_writable(folder / "report.json")
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(folder / "report.json")
+
+
+# ---- manifests of the wrong shape are user errors naming the file and the field ---------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("manifest_version", "x", "'manifest_version' must be a whole number, not a string"),
+        ("manifest_version", True, "'manifest_version' must be a whole number, not a boolean"),
+        ("manifest_version", 0, "manifest version 0 is not a version"),
+        ("environment", None, "'environment' must be an object, not null"),
+        ("provenance", [], "'provenance' must be an object, not a list"),
+        ("metrics", "fast", "'metrics' must be an object, not a string"),
+        ("size_bytes", "12", "'size_bytes' must be a whole number, not a string"),
+        ("size_bytes", -1, "'size_bytes' is negative"),
+        ("sha256", 12, "'sha256' must be a string, not a number"),
+        ("kind", None, "'kind' must be a string, not null"),
+        ("parent_sha256", 1.5, "'parent_sha256' must be a string or null, not a number"),
+        ("created_at", None, "'created_at' must be a string"),
+        ("extra_files", ["a"], "'extra_files' must be an object, not a list"),
+        ("extra_files", {"a.data": 3}, "'extra_files' must map file names to sha256 strings"),
+        ("spec", "16px", "'spec' must be an object or null, not a string"),
+        ("spec", {"input_size": "x", "resize_size": 16}, "'spec' is not a valid preprocess spec"),
+        ("spec", {"input_size": 16, "resize_size": 16, "labels": 5}, "'spec' is not a valid preprocess spec"),
+        ("spec", {"input_size": 16, "resize_size": 16, "mean": "abc"}, "'spec' is not a valid preprocess spec"),
+    ],
+)
+def test_a_manifest_field_of_the_wrong_type_is_a_user_error(artifact, field, value, message):
+    _, child = artifact
+    path = manifest_path(child)
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as caught:
+        read_manifest(child)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is not a readable manifest"),
+        (b'{"kind": "onnx", "fi', "is not a readable manifest"),
+        (b"\xff\xfe\x00\x81garbage", "is not a readable manifest"),
+        (b"[1, 2]", "a manifest must be a JSON object, not a list"),
+        (b"null", "a manifest must be a JSON object, not null"),
+    ],
+)
+def test_a_corrupt_manifest_is_a_user_error(artifact, content, message):
+    _, child = artifact
+    manifest_path(child).write_bytes(content)
+    with pytest.raises(UserError) as caught:
+        read_manifest(child)
+    assert str(manifest_path(child)) in str(caught.value) and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_manifest_that_is_a_directory_is_a_user_error(tmp_path):
+    lone = tmp_path / "x.onnx"
+    lone.write_bytes(b"")
+    manifest_path(lone).mkdir()
+    with pytest.raises(UserError, match="cannot read the manifest .*: is a directory"):
+        read_manifest(lone)
+
+
+# ---- the one-line messages ----------------------------------------------------------------------------
+
+
+def test_os_error_lines():
+    assert os_error_line(PermissionError(errno.EACCES, "Permission denied", "/x")) == "/x: permission denied"
+    assert os_error_line(OSError(errno.EROFS, "Read-only file system", "/x", None, "/y")) == "/x -> /y: read-only file system"
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device")) == (
+        "no space left on device (free some space or write elsewhere)"
+    )
+    assert os_error_line(OSError("a library's own words")) == "a library's own words"
+    written = OSError(errno.EDQUOT, "Disk quota exceeded", "/x")
+    written.edge_action = "write"
+    assert os_error_line(written).startswith("cannot write /x: disk quota exceeded")
+
+
+def test_missing_module_lines_name_the_extra():
+    line = missing_module_line(ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib"), "edge bench")
+    assert line == (
+        "edge bench needs the Python package 'matplotlib', which is not installed: "
+        "pip install 'edge-harness[train]' (or `make install`)"
+    )
+    assert "opencv-python" in missing_module_line(ModuleNotFoundError(name="cv2"))
+    assert "[cpu]" in missing_module_line(ModuleNotFoundError(name="onnxruntime.quantization"))
+    assert missing_module_line(ModuleNotFoundError(name="edge.nonexistent")) is None
+
+
+def test_a_staged_file_for_long_lived_writers(tmp_path, umask):
+    umask(0o022)
+    target = tmp_path / "frames.jsonl"
+    target.write_text("old\n")
+    staged = StagedFile(target)
+    with open(staged.create(), "w") as handle:
+        handle.write('{"frame": 0}\n')
+    assert target.read_text() == "old\n"  # nothing moves before commit
+    staged.flush()
+    assert staged.commit() == target and target.read_text() == '{"frame": 0}\n' and _mode(target) == 0o644
+    abandoned = StagedFile(target)
+    abandoned.create().write_text("half")
+    abandoned.discard()
+    abandoned.discard()
+    assert _names(tmp_path) == ["frames.jsonl"] and target.read_text() == '{"frame": 0}\n'
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        StagedFile(tmp_path / "dir.jsonl").create()
+    assert os_error_line(caught.value) == f"cannot write {tmp_path / 'dir.jsonl'}: is a directory (give a file name)"
