@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.timing import TimingWindow, percentile_samples_needed
-from edge.artifacts import artifact_spec
+from edge.artifacts import artifact_spec, verify_artifact
 from edge.errors import UserError
 
 if TYPE_CHECKING:
@@ -169,6 +169,8 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     window = _timing_window(settings)
     run_dir = RunDir.open(args.run)
     artifacts = select_artifacts(run_dir, args.artifacts)
+    for path in artifacts.values():  # before any worker starts: a damaged file is one line, not an error row
+        verify_artifact(path)
     eval_plan, eval_info, labels = _evaluation(args, settings, artifacts)
     plan = BenchPlan(
         run=run_dir.root,

@@ -668,13 +668,49 @@ def update_metrics(artifact: str | os.PathLike[str], metrics: dict[str, Any]) ->
     return manifest
 
 
+# The command that makes each kind again (RUN is the artifact's run directory).
+_REMAKE = {
+    "checkpoint": "`edge train --out {run}` (or `edge pretrained --out {run}`)",
+    "onnx": "`edge export {run}`",
+    "onnx-int8-cpu": "`edge quantize {run} --target cpu`",
+    "onnx-int8-trt": "`edge quantize {run} --target trt`",
+    "engine": "`edge engine {run} --precision {precision}`",
+    "calibration": "`edge calibrate {run}`",
+    "bench-report": "`edge bench {run}`",
+    "bundle": "`edge pack {run}`",
+    "video": "delete it (the demo video is written again)",
+}
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> the sha256 found to match
+
+
 def verify_file(artifact: str | os.PathLike[str]) -> Manifest:
-    """Read the manifest and check that the file still has the recorded sha256."""
-    manifest = read_manifest(artifact)
-    actual = sha256_file(artifact)
-    if actual != manifest.sha256:
-        raise UserError(f"{artifact} does not match its manifest (sha256 changed): rebuild it")
+    """Read the manifest and check that the file still has the recorded sha256; a mismatched pair
+    (the file changed, was cut short or replaced after its manifest was written) is a UserError
+    naming the command that makes it again. Hashing is cached by path, size and mtime, so a reader
+    pays for it once per process."""
+    path = Path(artifact)
+    manifest = read_manifest(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if _VERIFIED.get(key) == manifest.sha256:
+        return manifest
+    if sha256_file(path) != manifest.sha256:
+        run = path.parent.parent.parent if manifest.kind == "engine" else path.parent
+        remake = _REMAKE.get(manifest.kind, "the edge command that made it").format(
+            run=run, precision=manifest.provenance.get("precision", "PRECISION")
+        )
+        raise UserError(
+            f"{path} does not match its manifest {manifest_path(path).name} (sha256 differs: the file changed or "
+            f"was cut short after it was made): make it again with {remake}"
+        )
+    _VERIFIED[key] = manifest.sha256
     return manifest
+
+
+def verify_artifact(artifact: str | os.PathLike[str]) -> Manifest | None:
+    """:func:`verify_file` for an artifact with a manifest; None for a bare file (a user's own ONNX
+    model, say), which has nothing to be checked against."""
+    return verify_file(artifact) if manifest_path(artifact).exists() else None
 
 
 def is_stale(artifact: str | os.PathLike[str], parent: str | os.PathLike[str]) -> bool | None:

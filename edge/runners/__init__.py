@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import artifact_spec
+from edge.artifacts import artifact_spec, verify_artifact
 from edge.errors import UserError
 from edge.runners.base import DEVICES, Runner, RunnerInputError
 from edge.runners.tensorrt_engines import pick_engine, require_tensorrt, tensorrt_available
@@ -84,6 +84,7 @@ def select_runner(
     if device not in DEVICES:
         raise UserError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
     path = resolve_artifact(artifact, backend=backend, device=device)
+    verify_artifact(path)  # a file that no longer matches its manifest is refused, with the command that remakes it
     file_backend = _SUFFIX_BACKEND.get(path.suffix)
     if file_backend is None:
         raise UserError(f"{path}: unknown artifact type {path.suffix!r} (expected .pt, .onnx or .engine)")

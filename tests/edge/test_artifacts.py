@@ -3,6 +3,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from edge.artifacts import (
@@ -483,3 +484,22 @@ def test_a_staged_file_for_long_lived_writers(tmp_path, umask):
     with pytest.raises(IsADirectoryError) as caught:
         StagedFile(tmp_path / "dir.jsonl").create()
     assert os_error_line(caught.value) == f"cannot write {tmp_path / 'dir.jsonl'}: is a directory (give a file name)"
+
+
+def test_a_reader_refuses_a_file_that_no_longer_matches_its_manifest(tmp_path):
+    """select_runner (bench workers, camera, selftest) checks the pair once per file and process."""
+    from edge.runners import select_runner
+    from tests.edge.tensorrt.test_build import SPEC, tiny_onnx
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = tiny_onnx(run / "model.onnx")
+    write_manifest(model, "onnx", SPEC, environment={"hostname": "t"})
+    with select_runner(model, "cpu") as runner:
+        assert runner.infer(np.zeros((1, *SPEC.input_shape), np.float32)).shape == (1, len(SPEC.labels))
+    model.write_bytes(model.read_bytes()[:-20])  # cut short after its manifest was written
+    with pytest.raises(UserError, match=rf"model.onnx does not match its manifest model.onnx.json .* `edge export {run}`"):
+        select_runner(run, "cpu")
+    bare = tiny_onnx(tmp_path / "bare.onnx")  # a user's own model without a manifest: nothing to check
+    with select_runner(bare, "cpu") as runner:
+        assert runner.infer(np.zeros((2, *SPEC.input_shape), np.float32)).shape == (2, len(SPEC.labels))
