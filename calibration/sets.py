@@ -164,14 +164,15 @@ def load_calibration_set(path_or_run: str | os.PathLike[str], spec: PreprocessSp
 
 
 def photo_calibration_set(run_dir: str | os.PathLike[str], count: int = 48, seed: int = 0) -> CalibrationSet:
-    """A calibration set of scikit-image photos and their crops, for a model with no data here
-    (the ImageNet-pretrained Lite0)."""
+    """A calibration set of crops of the scikit-image photos, for a model with no data here (the
+    ImageNet-pretrained Lite0): the calibration role of ``edge.photos.photo_set``, which shares no
+    image with the val and test photo sets that quantize evaluates on."""
     from edge.photos import photo_set
 
     run = RunDir.open(run_dir)
     spec = artifact_spec(run.root)
-    images = photo_set(count, seed)
-    ids = [f"photo:{i}" for i in range(len(images))]
+    images = photo_set(count, seed, role="calibration")
+    ids = [f"photo:calibration:{i}" for i in range(len(images))]
     return store_calibration_set(
         run, spec, images, ids, np.full(len(images), -1), data="scikit-image photos", seed=seed, requested=count
     )

@@ -314,7 +314,7 @@ def verification_images(
         return [split.image(i) for i in range(len(split))], f"{pinned.data}:{'external' if pinned.external else 'test'}"
     from edge.photos import photo_set
 
-    photos = photo_set(limit, seed=0)
+    photos = photo_set(limit, seed=0, role="test")  # the test role: no calibration photo among them
     return photos, "scikit-image photos"
 
 

@@ -3,23 +3,44 @@
 The bundle holds the ONNX models, INT8 models and engines with their ``.json`` manifests (plus any
 external-data files they list) — no checkpoint, no calibration data, no bench reports. Unpack it
 on the device and point ``edge camera`` or ``edge bench`` at the directory.
+
+An artifact whose maker did not accept it (manifest metrics ``accepted: false``: an INT8 model that
+missed `edge quantize`'s budget on the test split, or an engine built from one with --force) is
+refused, unless --force, which bundles it and records it in the bundle's manifest.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from edge.artifacts import atomic_path, manifest_path, read_manifest, write_manifest
 from edge.errors import UserError
 from edge.run import RunDir
 
+log = logging.getLogger(__name__)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory")
     parser.add_argument("--out", default=None, help="archive path (default: RUN/<name>-deploy.tar.gz)")
+    parser.add_argument(
+        "--force", action="store_true", help="bundle artifacts that edge quantize did not accept (manifest accepted: false)"
+    )
+
+
+def not_accepted(metrics: dict[str, Any], file: str) -> str | None:
+    """Why an artifact's maker did not accept it (manifest metrics ``accepted: false``), else None."""
+    accepted = metrics.get("accepted")
+    if accepted is None or accepted is True:
+        return None
+    if accepted is not False:
+        raise UserError(f"{file}'s manifest says accepted: {accepted!r} (not true or false): rebuild it")
+    return str(metrics.get("reason") or "manifest accepted: false")
 
 
 def deployable_files(run: RunDir) -> list[Path]:
@@ -36,26 +57,52 @@ def deployable_files(run: RunDir) -> list[Path]:
     return files
 
 
-def pack_run(run_path: str | Path, out: str | Path | None = None) -> Path:
+def unaccepted_artifacts(run: RunDir, files: list[Path]) -> dict[str, str]:
+    """Bundled artifacts (run-relative) that their maker did not accept, with the reason."""
+    found = {}
+    for path in files:
+        if manifest_path(path).exists() and path.suffix != ".json":
+            reason = not_accepted(read_manifest(path).metrics, path.name)
+            if reason is not None:
+                found[str(path.relative_to(run.root))] = reason
+    return found
+
+
+def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
+    """Write the bundle; refuse an unaccepted artifact (``accepted: false``) unless ``force``."""
     run = RunDir.open(run_path)
     files = deployable_files(run)
     if not files:
         raise UserError(f"{run.root} has no deployable artifacts: run `edge export {run.root}` first")
+    rejected = unaccepted_artifacts(run, files)
+    if rejected and not force:
+        first, reason = next(iter(rejected.items()))
+        more = f" (and {len(rejected) - 1} more: {', '.join(list(rejected)[1:])})" if len(rejected) > 1 else ""
+        raise UserError(
+            f"{first} was not accepted: {reason}{more}; requantize it, delete it, or pass --force to bundle it anyway"
+        )
+    for name, reason in rejected.items():
+        log.warning("bundling %s although it was not accepted (--force): %s", name, reason)
     out = Path(out) if out else run.root / f"{run.root.name}-deploy.tar.gz"
     contents = [str(f.relative_to(run.root)) for f in files]
     with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
         for path, arcname in zip(files, contents):
             archive.add(path, arcname=f"{run.root.name}/{arcname}")
-    write_manifest(out, "bundle", None, provenance={"run": str(run.root), "contents": contents})
+    write_manifest(out, "bundle", None, provenance={"run": str(run.root), "contents": contents, "not_accepted": rejected})
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    out = pack_run(args.run, args.out)
+    out = pack_run(args.run, args.out, force=args.force)
     manifest = read_manifest(out)
     print(
         json.dumps(
-            {"bundle": str(out), "size_mb": round(manifest.size_bytes / 1e6, 2), "contents": manifest.provenance["contents"]},
+            {
+                "bundle": str(out),
+                "size_mb": round(manifest.size_bytes / 1e6, 2),
+                "contents": manifest.provenance["contents"],
+                **({"not_accepted": manifest.provenance["not_accepted"]} if manifest.provenance["not_accepted"] else {}),
+            },
             indent=2,
         )
     )

@@ -1,7 +1,8 @@
 """How a quantized model compares with its float parent, every model run through the Runner contract.
 
 Owns the evaluation sets (a split of the run's data, or scikit-image photos where no labelled data
-exists: the parent's own top-1 is then the label, which the metrics say), the logits of a model over
+exists: then only the agreement with the float parent is measured, and top-1 and the drop are
+null), the logits of a model over
 a set (:func:`predict`, ONNX Runtime's runner in batches), the comparison (top-1 and top-5 against
 the labels, the drop in points and the top-1 agreement, all in percent), interleaved throughput of
 several models, and the per-layer diagnostics auto ranks layers by: activation SQNR per tensor
@@ -72,12 +73,13 @@ def eval_set_from_data(
     return EvalSet(f"{data or images.source}:{split}", tensor, np.asarray(images.labels))
 
 
-def eval_set_from_photos(count: int, spec: PreprocessSpec, seed: int) -> EvalSet:
-    """scikit-image photos and crops, unlabelled (for a model without its data here)."""
+def eval_set_from_photos(count: int, spec: PreprocessSpec, role: str, seed: int = 0) -> EvalSet:
+    """``count`` scikit-image photos and crops of one role (``val`` or ``test``: disjoint from each
+    other and from the calibration photos), unlabelled (for a model without its data here)."""
     from edge.photos import photo_set
 
     return EvalSet(
-        f"scikit-image photos (seed {seed}, labels = float parent's top-1)", spec.apply_batch(photo_set(count, seed)), None
+        f"scikit-image photos:{role} (seed {seed}, unlabelled)", spec.apply_batch(photo_set(count, seed, role=role)), None
     )
 
 
@@ -161,24 +163,35 @@ def percent(count: int, total: int) -> float:
 
 
 def compare(parent_logits: np.ndarray, child_logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-    """Top-1/top-5 of child and parent and the top-1 agreement in percent, the drop in points."""
+    """Top-1/top-5 of child and parent and the top-1 agreement in percent, the drop in points.
+
+    Without labels only the agreement (and its flips) is measured: top-1, top-5 and the drop are
+    None (``labelled: false``), never the parent's own predictions scored as if they were truth."""
     parent_top1 = parent_logits.argmax(1)
-    truth = parent_top1 if labels is None else labels
-    total = int(len(truth))
-    correct = int(np.count_nonzero(topk_correct(child_logits, truth, 1)))
-    parent_correct = int(np.count_nonzero(topk_correct(parent_logits, truth, 1)))
+    total = int(len(parent_top1))
     flips = int(np.count_nonzero(child_logits.argmax(1) != parent_top1))
-    return {
-        "top1": percent(correct, total),
-        "top5": percent(int(np.count_nonzero(topk_correct(child_logits, truth, 5))), total),
-        "parent_top1": percent(parent_correct, total),
-        "parent_top5": percent(int(np.count_nonzero(topk_correct(parent_logits, truth, 5))), total),
-        "drop_points": round(percent(parent_correct - correct, total), 4),
+    figures: dict[str, Any] = {
+        "top1": None,
+        "top5": None,
+        "parent_top1": None,
+        "parent_top5": None,
+        "drop_points": None,
         "agreement": percent(total - flips, total),
         "flips": flips,
         "eval_count": total,
         "labelled": labels is not None,
     }
+    if labels is not None:
+        correct = int(np.count_nonzero(topk_correct(child_logits, labels, 1)))
+        parent_correct = int(np.count_nonzero(topk_correct(parent_logits, labels, 1)))
+        figures.update(
+            top1=percent(correct, total),
+            top5=percent(int(np.count_nonzero(topk_correct(child_logits, labels, 5))), total),
+            parent_top1=percent(parent_correct, total),
+            parent_top5=percent(int(np.count_nonzero(topk_correct(parent_logits, labels, 5))), total),
+            drop_points=round(percent(parent_correct - correct, total), 4),
+        )
+    return figures
 
 
 def layer_errors(

@@ -6,6 +6,10 @@ precision control; build_settings() is the only place that branches on the versi
 RUN/engines/<gpu>-sm<cc>-trt<version>/ (names from :mod:`edge.run`), with an optimization profile
 over the batch sizes asked for and a persistent timing cache.
 
+An INT8 engine is refused when `edge quantize` did not accept its QDQ parent (manifest
+``accepted: false``), unless --force; an engine built so carries ``accepted: false`` and the reason
+in its own manifest, so that `edge pack`, `edge bench` and `edge check` see it too.
+
 TensorRT path: not yet verified on hardware. Everything here was written from NVIDIA's API notes
 and type-checked against tensorrt-stubs; `edge selftest --tensorrt` proves it on a device.
 """
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.artifacts import artifact_spec, is_stale, read_manifest, write_manifest
+from edge.artifacts import artifact_spec, is_stale, manifest_path, read_manifest, write_manifest
 from edge.errors import UserError
 from edge.run import ONNX_FP16_AUTOCAST, TIMING_CACHE, RunDir, engine_precision, trt_version_tuple
 from edge.runners.tensorrt_engines import engine_compatibility, import_tensorrt, runtime_environment
@@ -107,6 +111,31 @@ def engine_parent(run: RunDir, precision: str) -> Path:
     return run.int8_trt if precision == "int8" else run.onnx
 
 
+def parent_rejection(parent: Path) -> str | None:
+    """Why `edge quantize` did not accept ``parent`` (its manifest says ``accepted: false``), else
+    None (accepted, or no verdict recorded)."""
+    if not manifest_path(parent).exists():
+        return None
+    metrics = read_manifest(parent).metrics
+    accepted = metrics.get("accepted")
+    if accepted is None or accepted is True:
+        return None
+    if accepted is not False:
+        raise UserError(f"{parent.name}'s manifest says accepted: {accepted!r} (not true or false): requantize it")
+    return str(metrics.get("reason") or "manifest accepted: false")
+
+
+def refuse_unaccepted(run: RunDir, precision: str) -> None:
+    """The one-line refusal to build from a parent that `edge quantize` did not accept."""
+    parent = engine_parent(run, precision)
+    reason = parent_rejection(parent)
+    if reason is not None:
+        raise UserError(
+            f"{parent.name} was not accepted by edge quantize ({reason}): requantize it "
+            f"(`edge quantize {run.root} --target trt`), or pass --force to build the {precision} engine anyway"
+        )
+
+
 # ---- building ---------------------------------------------------------------------------------
 
 
@@ -122,6 +151,7 @@ class BuildRequest:
     timing_cache: Path | None
     version_compatible: bool
     rebuild_stale: bool
+    force: bool = False  # build from a parent that edge quantize did not accept
 
 
 def validate_request(
@@ -133,8 +163,10 @@ def validate_request(
     timing_cache: str | os.PathLike[str] | None = None,
     version_compatible: bool = False,
     rebuild_stale: bool = False,
+    force: bool = False,
 ) -> BuildRequest:
-    """Check every argument and input file before any TensorRT work starts."""
+    """Check every argument and input file before any TensorRT work starts (an int8 parent that
+    edge quantize did not accept is refused unless ``force``)."""
     if precision is None and not rebuild_stale:
         raise UserError("give --precision fp32|fp16|int8 (or --rebuild-stale to rebuild this run's stale engines)")
     if precision is not None and precision not in PRECISIONS:
@@ -158,8 +190,10 @@ def validate_request(
             else f"make it with `edge export {run_dir.root}`"
         )
         run_dir.require(engine_parent(run_dir, p), how)
+        if not force:
+            refuse_unaccepted(run_dir, p)
     return BuildRequest(
-        run_dir, precisions, batch_range, float(workspace_gib), dla_core, cache, version_compatible, rebuild_stale
+        run_dir, precisions, batch_range, float(workspace_gib), dla_core, cache, version_compatible, rebuild_stale, force
     )
 
 
@@ -183,13 +217,26 @@ def stale_precisions(run: RunDir, env: dict[str, str]) -> list[str]:
     return sorted(found, key=PRECISIONS.index)
 
 
+def with_stale(request: BuildRequest, stale: list[str]) -> list[str]:
+    """The requested precisions plus the ``stale`` ones to rebuild; a stale engine whose parent edge
+    quantize did not accept is left alone (with a warning) unless --force."""
+    precisions = list(request.precisions)
+    for precision in stale:
+        reason = None if request.force else parent_rejection(engine_parent(request.run, precision))
+        if reason is not None:
+            log.warning("not rebuilding the stale %s engine: its parent was not accepted (%s); --force does", precision, reason)
+        elif precision not in precisions:
+            precisions.append(precision)
+    return precisions
+
+
 def build_engines(request: BuildRequest) -> list[dict[str, Any]]:
     """Build the requested (and, with rebuild_stale, the stale) engines; one result row each."""
     trt_module = import_tensorrt()
     env = runtime_environment()
     precisions = list(request.precisions)
     if request.rebuild_stale:
-        precisions += [p for p in stale_precisions(request.run, env) if p not in precisions]
+        precisions = with_stale(request, stale_precisions(request.run, env))
         if not precisions:
             log.info("no stale engines in %s for this machine", request.run.root)
     for precision in precisions:  # fail before the first build, not between builds
@@ -239,7 +286,9 @@ def _build_one(trt_module: Any, request: BuildRequest, precision: str, env: dict
         "build_seconds": round(time.perf_counter() - started, 1),
         "verified_on_hardware": False,
     }
-    write_manifest(target, "engine", spec, parent=parent, provenance=provenance)
+    reason = parent_rejection(parent)  # built with --force: the engine is no more accepted than its parent
+    metrics = {"accepted": False, "reason": f"built with --force from {parent.name}, not accepted: {reason}"} if reason else None
+    write_manifest(target, "engine", spec, parent=parent, provenance=provenance, metrics=metrics)
     return {"precision": precision, "engine": str(target), "size_mb": target.stat().st_size / 1e6, **provenance}
 
 

@@ -3,7 +3,8 @@
     edge engine RUN --precision fp16 --batch 1:8:32
 
 writes RUN/engines/<gpu>-sm<cc>-trt<version>/model.<precision>.engine and its manifest, so one
-machine's engines never overwrite another's. FP32 and FP16 engines come from model.onnx, INT8 from
+machine's engines never overwrite another's. An int8 engine is refused when edge quantize did not
+accept model.int8-trt.onnx (its manifest says accepted: false), unless --force. FP32 and FP16 engines come from model.onnx, INT8 from
 the TensorRT-targeted QDQ model (model.int8-trt.onnx, explicit quantization, no calibrator).
 TensorRT 10.x and 11.x differ in precision control; build_settings() is the only place that branches
 on the version. Loading an engine built by another TensorRT or for another GPU is refused
@@ -33,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing-cache", default=None, metavar="PATH", help="timing cache file (default: beside the engine)")
     parser.add_argument("--version-compatible", action="store_true", help="build an engine later TensorRT versions can run")
     parser.add_argument("--rebuild-stale", action="store_true", help="also rebuild this run's stale or incompatible engines")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="build int8 from a model.int8-trt.onnx that edge quantize did not accept (the engine is marked so too)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         args.timing_cache,
         args.version_compatible,
         args.rebuild_stale,
+        args.force,
     )
     rows = build_engines(request)
     from rich.console import Console

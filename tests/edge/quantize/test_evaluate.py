@@ -21,8 +21,9 @@ def test_compare_reports_percentages_and_points() -> None:
     assert result["drop_points"] == 25.0
     assert result["agreement"] == 75.0 and result["flips"] == 1
     assert result["top5"] == result["parent_top5"] == 100.0  # 4 classes: top-5 holds every class
-    unlabelled = compare(parent, child, None)
-    assert unlabelled["parent_top1"] == 100.0 and unlabelled["top1"] == 75.0 and unlabelled["labelled"] is False
+    unlabelled = compare(parent, child, None)  # agreement only: nothing scored against the parent's own predictions
+    assert unlabelled["labelled"] is False and unlabelled["agreement"] == 75.0 and unlabelled["flips"] == 1
+    assert all(unlabelled[k] is None for k in ("top1", "top5", "parent_top1", "parent_top5", "drop_points"))
 
 
 @pytest.fixture(scope="module")

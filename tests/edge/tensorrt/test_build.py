@@ -107,13 +107,19 @@ def test_engine_folder_names_machine_and_version():
     )
 
 
-def run_dir_with_onnx(tmp_path: Path, int8: bool = False) -> RunDir:
+def run_dir_with_onnx(tmp_path: Path, int8: bool = False, accepted: bool | None = None) -> RunDir:
+    """A run with a tiny model.onnx; ``int8``: a stand-in model.int8-trt.onnx whose manifest says
+    ``accepted`` (None: no verdict recorded, as before acceptance was)."""
     run = RunDir(tmp_path / "run")
     tiny_onnx(run.onnx)
     if int8:
         shutil.copy(run.onnx, run.int8_trt)
-        write_manifest(run.int8_trt, "onnx-int8-trt", SPEC, parent=run.onnx, environment=ENV)
+        metrics = {} if accepted is None else {"accepted": accepted, "reason": None if accepted else UNACCEPTED}
+        write_manifest(run.int8_trt, "onnx-int8-trt", SPEC, parent=run.onnx, metrics=metrics, environment=ENV)
     return run
+
+
+UNACCEPTED = "top-1 agreement 98.10% on 1000 test images (19 flips) is below --min-agreement 99 beyond sampling noise"
 
 
 @pytest.mark.parametrize(
@@ -151,6 +157,49 @@ def edge_cli(argv, capsys):
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.err.strip()
+
+
+def test_int8_from_an_unaccepted_parent_is_refused_unless_forced(tmp_path):
+    run = run_dir_with_onnx(tmp_path, int8=True, accepted=False)
+    with pytest.raises(
+        UserError,
+        match=r"model.int8-trt.onnx was not accepted by edge quantize \(top-1 agreement 98.10% .*\): requantize it "
+        r"\(`edge quantize .* --target trt`\), or pass --force to build the int8 engine anyway",
+    ):
+        T.validate_request(run.root, "int8")
+    assert T.validate_request(run.root, "int8", force=True).force is True
+    assert T.validate_request(run.root, "fp16").precisions == ("fp16",)  # fp16 comes from model.onnx
+
+
+@pytest.mark.parametrize("accepted", [True, None])
+def test_int8_from_an_accepted_or_older_parent_is_built(tmp_path, accepted):
+    run = run_dir_with_onnx(tmp_path, int8=True, accepted=accepted)
+    assert T.validate_request(run.root, "int8").precisions == ("int8",)
+
+
+def test_engine_command_refuses_unaccepted_int8_before_looking_for_tensorrt(tmp_path, capsys):
+    run = run_dir_with_onnx(tmp_path, int8=True, accepted=False)
+    code, err = edge_cli(["engine", str(run.root), "--precision", "int8"], capsys)
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("edge engine: error: model.int8-trt.onnx was not accepted by edge quantize") and "--force" in err
+    assert "TensorRT" not in err and not run.engines.exists()
+
+
+@needs_no_tensorrt
+def test_forced_engine_command_goes_on_to_tensorrt(tmp_path, capsys):
+    run = run_dir_with_onnx(tmp_path, int8=True, accepted=False)
+    code, err = edge_cli(["engine", str(run.root), "--precision", "int8", "--force"], capsys)
+    assert code == 2 and "TensorRT is not installed" in err and "not accepted" not in err
+
+
+def test_rebuild_stale_leaves_an_unaccepted_int8_parent_alone(tmp_path, caplog):
+    run = run_dir_with_onnx(tmp_path, int8=True, accepted=False)
+    request = T.validate_request(run.root, "fp32", rebuild_stale=True)
+    with caplog.at_level("WARNING"):
+        assert T.with_stale(request, ["fp16", "int8"]) == ["fp32", "fp16"]
+    assert "not rebuilding the stale int8 engine: its parent was not accepted" in caplog.text
+    forced = T.validate_request(run.root, "fp32", rebuild_stale=True, force=True)
+    assert T.with_stale(forced, ["fp32", "int8"]) == ["fp32", "int8"]
 
 
 @needs_no_tensorrt
@@ -725,6 +774,17 @@ def test_fp16_and_int8_engines_keep_top1(tmp_path):
 
 
 @pytest.mark.tensorrt
+@pytest.mark.slow
+def test_forced_int8_engine_is_marked_not_accepted(tmp_path):
+    run = run_dir_with_onnx(tmp_path, int8=True, accepted=False)
+    engine = _build(run, "int8", force=True)
+    metrics = read_manifest(engine).metrics
+    assert metrics["accepted"] is False
+    assert metrics["reason"] == f"built with --force from model.int8-trt.onnx, not accepted: {UNACCEPTED}"
+    assert "accepted" not in read_manifest(_build(run, "fp32")).metrics
+
+
+@pytest.mark.tensorrt
 def test_engine_from_another_tensorrt_is_refused_with_the_rebuild_command(tmp_path):
     run = run_dir_with_onnx(tmp_path)
     engine = _build(run, "fp32")
@@ -758,7 +818,9 @@ def test_engine_command_arguments_round_trip():
             "t.cache",
             "--version-compatible",
             "--rebuild-stale",
+            "--force",
         ]
     )
     assert (args.precision, args.batch, args.workspace, args.dla, args.timing_cache) == ("int8", "1:8:32", 4.0, 0, "t.cache")
-    assert args.version_compatible and args.rebuild_stale
+    assert args.version_compatible and args.rebuild_stale and args.force
+    assert parser.parse_args(["runs/demo", "--precision", "int8"]).force is False

@@ -1,0 +1,177 @@
+"""Acceptance decides (issue 12): the rule on the test split, `edge quantize` exiting 1 with one line
+when the result misses it, and unlabelled photo runs that measure agreement only, on photo sets that
+share no image with the calibration set."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.artifacts import artifact_spec, read_manifest
+from edge.quantize import search
+from edge.quantize.search import allowed_flips, judge
+
+
+def _tail(k: int, n: int, p: Fraction) -> Fraction:
+    """P(X >= k) for X ~ Binomial(n, p), in exact rational arithmetic."""
+    return 1 - sum((math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k)), Fraction(0))
+
+
+@pytest.mark.parametrize(("count", "flips"), [(1000, 15), (2000, 28), (200, 5), (24, 1), (16, 1)])
+def test_allowed_flips_is_an_exact_one_sided_test_at_95(count: int, flips: int) -> None:
+    assert allowed_flips(count, 99.0) == flips
+    # the largest k whose tail under a 1% flip rate is above 5%: k + 1 flips would be evidence of a miss
+    assert _tail(flips, count, Fraction(1, 100)) > Fraction(5, 100) >= _tail(flips + 1, count, Fraction(1, 100))
+
+
+def test_allowed_flips_edges() -> None:
+    assert allowed_flips(1000, 100.0) == 0  # a 100% target tolerates no flip
+    assert allowed_flips(0, 99.0) == 0
+    assert allowed_flips(1000, 99.9) < allowed_flips(1000, 99.0) < allowed_flips(1000, 98.0)
+
+
+def _figures(count: int, flips: int, drop: float | None) -> dict:
+    return {"eval_count": count, "flips": flips, "agreement": 100 * (count - flips) / count, "drop_points": drop}
+
+
+def test_judge_rejects_a_drop_beyond_the_budget_with_one_line() -> None:
+    reason, limit = judge(_figures(1000, 12, 0.82), max_drop=0.5, min_agreement=99.0)
+    assert reason == "top-1 drop 0.82 points on 1000 test images exceeds --max-drop 0.5"
+    assert limit == 15
+    assert judge(_figures(1000, 12, 0.5), 0.5, 99.0)[0] is None  # at the budget: accepted
+
+
+def test_judge_agreement_needs_evidence_of_a_miss() -> None:
+    # the last demo: int8-cpu 98.9% (11 flips) on 1000 test images, a drop of 0.1 points
+    assert judge(_figures(1000, 11, 0.1), 0.5, 99.0)[0] is None
+    assert judge(_figures(1000, 15, 0.1), 0.5, 99.0)[0] is None
+    reason, _ = judge(_figures(1000, 16, 0.1), 0.5, 99.0)
+    assert reason == (
+        "top-1 agreement 98.40% on 1000 test images (16 flips) is below --min-agreement 99 beyond sampling noise "
+        "(at most 15 flips at 95%)"
+    )
+    both, _ = judge(_figures(1000, 30, 1.0), 0.5, 99.0)
+    assert both is not None and both.startswith("top-1 drop 1.00 points") and "; top-1 agreement 97.00%" in both
+
+
+def test_judge_without_labels_rests_on_agreement() -> None:
+    assert judge(_figures(24, 1, None), 0.5, 99.0, "unlabelled test photos")[0] is None
+    reason, _ = judge(_figures(24, 2, None), 0.0, 99.0, "unlabelled test photos")
+    assert reason is not None and "on 24 unlabelled test photos (2 flips)" in reason and "drop" not in reason
+    assert reason.endswith("(at most 1 flip at 95%)")
+
+
+def test_auto_budget_on_unlabelled_val_is_agreement_alone() -> None:
+    from edge.quantize.search import Budget, Try
+
+    budget = Budget(max_drop=0.5, min_agreement=95.0)
+    photos = Try("minmax", [], Path("a.onnx"), {"drop_points": None, "agreement": 96.0, "top1": None})
+    worse = Try("entropy", [], Path("b.onnx"), {"drop_points": None, "agreement": 90.0, "top1": None})
+    assert budget.fits(photos) and not budget.fits(worse)
+    assert budget.best([worse, photos]) is photos
+
+
+# ---- through the CLI on a real quantization -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(fashion_onnx_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from calibration.sets import build_calibration_set
+
+    root = tmp_path_factory.mktemp("accept") / "run"
+    shutil.copytree(fashion_onnx_run, root)
+    build_calibration_set(root, "fashion-mnist", size=32, seed=0, progress=False)
+    return root
+
+
+def _quantize_cli(run: Path, out: Path, *extra: str) -> int:
+    from edge.cli import main
+
+    return main(
+        ["quantize", str(run), "--target", "cpu", "--method", "minmax", "--data", "fashion-mnist", "--eval-limit", "100"]
+        + ["--weight-rounding", "nearest", "--out", str(out), *extra]
+    )
+
+
+def test_cli_exit_status_follows_the_verdict(calibrated_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "real.int8-cpu.onnx"
+    code = _quantize_cli(calibrated_run, out)
+    metrics = read_manifest(out).metrics
+    assert metrics["accepted"] is (judge(metrics, 0.5, 99.0)[0] is None)
+    assert metrics["reason"] == judge(metrics, 0.5, 99.0)[0]
+    assert metrics["max_flips"] == allowed_flips(100, 99.0) == 3  # 3 flips of 100 are not yet evidence of < 99%
+    assert code == (0 if metrics["accepted"] else 1)
+    err = capsys.readouterr().err.strip()
+    assert (err == "") is metrics["accepted"]
+
+
+def test_cli_not_accepted_exits_1_with_one_line_and_keeps_the_file(
+    calibrated_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_compare = search.compare
+
+    def lossy(parent, child, labels):  # the measured figures, but 3 of the 100 test images lost
+        figures = real_compare(parent, child, labels)
+        figures.update(drop_points=3.0, top1=figures["parent_top1"] - 3.0)
+        return figures
+
+    monkeypatch.setattr(search, "compare", lossy)
+    out = tmp_path / "lossy.int8-cpu.onnx"
+    code = _quantize_cli(calibrated_run, out, "--max-drop", "1")
+    captured = capsys.readouterr()
+    manifest = read_manifest(out)  # written, marked not accepted, with the reason
+    metrics = manifest.metrics
+    assert code == 1 and out.exists() and metrics["accepted"] is False
+    assert metrics["drop_points"] == 3.0
+    assert metrics["reason"].startswith("top-1 drop 3.00 points on 100 test images exceeds --max-drop 1")
+    lines = captured.err.strip().splitlines()
+    assert lines == [f"edge quantize: not accepted: {metrics['reason']}; {out.name} written, marked accepted: false"]
+    assert "Traceback" not in captured.err and "NO" in captured.out  # the result table says it too
+
+
+def test_help_states_the_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser("quantize").parse_args(["quantize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "not accepted when the measured drop on the test split exceeds it" in text
+    assert "show a lower agreement at 95% confidence" in text
+    assert "Exit status: 0 accepted, 1 written but not accepted, 2 a user error" in text
+
+
+# ---- without labelled data ----------------------------------------------------------------------
+
+
+def _row_hashes(tensor: np.ndarray) -> set[str]:
+    return {hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest() for row in np.asarray(tensor)}
+
+
+def test_photo_run_records_agreement_only(pretrained_int8_run: Path) -> None:
+    metrics = read_manifest(pretrained_int8_run / "model.int8-cpu.onnx").metrics
+    assert metrics["labelled"] is False
+    for key in ("top1", "top5", "parent_top1", "parent_top5", "drop_points"):
+        assert metrics[key] is None, key  # never the parent's own predictions scored as truth
+    assert metrics["eval_count"] == 16 and 0 <= metrics["agreement"] <= 100
+    assert metrics["eval_source"].startswith("scikit-image photos:test")
+    assert metrics["accepted"] is (metrics["flips"] <= allowed_flips(16, 99.0))
+
+
+def test_photo_calibration_val_and_test_sets_share_no_image(pretrained_int8_run: Path) -> None:
+    """What quantize used on a photo run: the stored calibration tensor, and the val and test photo
+    sets it evaluates on, preprocessed alike; no image is in two of them."""
+    from calibration.sets import load_calibration_set
+    from edge.quantize.evaluate import eval_set_from_photos
+
+    spec = artifact_spec(pretrained_int8_run / "model.onnx")
+    calibration = _row_hashes(load_calibration_set(pretrained_int8_run).tensor)
+    val = _row_hashes(eval_set_from_photos(24, spec, role="val").tensor)
+    test = _row_hashes(eval_set_from_photos(24, spec, role="test").tensor)
+    assert len(calibration) == 32 and len(val) == len(test) == 24
+    assert not calibration & val and not calibration & test and not val & test
