@@ -136,16 +136,19 @@ class _Fake:
 
 
 def test_selftest_compares_with_onnxruntime_and_writes_the_report(tmp_path, monkeypatch):
+    import edge.quantize.cli
     import edge.runners
     import edge.tensorrt.build
     from edge import selftest
+    from tests.edge.test_selftest import fake_int8_trt
 
     run = tmp_path / "run"
     tiny_onnx(run / "model.onnx")
     reference = np.full((3, 1000), -5.0, np.float32)
     for row, cls in enumerate((281, 967, 812)):  # cat, coffee, rocket
         reference[row, cls] = 5.0
-    engines = {"fp32": reference + 1e-4, "fp16": reference + 0.5}  # fp16 is off by more than its 0.25 budget
+    # fp16 is off by more than its 0.25 budget; int8 is judged by top-1 only
+    engines = {"fp32": reference + 1e-4, "fp16": reference + 0.5, "int8": reference + 0.5}
 
     def fake_select(artifact, device="cpu", backend="auto", **options):
         path = Path(artifact)
@@ -159,7 +162,10 @@ def test_selftest_compares_with_onnxruntime_and_writes_the_report(tmp_path, monk
 
     monkeypatch.setattr(edge.runners, "select_runner", fake_select)
     monkeypatch.setattr(edge.tensorrt.build, "build_engines", fake_build)
-    monkeypatch.setattr(selftest, "photos", lambda: {n: np.zeros((20, 20, 3), np.uint8) for n in ("cat", "coffee", "rocket")})
+    monkeypatch.setattr(edge.quantize.cli, "quantize_run", lambda root, **kw: fake_int8_trt(Path(root)))
+    monkeypatch.setattr(
+        selftest, "evaluation_photos", lambda: {n: np.zeros((20, 20, 3), np.uint8) for n in ("cat", "coffee", "rocket")}
+    )
     env = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
     report = selftest.selftest(run, None, 3, env)
     rows = {r["precision"]: r for r in report["rows"]}
@@ -167,7 +173,7 @@ def test_selftest_compares_with_onnxruntime_and_writes_the_report(tmp_path, monk
     assert rows["fp16"]["status"] == "fail" and rows["fp16"]["max_abs_diff_vs_ort"] == pytest.approx(0.5, abs=1e-3)
     # Agreement is a percentage (0-100), like every accuracy figure: fp16 fails on its logits, not its top-1.
     assert rows["fp32"]["top1_agreement_vs_ort"] == 100.0 and rows["fp16"]["top1_agreement_vs_ort"] == 100.0
-    assert rows["int8"]["status"].startswith("skipped: no model.int8-trt.onnx; run `edge quantize")
+    assert rows["int8"]["status"] == "pass"  # quantized by the selftest, built and compared
     assert report["passed"] is False
     written = json.loads((run / "selftest" / "report.json").read_text())
     assert written["rows"][0]["top1"] == {"cat": 281, "coffee": 967, "rocket": 812}
@@ -175,6 +181,7 @@ def test_selftest_compares_with_onnxruntime_and_writes_the_report(tmp_path, monk
     assert written["rows"][0]["top1_agreement_vs_ort"] == 100.0
     markdown = (run / "selftest" / "report.md").read_text()
     assert "| fp16 | fail |" in markdown and "| 100% |" in markdown
+    assert selftest.failure_reason(report) == "fp16: fail"
 
 
 def test_selftest_top1_agreement_is_a_percentage(monkeypatch):
