@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_path, manifest_path, read_manifest, write_manifest
+from edge.artifacts import atomic_path, manifest_path, read_manifest, verify_file, write_manifest
 from edge.errors import UserError
 from edge.run import RunDir
 
@@ -51,6 +51,7 @@ def deployable_files(run: RunDir) -> list[Path]:
             continue
         if not manifest_path(path).exists():
             raise UserError(f"{path} has no manifest: rebuild it before packing")
+        verify_file(path)  # never bundle a file that no longer matches its manifest
         files += [path, manifest_path(path)]
         for extra in read_manifest(path).extra_files:
             files.append(path.parent / extra)

@@ -599,16 +599,11 @@ BAD_INPUTS = {
     "bench truncated model.onnx": BadInput(
         "bench", lambda env: _truncate(env.run / "model.onnx"), _bench_argv, "does not match its manifest"
     ),
-    "pack truncated model.onnx": pytest.param(
-        BadInput(
-            "pack",
-            lambda env: _truncate(env.run / "model.onnx"),
-            lambda env: ["pack", str(env.run), "--out", str(env.root / "b.tgz")],
-        ),
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="issue 13 item 3 (readers check the sha256 of their manifest): pack bundles the damaged file and exits 0",
-        ),
+    "pack truncated model.onnx": BadInput(
+        "pack",
+        lambda env: _truncate(env.run / "model.onnx"),
+        lambda env: ["pack", str(env.run), "--out", str(env.root / "b.tgz")],
+        "does not match its manifest",
     ),
     "camera truncated model.onnx": BadInput("camera", lambda env: _truncate(env.run / "model.onnx"), _camera_argv),
     "train garbage --weights": BadInput(

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, write_manifest
+from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, verify_artifact, write_manifest
 from edge.errors import UserError
 from edge.export import load_onnx_checked
 from edge.quantize.evaluate import (
@@ -291,7 +291,8 @@ class QuantizeSearch:
         self.budget = options.budget
         self.work = work
         self.parent = run.onnx
-        load_onnx_checked(run.require(self.parent, f"export the model first: `edge export {run.root}`"))
+        verify_artifact(run.require(self.parent, f"export the model first: `edge export {run.root}`"))  # still its manifest's
+        load_onnx_checked(self.parent)
         self.spec = artifact_spec(self.parent)
         self.config = target_config(options.target)
         self.reduce_range = options.weights_reduce_range()

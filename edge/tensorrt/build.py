@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.artifacts import artifact_spec, is_stale, manifest_path, read_manifest, write_manifest
+from edge.artifacts import artifact_spec, is_stale, manifest_path, read_manifest, verify_artifact, write_manifest
 from edge.errors import UserError
 from edge.run import ONNX_FP16_AUTOCAST, TIMING_CACHE, RunDir, engine_precision, trt_version_tuple
 from edge.runners.tensorrt_engines import engine_compatibility, import_tensorrt, runtime_environment
@@ -189,7 +189,7 @@ def validate_request(
             if p == "int8"
             else f"make it with `edge export {run_dir.root}`"
         )
-        run_dir.require(engine_parent(run_dir, p), how)
+        verify_artifact(run_dir.require(engine_parent(run_dir, p), how))  # the ONNX parent still matches its manifest
         if not force:
             refuse_unaccepted(run_dir, p)
     return BuildRequest(
