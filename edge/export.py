@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_path, write_manifest
+from edge.artifacts import atomic_path, manifest_path, verify_file, write_manifest
 from edge.errors import UserError, require
 from edge.run import ONNX_FP32, RunDir
 from edge.spec import PreprocessSpec
@@ -116,6 +116,8 @@ def export_onnx(
     """
     _check_arguments(opset, verify_limit, exporter)
     ckpt, target = _resolve(run_or_checkpoint, checkpoint, out)
+    if manifest_path(ckpt).exists():
+        verify_file(ckpt)  # a malformed or mismatched checkpoint manifest stops us before model.onnx is written
     torch = require("torch", "train", "Exporting to ONNX")
     if exporter != "torchscript":
         require("onnxscript", "train", "Exporting to ONNX with the dynamo exporter")

@@ -592,7 +592,7 @@ BAD_INPUTS = {
         "not a readable ONNX model",
     ),
     "export truncated checkpoint": BadInput(
-        "export", lambda env: _truncate(env.run / "checkpoint.pt"), _export_argv, "not a readable checkpoint"
+        "export", lambda env: _truncate(env.run / "checkpoint.pt"), _export_argv, "does not match its manifest"
     ),
     "export garbage checkpoint": BadInput("export", lambda env: _garbage(env.run / "checkpoint.pt"), _export_argv),
     "quantize truncated model.onnx": BadInput("quantize", lambda env: _truncate(env.run / "model.onnx"), _quantize_argv),
@@ -644,13 +644,8 @@ BAD_INPUTS = {
     "inspect run with manifest provenance a list": BadInput(
         "inspect", lambda env: _edit_manifest(env.run / "model.onnx", provenance=[1]), lambda env: ["inspect", str(env.run)]
     ),
-    "export checkpoint manifest kind 3": pytest.param(
-        BadInput("export", lambda env: _edit_manifest(env.run / "checkpoint.pt", kind=3), _export_argv, "kind"),
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="edge/export.py reads the checkpoint's manifest only in write_manifest(parent=...), after model.onnx "
-            "is in place: the ONNX file is left without a manifest (fix: read_manifest(ckpt) in _resolve)",
-        ),
+    "export checkpoint manifest kind 3": BadInput(
+        "export", lambda env: _edit_manifest(env.run / "checkpoint.pt", kind=3), _export_argv, "kind"
     ),
     "calibrate model manifest metrics null": BadInput(
         "calibrate", lambda env: _edit_manifest(env.run / "model.onnx", metrics=None), _calibrate_argv, "metrics"
