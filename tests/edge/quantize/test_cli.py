@@ -229,6 +229,9 @@ def test_corrupt_or_fixed_batch_model_is_refused(fashion_onnx_run: Path, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(fashion_onnx_run, run)
     (run / "model.onnx").write_bytes(b"not an onnx model at all")
+    with pytest.raises(UserError, match="model.onnx does not match its manifest .* `edge export"):
+        quantize_run(run, target="cpu", data="fashion-mnist")  # replaced after its manifest was written
+    (run / "model.onnx.json").unlink()  # a model of the user's own, without a manifest: the load checks speak
     with pytest.raises(UserError, match="not a readable ONNX model"):
         quantize_run(run, target="cpu", data="fashion-mnist")
     model = onnx.load(str(fashion_onnx_run / "model.onnx"))
