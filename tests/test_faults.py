@@ -131,9 +131,15 @@ class Env:
 
 
 @pytest.fixture
-def env(tiny: Path, tmp_path: Path) -> Env:
+def env(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     root = tmp_path / "ws"
     root.mkdir()
+    # A temp folder of this test's own: the "no temporary directory left" check must not see
+    # another process's (a second pytest, a bench worker elsewhere on the machine).
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
     shutil.copytree(tiny / "run", root / "run")
     for name in ("data", "weights.pt", "video.avi"):
         source = tiny / name
