@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.paired import paired_flips
 from bench.timing import TimingWindow
-from edge.artifacts import Manifest, manifest_path, read_manifest
+from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest
 from edge.errors import UserError
 from edge.run import RunDir
 
@@ -135,14 +135,9 @@ def cell_skips(batch_sizes: list[int], limits: tuple[int, int] | None) -> dict[i
 
 def rejection_reason(manifest: Manifest | None) -> str | None:
     """Why the artifact's maker did not accept it (manifest metrics ``accepted: false``), else None."""
-    if manifest is None or manifest.metrics.get("accepted") is None:
+    if manifest is None or not is_rejected(manifest):
         return None
     metrics = manifest.metrics
-    accepted = metrics["accepted"]
-    if not isinstance(accepted, bool):
-        raise UserError(f"{manifest.file}'s manifest says accepted: {accepted!r} (not true or false): rebuild it")
-    if accepted:
-        return None
     if isinstance(metrics.get("reason"), str) and metrics["reason"]:
         return f"edge quantize did not accept it: {metrics['reason']}"
     reason = "edge quantize did not accept it (manifest accepted: false)"

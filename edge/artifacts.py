@@ -707,6 +707,15 @@ def verify_file(artifact: str | os.PathLike[str]) -> Manifest:
     return manifest
 
 
+def is_rejected(manifest: Manifest, fix: str = "rebuild it") -> bool:
+    """Whether the artifact's maker did not accept it (manifest metrics ``accepted: false``); no
+    verdict recorded counts as accepted. A verdict that is not a boolean is a UserError."""
+    accepted = manifest.metrics.get("accepted")
+    if accepted is not None and not isinstance(accepted, bool):
+        raise UserError(f"{manifest.file}'s manifest says accepted: {accepted!r} (not true or false): {fix}")
+    return accepted is False
+
+
 def verify_artifact(artifact: str | os.PathLike[str]) -> Manifest | None:
     """:func:`verify_file` for an artifact with a manifest; None for a bare file (a user's own ONNX
     model, say), which has nothing to be checked against."""

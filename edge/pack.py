@@ -16,9 +16,8 @@ import json
 import logging
 import tarfile
 from pathlib import Path
-from typing import Any
 
-from edge.artifacts import atomic_path, manifest_path, read_manifest, verify_file, write_manifest
+from edge.artifacts import Manifest, atomic_path, is_rejected, manifest_path, read_manifest, verify_file, write_manifest
 from edge.errors import UserError
 from edge.run import RunDir
 
@@ -33,14 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def not_accepted(metrics: dict[str, Any], file: str) -> str | None:
+def not_accepted(manifest: Manifest) -> str | None:
     """Why an artifact's maker did not accept it (manifest metrics ``accepted: false``), else None."""
-    accepted = metrics.get("accepted")
-    if accepted is None or accepted is True:
+    if not is_rejected(manifest):
         return None
-    if accepted is not False:
-        raise UserError(f"{file}'s manifest says accepted: {accepted!r} (not true or false): rebuild it")
-    return str(metrics.get("reason") or "manifest accepted: false")
+    return str(manifest.metrics.get("reason") or "manifest accepted: false")
 
 
 def deployable_files(run: RunDir) -> list[Path]:
@@ -63,7 +59,7 @@ def unaccepted_artifacts(run: RunDir, files: list[Path]) -> dict[str, str]:
     found = {}
     for path in files:
         if manifest_path(path).exists() and path.suffix != ".json":
-            reason = not_accepted(read_manifest(path).metrics, path.name)
+            reason = not_accepted(read_manifest(path))
             if reason is not None:
                 found[str(path.relative_to(run.root))] = reason
     return found

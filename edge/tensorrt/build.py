@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.artifacts import artifact_spec, is_stale, manifest_path, read_manifest, verify_artifact, write_manifest
+from edge.artifacts import artifact_spec, is_rejected, is_stale, manifest_path, read_manifest, verify_artifact, write_manifest
 from edge.errors import UserError
 from edge.run import ONNX_FP16_AUTOCAST, TIMING_CACHE, RunDir, engine_precision, trt_version_tuple
 from edge.runners.tensorrt_engines import engine_compatibility, import_tensorrt, runtime_environment
@@ -116,13 +116,10 @@ def parent_rejection(parent: Path) -> str | None:
     None (accepted, or no verdict recorded)."""
     if not manifest_path(parent).exists():
         return None
-    metrics = read_manifest(parent).metrics
-    accepted = metrics.get("accepted")
-    if accepted is None or accepted is True:
+    manifest = read_manifest(parent)
+    if not is_rejected(manifest, fix="requantize it"):
         return None
-    if accepted is not False:
-        raise UserError(f"{parent.name}'s manifest says accepted: {accepted!r} (not true or false): requantize it")
-    return str(metrics.get("reason") or "manifest accepted: false")
+    return str(manifest.metrics.get("reason") or "manifest accepted: false")
 
 
 def refuse_unaccepted(run: RunDir, precision: str) -> None:
