@@ -3,7 +3,9 @@
 A manifest says what the file is (kind, sha256), what it was made from (parent sha256), how it
 was made (provenance), how to feed it (the PreprocessSpec), where (environment fingerprint) and
 what it measured (metrics). Stages read manifests to find stale artifacts and to refuse
-incompatible ones.
+incompatible ones. Staleness follows the whole chain (checkpoint -> ONNX -> INT8 -> engine):
+:func:`stale_link` finds the first link that no longer holds and :func:`stale_reason` says it in
+one line with the commands that remake everything below it.
 """
 
 from __future__ import annotations
@@ -695,13 +697,9 @@ def verify_file(artifact: str | os.PathLike[str]) -> Manifest:
     if _VERIFIED.get(key) == manifest.sha256:
         return manifest
     if sha256_file(path) != manifest.sha256:
-        run = path.parent.parent.parent if manifest.kind == "engine" else path.parent
-        remake = _REMAKE.get(manifest.kind, "the edge command that made it").format(
-            run=run, precision=manifest.provenance.get("precision", "PRECISION")
-        )
         raise UserError(
             f"{path} does not match its manifest {manifest_path(path).name} (sha256 differs: the file changed or "
-            f"was cut short after it was made): make it again with {remake}"
+            f"was cut short after it was made): make it again with {remake_command(path, manifest)}"
         )
     _VERIFIED[key] = manifest.sha256
     return manifest
@@ -722,17 +720,125 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> Manifest | None:
     return verify_file(artifact) if manifest_path(artifact).exists() else None
 
 
+def remake_command(artifact: str | os.PathLike[str], manifest: Manifest) -> str:
+    """The command that makes ``artifact`` (of ``manifest.kind``) again, in backticks."""
+    return _REMAKE.get(manifest.kind, "the edge command that made it").format(
+        run=run_root(artifact, manifest.kind), precision=manifest.provenance.get("precision", "PRECISION")
+    )
+
+
+# How far below its run directory an artifact of each kind lives (engines/<machine>/, calibration/, bench/).
+_DEPTH = {"engine": 2, "calibration": 1, "bench-report": 1}
+
+
+def run_root(artifact: str | os.PathLike[str], kind: str) -> Path:
+    """The run directory an artifact of ``kind`` belongs to (where its recorded parent lives)."""
+    root = Path(artifact).parent
+    for _ in range(_DEPTH.get(kind, 0)):
+        root = root.parent
+    return root
+
+
+# ---- lineage: staleness down the manifest chain -----------------------------------------------
+#
+# checkpoint.pt -> model.onnx -> model.int8-{cpu,trt}.onnx -> engines/<machine>/model.<precision>.engine:
+# every manifest records the file it was made from (parent_file, found in its run directory) and
+# that file's sha256. An artifact is stale when any link up its chain no longer holds.
+
+_MADE = {
+    "onnx": "exported",
+    "onnx-int8-cpu": "quantized",
+    "onnx-int8-trt": "quantized",
+    "engine": "built",
+    "calibration": "drawn",
+}
+
+
+@dataclass(frozen=True)
+class StaleLink:
+    """A link of the manifest chain that no longer holds: ``artifact``'s manifest records
+    ``recorded`` as the sha256 of ``parent`` (None: none recorded), which now hashes to ``current``."""
+
+    artifact: Path
+    parent: Path
+    recorded: str | None
+    current: str
+
+
+def artifact_parent(artifact: str | os.PathLike[str]) -> Path | None:
+    """The file ``artifact`` was made from, as its manifest records it (``parent_file``, in the
+    artifact's run directory), whether or not it exists here; None without a manifest or a parent.
+    The one parent lookup: inspect, bench and the staleness checks all use it."""
+    path = Path(artifact)
+    if not manifest_path(path).exists():
+        return None
+    manifest = read_manifest(path)
+    if manifest.parent_file is None:
+        return None
+    return run_root(path, manifest.kind) / manifest.parent_file
+
+
+def lineage(artifact: str | os.PathLike[str]) -> list[Path]:
+    """``artifact`` and the ancestors present here, nearest first (``model.int8-cpu.onnx``,
+    ``model.onnx``, ``checkpoint.pt``); the chain ends at an ancestor that is absent, has no
+    manifest or records no parent."""
+    chain = [Path(artifact)]
+    while (parent := artifact_parent(chain[-1])) is not None and parent.exists() and parent not in chain:
+        chain.append(parent)
+    return chain
+
+
+def _link(child: Path, parent: Path) -> StaleLink | None:
+    """The link child -> parent when it no longer holds: the parent's file (hashed now, so a file
+    replaced behind its own manifest counts too) is not the one the child's manifest recorded."""
+    recorded = read_manifest(child).parent_sha256
+    current = sha256_file(parent)
+    return None if recorded == current else StaleLink(child, parent, recorded, current)
+
+
 def is_stale(artifact: str | os.PathLike[str], parent: str | os.PathLike[str]) -> bool | None:
-    """True when the parent changed since the artifact was made; None when the parent is absent
-    (a device that has only the artifact: not stale, but it cannot be rebuilt here)."""
+    """One link: True when ``parent`` changed since the artifact was made from it (or the artifact
+    or its manifest is missing); None when the parent is absent (a device that has only the
+    artifact: not stale, but it cannot be rebuilt here). :func:`stale_link` follows the whole chain."""
     artifact, parent = Path(artifact), Path(parent)
     if not artifact.exists() or not manifest_path(artifact).exists():
         return True
     if not parent.exists():
         return None
-    recorded = read_manifest(artifact).parent_sha256
-    current = read_manifest(parent).sha256 if manifest_path(parent).exists() else sha256_file(parent)
-    return recorded != current
+    return _link(artifact, parent) is not None
+
+
+def stale_link(artifact: str | os.PathLike[str]) -> StaleLink | None:
+    """The stale link of ``artifact``'s chain nearest the root (where the remaking starts): its own
+    link, or an ancestor's (an INT8 model quantized from a stale ``model.onnx`` is stale too).
+    None when every link present holds, including an artifact without a manifest or whose parent
+    is absent (a deployed bundle: not stale)."""
+    chain = lineage(artifact)
+    for child, parent in reversed(list(zip(chain, chain[1:]))):
+        link = _link(child, parent)
+        if link is not None:
+            return link
+    return None
+
+
+def stale_reason(artifact: str | os.PathLike[str]) -> str | None:
+    """One line saying why ``artifact`` is stale and what remakes it, or None when it is current
+    (or cannot be judged: no manifest, parent absent). Names the first stale link of the chain and
+    the commands from there down to ``artifact``, e.g. "model.onnx was exported from a different
+    checkpoint.pt (sha256 ab12cd34ef56.. recorded, 0123456789ab.. now): re-run `edge export RUN`,
+    then `edge quantize RUN --target cpu`"."""
+    link = stale_link(artifact)
+    if link is None:
+        return None
+    chain = lineage(artifact)
+    remade = chain[: chain.index(link.artifact) + 1][::-1]  # from the stale link down to the artifact
+    commands = ", then ".join(remake_command(path, read_manifest(path)) for path in remade)
+    made = _MADE.get(read_manifest(link.artifact).kind, "made")
+    recorded = f"{link.recorded[:12]}.." if link.recorded else "none"
+    return (
+        f"{link.artifact.name} was {made} from a different {link.parent.name} "
+        f"(sha256 {recorded} recorded, {link.current[:12]}.. now): re-run {commands}"
+    )
 
 
 def artifact_spec(artifact: str | os.PathLike[str]) -> PreprocessSpec:

@@ -1,7 +1,9 @@
 """Show what an artifact is: its PreprocessSpec and manifest as tables (or JSON).
 
 PATH is a run directory (every artifact in it, with staleness), a checkpoint (.pt), an ONNX model,
-an engine, or any file with a ``.json`` manifest beside it.
+an engine, or any file with a ``.json`` manifest beside it. Staleness follows the manifest chain
+(``edge.artifacts.stale_link``): an INT8 model quantized from a stale ``model.onnx`` shows
+"stale via model.onnx", and a line under the table says what to re-run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.artifacts import Manifest, artifact_spec, is_stale, manifest_path, read_manifest
+from edge.artifacts import Manifest, artifact_parent, artifact_spec, manifest_path, read_manifest, stale_link, stale_reason
 from edge.errors import UserError
 from edge.spec import PreprocessSpec
 
@@ -95,7 +97,6 @@ def print_run(root: Path, as_json: bool = False) -> None:
     artifacts = run_dir.artifacts()
     if not artifacts:
         raise UserError(f"{root} holds no artifacts: create them with `edge pretrained` or `edge train`")
-    parents = {"onnx-fp32": run_dir.checkpoint, "int8-cpu": run_dir.onnx, "int8-trt": run_dir.onnx}
     if as_json:
         print(
             json.dumps(
@@ -107,17 +108,17 @@ def print_run(root: Path, as_json: bool = False) -> None:
     for column in ("artifact", "file", "kind", "size MB", "sha256", "status", "top-1"):
         table.add_column(column)
     spec = None
+    reasons: list[str] = []
     for name, path in artifacts.items():
         if not manifest_path(path).exists():
             table.add_row(name, path.name, "?", f"{path.stat().st_size / 1e6:.1f}", "-", "[red]no manifest[/red]", "-")
             continue
         manifest = read_manifest(path)
         spec = spec or (manifest.preprocess_spec if manifest.spec else None)
-        parent = parents.get(name)
-        if name.startswith("trt-"):
-            parent = run_dir.int8_trt if "int8" in name else run_dir.onnx
-        stale = is_stale(path, parent) if parent is not None else False
-        status = {True: "[red]stale[/red]", None: "parent absent", False: "[green]current[/green]"}[stale]
+        status = staleness(path)
+        reason = stale_reason(path) if status.startswith("[red]") else None
+        if reason is not None:
+            reasons.append(f"{path.relative_to(root)}: {reason}")
         top1 = manifest.metrics.get("top1")  # percent (the quantizer's acceptance on the test split)
         table.add_row(
             name,
@@ -131,3 +132,17 @@ def print_run(root: Path, as_json: bool = False) -> None:
     if spec is not None:
         console.print(spec_table(spec, title=f"PreprocessSpec of {root}"))
     console.print(table)
+    for line in reasons:
+        console.print(f"[red]stale[/red] {line}", highlight=False, soft_wrap=True)
+
+
+def staleness(path: Path) -> str:
+    """An artifact's status cell: stale (its own link), stale via the ancestor whose link broke,
+    parent absent (a deployed copy: not stale), or current."""
+    link = stale_link(path)
+    if link is not None:
+        return "[red]stale[/red]" if link.artifact == path else f"[red]stale via {link.artifact.name}[/red]"
+    parent = artifact_parent(path)
+    if parent is not None and not parent.exists():
+        return "parent absent"
+    return "[green]current[/green]"

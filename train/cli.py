@@ -2,7 +2,9 @@
 
 Writes RUN/checkpoint.pt (best validation top-1; what export, quantize and bench read), RUN/last.pt
 (resumable: --resume), metrics.csv/json, curves.png and confusion.png. Explicit flags beat the
---preset, which beats the defaults. Ctrl-C writes a resumable checkpoint and exits.
+--preset, which beats the defaults. Ctrl-C writes a resumable checkpoint and exits. A validation
+split under 200 images (or 20 of some class) is named in a warning and in summary.json
+(``small_sets``): the best checkpoint and later choices made on it rest on noise.
 
 Examples:
   edge train --out runs/demo --preset demo

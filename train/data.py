@@ -297,6 +297,18 @@ def _verify_images(files: list[Path]) -> tuple[list[Path], list[str]]:
     return good, bad
 
 
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _warn_once(message: str, *args: Any, key: tuple[str, ...]) -> None:
+    """Log a data warning once per process: a stage that opens the same folder again (quantize reads
+    it for calibration, val and test) must not repeat it."""
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    log.warning(message, *args)
+
+
 def image_folder(root: Path, seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> DataSource:
     layout = {name: root / name for name in SPLITS if (root / name).is_dir()}
     if "train" in layout:
@@ -335,7 +347,13 @@ def image_folder(root: Path, seed: int = 0, val_fraction: float = DEFAULT_VAL_FR
     for name, (files, labels) in parts.items():
         good, bad = _verify_images(files)
         if bad:
-            log.warning("skipped %d unreadable image(s) in %s split, e.g. %s", len(bad), name, bad[0])
+            _warn_once(
+                "skipped %d unreadable image(s) in %s split, e.g. %s",
+                len(bad),
+                name,
+                bad[0],
+                key=(name, *(str(Path(b).resolve()) for b in bad)),
+            )
         good_set = set(good)
         keep_labels = [lab for f, lab in zip(files, labels) if f in good_set]
         if not good:
@@ -356,7 +374,7 @@ def _file_split(
             # Broken after the scan (truncated data PIL's verify missed): count it and use a
             # same-class neighbour so an epoch never dies halfway.
             split_ref["split"].skipped.append(str(files[index]))
-            log.warning("skipped unreadable image %s", files[index])
+            _warn_once("skipped unreadable image %s", files[index], key=(str(files[index]),))
             same = [i for i, lab in enumerate(labels) if lab == labels[index] and i != index]
             if not same:
                 raise

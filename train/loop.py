@@ -43,7 +43,7 @@ from train.config import TrainConfig, validate_config
 from train.data import ImageSplit, open_data
 from train.models import build_model, head_parameter_names, layer_groups, pretrained_spec
 from train.report import diagnose, history_table, plot_confusion, plot_curves, write_metrics
-from train.splits import pin_splits
+from train.splits import pin_splits, small_split_warning
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ class Trainer:
         self.data = data
         self.train_split = data.split("train", config.train_limit, config.seed)
         self.val_split = data.split("val", config.val_limit, config.seed)
+        self.small_sets = [line for line in (self._small_val_warning(data),) if line is not None]
         if len(self.train_split) < self.dist.world:
             raise UserError(f"the training split has {len(self.train_split)} images, fewer than {self.dist.world} processes")
         self.data_fingerprint = hashlib.sha256(
@@ -202,6 +203,15 @@ class Trainer:
         self.net: Any = self.model
         if resume is not None:
             self._restore(resume)
+
+    def _small_val_warning(self, data: Any) -> str | None:
+        """The warning for a validation split too small to choose on, with the fix that applies."""
+        available = len(data.splits["val"])
+        if len(self.val_split) < available:
+            fix = f"raise --val-limit (the split holds {available} images)"
+        else:
+            fix = "add images to the training data (val is drawn from it)"
+        return small_split_warning(self.val_split, fix)
 
     def _build_optimizer(self) -> Any:
         torch, config = self.torch, self.config
@@ -381,7 +391,9 @@ class Trainer:
                 "resumable": resumable,
                 "weights": self.config.weights or "pretrained",
             },
-            metrics={"val_top1": self.best_top1 if name == BEST else last.get("val_top1")} if self.history else {},
+            metrics={"val_top1": self.best_top1 if name == BEST else last.get("val_top1"), "val_images": len(self.val_split)}
+            if self.history
+            else {},
         )
         return path
 
@@ -412,6 +424,8 @@ class Trainer:
                 self.dist.device,
                 self.dist.world,
             )
+            for line in self.small_sets:
+                log.warning(line)
         stopped_early = False
         columns = (
             TextColumn("{task.description}"),
@@ -651,7 +665,11 @@ class Trainer:
         if self.dist.is_main:
             if confusion is not None:
                 plot_confusion(self.out / TRAIN_CONFUSION, confusion, self.data.classes, title)
-            metrics: dict[str, Any] = {"val_top1": self.best_top1, "best_epoch": self.best_epoch}
+            metrics: dict[str, Any] = {
+                "val_top1": self.best_top1,
+                "val_images": len(self.val_split),
+                "best_epoch": self.best_epoch,
+            }
             if test is not None:
                 metrics.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"], test_images=test["images"])
             write_metrics(self.out, self.history)
@@ -659,6 +677,7 @@ class Trainer:
                 **metrics,
                 "stopped_early": stopped_early,
                 "skipped_images": skipped,
+                "small_sets": self.small_sets,
                 "diagnosis": diagnosis,
             }
             atomic_write_json(self.out / TRAIN_SUMMARY, summary)
@@ -667,7 +686,7 @@ class Trainer:
             console = Console()
             console.print(history_table(self.history, self.best_epoch))
             table = Table(title=f"Run {self.out}", show_header=False)
-            table.add_row("best epoch", f"{self.best_epoch} (val top-1 {self.best_top1:.2f}%)")
+            table.add_row("best epoch", f"{self.best_epoch} (val top-1 {self.best_top1:.2f}% on {len(self.val_split)} images)")
             if test is not None:
                 table.add_row("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}% on {test['images']} images")
             if skipped:

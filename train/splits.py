@@ -14,6 +14,10 @@ classes and a fingerprint per split. Later stages never re-draw the split from t
 A run trained before splits were pinned has no splits.json and gets a clear message. A pretrained
 run (no training data) has none either: the first stage given ``--data`` pins one for it, marked
 ``trained: false``.
+
+Small sets are named: a validation split under MIN_VAL_IMAGES images or MIN_VAL_PER_CLASS of a
+class moves its top-1 by whole points per image, so training warns about it
+(:func:`small_split_warning`) and ``quantize --method auto`` refuses to choose on one.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ SCHEMA = "edge-splits"
 SCHEMA_VERSION = 1
 HASH_CHARS = 16  # 64 bits per item: no accidental collision in any realistic data set
 FASHION_MNIST = "fashion-mnist"
+# Below these a validation split is too small to choose on: one image of 200 is half a point of top-1.
+MIN_VAL_IMAGES = 200
+MIN_VAL_PER_CLASS = 20
 
 
 # ---- identity of a data source and of its items ---------------------------------------------------
@@ -76,6 +83,22 @@ def fingerprint(ids: list[str], hashes: list[str], labels: list[int]) -> str:
     for item, content, label in zip(ids, hashes, labels):
         digest.update(f"{item}\t{content}\t{label}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def small_split_warning(split: ImageSplit, fix: str, what: str = "validation") -> str | None:
+    """One line when ``split`` has fewer than MIN_VAL_IMAGES images or fewer than MIN_VAL_PER_CLASS
+    of some class (None otherwise): how small it is, what rests on it, and ``fix``."""
+    counts = split.class_counts()
+    rarest = min(counts, key=lambda c: counts[c]) if counts else None
+    fewest = counts[rarest] if rarest is not None else 0
+    if len(split) >= MIN_VAL_IMAGES and fewest >= MIN_VAL_PER_CLASS:
+        return None
+    per_image = 100.0 / max(len(split), 1)
+    return (
+        f"the {what} split has only {len(split)} images ({fewest} of class {rarest!r}; fewer than {MIN_VAL_IMAGES} "
+        f"or {MIN_VAL_PER_CLASS} per class): one image moves its top-1 by {per_image:.2f} points, so early stopping, "
+        f"the best checkpoint and `edge quantize --method auto` rest on noise; {fix}"
+    )
 
 
 # ---- the file ----------------------------------------------------------------------------------------

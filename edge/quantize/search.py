@@ -69,6 +69,9 @@ DEFAULT_MIN_AGREEMENT = 99.0  # percent of top-1 agreement with the float parent
 # Agreement is what auto reads closest: on 500 images one flip is 0.2% and the noise about 0.5%,
 # on 2000 about 0.2%. Full INT8 on 2 cores evaluates 2000 images of 64 px in about a second.
 DEFAULT_VAL_LIMIT = 2000
+# auto refuses to choose on fewer labelled val images (one of 200 is half a point of top-1); the
+# same floor as training's small-set warning (train.splits.MIN_VAL_IMAGES).
+DEFAULT_MIN_VAL_IMAGES = 200
 DEFAULT_EVAL_LIMIT = 1000
 DEFAULT_MAX_EXCLUDED = 8
 DEFAULT_CALIB_SIZE = 512
@@ -219,6 +222,7 @@ class QuantizeOptions:
     seed: int = 0
     max_excluded: int = DEFAULT_MAX_EXCLUDED
     weight_rounding: str = "gptq"
+    min_val_images: int = DEFAULT_MIN_VAL_IMAGES
 
     @property
     def auto(self) -> bool:
@@ -253,6 +257,7 @@ class QuantizeOptions:
             ("--val-limit", self.val_limit),
             ("--eval-limit", self.eval_limit),
             ("--max-excluded", self.max_excluded),
+            ("--min-val-images", self.min_val_images),
         ):
             if value < 0:
                 raise UserError(f"{name} must be >= 0 (0 = all / none), got {value}")
@@ -298,11 +303,13 @@ class QuantizeSearch:
         self.reduce_range = options.weights_reduce_range()
         self.out_path = Path(out) if out else (run.int8_cpu if options.target == "cpu" else run.int8_trt)
         self.started = time.perf_counter()
+        self.val = self.eval_set("val", options.val_limit) if options.auto else None
+        if self.val is not None:
+            check_val_size(self.val, options)  # before the calibration pass: refuse early
         self.calib = calibration_set(run, calibration, options, self.spec)
         self.prepared = prepare_float_model(self.parent, work / "float.onnx")
         self.ranges, self.rounding = self._calibrate()
         self.calibrated_s = self.elapsed()
-        self.val = self.eval_set("val", options.val_limit) if options.auto else None
         self.val_parent = predict(self.parent, self.spec, self.val.tensor) if self.val is not None else None
         self.debug_batches = [
             np.ascontiguousarray(self.calib.tensor[i : i + DEBUG_BATCH], dtype=np.float32)
@@ -499,6 +506,7 @@ class QuantizeSearch:
             "accepted": acceptance.accepted,
             "reason": acceptance.reason,
             "max_flips": acceptance.max_flips,
+            "val_count": len(self.val) if self.val is not None else None,  # the n auto chose on
             "calibration_s": round(self.calibrated_s, 2),
             "quantization_s": round(searched_s, 2),
             "total_s": round(self.elapsed(), 2),
@@ -545,6 +553,8 @@ class QuantizeSearch:
                 "seed": self.calib.provenance.get("seed"),
             },
             "val_set": self.val.name if self.val is not None else None,
+            "val_count": len(self.val) if self.val is not None else None,
+            "min_val_images": self.options.min_val_images,
             "speed": {"batch": SPEED_BATCH, "rounds": SPEED_ROUNDS, "window_s": SPEED_WINDOW_S}
             if any(t.speedup is not None for t in self.tries)
             else None,
@@ -553,6 +563,29 @@ class QuantizeSearch:
             "min_agreement": self.options.min_agreement,
             "layer_report": report_path.name,
         }
+
+
+def check_val_size(val: EvalSet, options: QuantizeOptions) -> None:
+    """Refuse (UserError) to let auto choose on fewer labelled val images than --min-val-images,
+    saying why and what to change. The unlabelled photo set (no data: at most PHOTO_EVAL_COUNT
+    photos, agreement only) is what exists for a pretrained model, and is only named in the log."""
+    count, floor = len(val), options.min_val_images
+    if val.labels is None:
+        log.info(
+            "auto chooses on %d unlabelled photos (%s): agreement only; --data gives it a labelled val split", count, val.name
+        )
+        return
+    if count >= floor:
+        return
+    if options.val_limit and count >= options.val_limit:
+        fix = f"raise --val-limit to {floor} or more (0 = the whole split)"
+    else:
+        fix = "add images to the training data (val is drawn from it)"
+    raise UserError(
+        f"--method auto would choose on {count} validation image{'' if count == 1 else 's'} ({val.name}), fewer than "
+        f"--min-val-images {floor}: one image moves top-1 by {100 / max(count, 1):.2f} points, so the choice would rest "
+        f"on noise; {fix}, or pass --min-val-images {count} to choose on these anyway, or name a --method yourself"
+    )
 
 
 def _with_run_data(run: RunDir, options: QuantizeOptions) -> QuantizeOptions:

@@ -14,7 +14,7 @@ import pytest
 from edge.errors import UserError
 from edge.run import RunDir
 from tests.train.conftest import tiny_config
-from train.splits import read_splits, run_data, source_key
+from train.splits import MIN_VAL_IMAGES, read_splits, run_data, small_split_warning, source_key
 
 CLASSES = ("circle", "square", "stripes")
 PER_CLASS = 30
@@ -170,3 +170,46 @@ def test_a_pretrained_run_pins_the_data_a_stage_first_gets(folder_run, tmp_path)
     pinned = read_splits(RunDir(run))
     assert pinned is not None and not pinned.trained
     assert run_data(run).split("test").fingerprint() == first.fingerprint()
+
+
+# ---- small sets are named ------------------------------------------------------------------------
+
+
+def test_training_on_a_small_validation_split_warns_and_records_it(folder_run):
+    """90 images in all: the val split holds a handful, well under 200 (and 20 per class)."""
+    run, _ = folder_run
+    summary = json.loads((run / "summary.json").read_text())
+    val_count = read_splits(RunDir(run)).splits["val"]["count"]
+    assert summary["val_images"] == val_count < MIN_VAL_IMAGES
+    [line] = summary["small_sets"]
+    assert line.startswith(f"the validation split has only {val_count} images (")
+    assert "`edge quantize --method auto` rest on noise; add images to the training data" in line
+    assert json.loads((run / "checkpoint.pt.json").read_text())["metrics"]["val_images"] == val_count
+
+
+def test_small_split_warning_thresholds():
+    from train.data import ImageSplit
+
+    def split(per_class: list[int]) -> ImageSplit:
+        labels = np.repeat(np.arange(len(per_class)), per_class)
+        return ImageSplit("x", "val", tuple(f"c{i}" for i in range(len(per_class))), labels, [], lambda i: None)
+
+    assert small_split_warning(split([100, 100]), "FIX") is None
+    assert small_split_warning(split([20] * 10), "FIX") is None  # 200 images, 20 of each
+    few = small_split_warning(split([190, 19]), "FIX")
+    assert few is not None and "(19 of class 'c1'; fewer than 200 or 20 per class)" in few and few.endswith("; FIX")
+    assert "one image moves its top-1 by 1.00 points" in small_split_warning(split([50, 50]), "FIX")
+
+
+def test_an_unreadable_image_is_named_once_however_often_the_folder_is_opened(tmp_path, caplog):
+    """quantize opens the run's data for calibration, val and test: one warning, not three."""
+    import logging
+
+    from train.data import open_data
+
+    data = _flat_folder(tmp_path / "shapes")
+    (data / "square" / "broken.png").write_bytes(b"\x89PNG not really")
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        for _ in range(3):
+            open_data(data)
+    assert caplog.text.count("unreadable image(s)") == 1

@@ -44,7 +44,9 @@ def fashion_quant_run(fashion_onnx_run: Path, tmp_path_factory: pytest.TempPathF
     root = tmp_path_factory.mktemp("quant") / "run"
     shutil.copytree(fashion_onnx_run, root)
     build_calibration_set(root, "fashion-mnist", size=64, seed=0, progress=False)
-    quantize_run(root, target="cpu", method="auto", data="fashion-mnist", val_limit=100, eval_limit=200, max_excluded=2)
+    quantize_run(
+        root, target="cpu", method="auto", data="fashion-mnist", val_limit=100, min_val_images=100, eval_limit=200, max_excluded=2
+    )
     quantize_run(root, target="trt", method="minmax", data="fashion-mnist", eval_limit=200)
     return root
 
@@ -133,6 +135,7 @@ def test_auto_records_its_tries_and_a_layer_report(fashion_quant_run: Path) -> N
     assert len({t["speedup"] for t in tries if not t["excluded"]}) == 1
     assert manifest.provenance["speed"]["batch"] == 8
     assert manifest.provenance["val_set"] == "fashion-mnist:val"
+    assert manifest.provenance["val_count"] == manifest.metrics["val_count"] == 100  # the n behind the choice
     chosen = [
         t
         for t in tries
