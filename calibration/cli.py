@@ -10,6 +10,7 @@ run's spec, stored as RUN/calibration/calibration.npy with its manifest (items a
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from calibration.sets import DEFAULT_SIZE, build_calibration_set
 
@@ -27,13 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from edge.console import make_console
 
     calib = build_calibration_set(args.run, args.data, size=args.size, seed=args.seed, out=args.out)
-    table = Table(title=f"calibration set {calib.path}")
-    for column in ("images", "requested", "split", "seed", "classes", "content hash"):
-        table.add_column(column)
+    make_console().print(calibration_table(calib))
+    return 0
+
+
+def calibration_table(calib: Any) -> Any:
+    """What the calibration set holds: images, split, seed, classes and its content hash."""
+    from edge.console import make_table
+
+    table = make_table("images", "requested", "split", "seed", "classes", "content hash", title=f"calibration set {calib.path}")
     counts = calib.provenance["class_counts"]
     table.add_row(
         str(len(calib)),
@@ -43,5 +49,4 @@ def run(args: argparse.Namespace) -> int:
         f"{len(counts)} ({min(counts.values())}-{max(counts.values())} each)" if counts else "-",
         calib.content_hash[:16],
     )
-    Console().print(table)
-    return 0
+    return table

@@ -17,7 +17,7 @@ class MissingDependencyError(UserError):
     def __init__(self, package: str, extra: str, purpose: str):
         super().__init__(
             f"{purpose} needs the Python package '{package}', which is not installed: "
-            f"pip install 'edge-harness[{extra}]' (or `make install`)"
+            f"pip install -e '.[{extra}]' in the clone (or `make install EXTRAS=...,{extra}`)"
         )
         self.package = package
         self.extra = extra

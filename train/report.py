@@ -35,12 +35,17 @@ UNDERFIT_TRAIN_TOP1 = 80.0
 
 
 def write_metrics(out: Path, history: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
-    """``metrics.csv`` and ``metrics.json`` (one row per epoch), written atomically."""
+    """``metrics.csv`` and ``metrics.json`` (one row per epoch), written atomically. ``train_loss`` is the
+    training criterion's (label smoothing included); ``train_loss_plain``, where the loop records it, is
+    plain cross-entropy on the same batches, comparable with ``val_loss``."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    columns = list(METRIC_COLUMNS)
+    if any(row.get("train_loss_plain") is not None for row in history):
+        columns.insert(columns.index("train_loss") + 1, "train_loss_plain")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: _round(row.get(k)) for k in METRIC_COLUMNS})
+        writer.writerow({k: _round(row.get(k)) for k in columns})
     csv_path = atomic_write_text(out / TRAIN_METRICS_CSV, buffer.getvalue())
     json_path = atomic_write_json(out / TRAIN_METRICS_JSON, {"epochs": list(history)})
     return csv_path, json_path
@@ -59,35 +64,88 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_curves(path: Path, history: Sequence[dict[str, Any]], best_epoch: int | None = None) -> Path:
-    """Loss and top-1 per epoch, training and validation, as one PNG."""
+def plot_curves(
+    path: Path, history: Sequence[dict[str, Any]], best_epoch: int | None = None, label_smoothing: float | None = None
+) -> Path:
+    """Loss and top-1 per epoch, training and validation, as one PNG (see :func:`curves_figure`)."""
+    plt = _pyplot()
+    return _save(curves_figure(history, best_epoch, label_smoothing), plt, path)
+
+
+def curves_figure(history: Sequence[dict[str, Any]], best_epoch: int | None = None, label_smoothing: float | None = None) -> Any:
+    """The curves as a matplotlib Figure: losses that compare like with like, integer epochs, and
+    accuracy axes at least ``MIN_TOP1_SPAN`` points tall, so a tenth of a point never looks like a cliff.
+
+    Validation loss is plain cross-entropy. A row's ``train_loss_plain`` (the same, on the training
+    batches) is plotted when the loop recorded it; otherwise the training criterion's loss is, and the
+    legend says it includes label smoothing (``label_smoothing`` or the rows' own value)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
-    loss_ax.plot(epochs, [row["val_loss"] for row in history], "o-", label="validation")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
-    acc_ax.plot(epochs, [row["train_top1"] for row in history], "o-", label="train")
-    acc_ax.plot(epochs, [row["val_top1"] for row in history], "o-", label="validation")
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    train_key, train_label = _train_loss_series(history, label_smoothing)
+    loss_ax.plot(epochs, [row[train_key] for row in history], "o-", label=train_label)
+    loss_ax.plot(epochs, [row["val_loss"] for row in history], "o-", label="val loss (no smoothing)")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    loss_ax.set_ylim(bottom=0)
+    acc_ax.plot(epochs, [row["train_top1"] for row in history], "o-", label="train top-1 (during the epoch)")
+    acc_ax.plot(epochs, [row["val_top1"] for row in history], "o-", label="val top-1")
     acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="Accuracy")
+    acc_ax.set_ylim(*top1_limits([row[k] for row in history for k in ("train_top1", "val_top1")]))
     for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="gray", linestyle=":", label="best")
+            ax.axvline(best_epoch, color="gray", linestyle=":", label=f"best (epoch {best_epoch})")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return _save(fig, plt, path)
+        ax.legend(fontsize="small")
+    return fig
+
+
+# An accuracy axis never spans fewer points than this: 91.20% vs 91.25% stays a flat line.
+MIN_TOP1_SPAN = 5.0
+
+
+def top1_limits(values: Sequence[float], min_span: float = MIN_TOP1_SPAN) -> tuple[float, float]:
+    """y limits for percentages: the data with a margin, at least ``min_span`` points, within [0, 100]."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return 0.0, 100.0
+    low, high = min(finite), max(finite)
+    margin = max((high - low) * 0.1, (min_span - (high - low)) / 2, 0.0)
+    low, high = low - margin, high + margin
+    if low < 0:
+        low, high = 0.0, min(100.0, high - low)
+    if high > 100:
+        low, high = max(0.0, low - (high - 100)), 100.0
+    return low, high
+
+
+def _train_loss_series(history: Sequence[dict[str, Any]], label_smoothing: float | None) -> tuple[str, str]:
+    """Which training loss to plot and its legend: plain cross-entropy where recorded, else the criterion's."""
+    if history and all(row.get("train_loss_plain") is not None for row in history):
+        return "train_loss_plain", "train loss (no smoothing)"
+    if label_smoothing is None and history:
+        label_smoothing = history[-1].get("label_smoothing")
+    if label_smoothing is None:
+        return "train_loss", "train loss (training criterion, with its label smoothing)"
+    if label_smoothing == 0:
+        return "train_loss", "train loss (no smoothing)"
+    return "train_loss", f"train loss (label smoothing {label_smoothing:g})"
 
 
 def plot_confusion(path: Path, confusion: np.ndarray, classes: Sequence[str], title: str) -> Path:
-    """Row-normalised confusion matrix (true class per row) with counts, as a PNG."""
+    """Row-normalised confusion matrix (true class per row; colour: share of the row) with counts, as a PNG."""
     plt = _pyplot()
     confusion = np.asarray(confusion)
     rows = confusion.sum(axis=1, keepdims=True).clip(min=1)
     rates = confusion / rows
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 2), max(4, 0.6 * n + 1.5)))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class (numbers: images)")
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
     ax.set_xticklabels(classes, rotation=45, ha="right")
     ax.set_yticklabels(classes)
@@ -109,7 +167,7 @@ def plot_confusion(path: Path, confusion: np.ndarray, classes: Sequence[str], ti
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
 
@@ -140,18 +198,33 @@ def diagnose(history: Sequence[dict[str, Any]], mode: str) -> list[str]:
 
 
 def history_table(history: Sequence[dict[str, Any]], best_epoch: int | None) -> Any:
-    """The per-epoch metrics as a rich table."""
-    from rich.table import Table
+    """The per-epoch metrics as a rich table; its caption says which loss carries label smoothing."""
+    from edge.console import make_table
 
-    table = Table(title="Training")
-    for name in ("epoch", "lr", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "img/s", "time"):
-        table.add_column(name, justify="right")
+    train_key, train_label = _train_loss_series(history, None)
+    caption = None
+    if "no smoothing" not in train_label:
+        caption = f"{train_label.replace('train loss (', 'train loss: ').rstrip(')')}; val loss: no smoothing"
+    table = make_table(
+        "epoch",
+        "lr",
+        "train loss",
+        "train top-1",
+        "val loss",
+        "val top-1",
+        "val top-5",
+        "img/s",
+        "time",
+        title="Training",
+        caption=caption,
+        justify="right",
+    )
     for row in history:
         mark = " *" if row["epoch"] == best_epoch else ""
         table.add_row(
             f"{row['epoch']}{mark}",
             f"{row['lr']:.2e}",
-            f"{row['train_loss']:.4f}",
+            f"{row[train_key]:.4f}",
             f"{row['train_top1']:.2f}",
             f"{row['val_loss']:.4f}",
             f"{row['val_top1']:.2f}",

@@ -13,7 +13,7 @@ from edge.runners.base import Runner
 from edge.spec import PreprocessSpec
 
 PROVIDER_HINT = (
-    "install onnxruntime-gpu instead of onnxruntime (pip install 'edge-harness[gpu]'; on a Jetson use "
+    "install onnxruntime-gpu instead of onnxruntime (pip uninstall onnxruntime, then pip install -e '.[gpu]' in the clone; on a Jetson use "
     "the JetPack wheel from the Jetson Zoo)"
 )
 

@@ -42,7 +42,7 @@ def require_tensorrt(purpose: str = "Running TensorRT engines") -> None:
     if not tensorrt_available():
         raise UserError(
             f"{purpose} needs TensorRT, and TensorRT is not installed: on a Jetson it comes with JetPack "
-            "(python3-libnvinfer); on a GPU server pip install 'edge-harness[tensorrt]'"
+            "(python3-libnvinfer); on a GPU server pip install -e '.[tensorrt]' in the clone"
         )
 
 

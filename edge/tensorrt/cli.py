@@ -18,6 +18,7 @@ and type-checked against tensorrt-stubs; `edge selftest --tensorrt` proves it on
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from edge.runners.tensorrt_engines import UNVERIFIED
 from edge.tensorrt.build import DEFAULT_WORKSPACE_GIB, PRECISIONS, build_engines, validate_request
@@ -54,12 +55,17 @@ def run(args: argparse.Namespace) -> int:
         args.force,
     )
     rows = build_engines(request)
-    from rich.console import Console
-    from rich.table import Table
+    from edge.console import make_console
 
-    table = Table(title=f"TensorRT engines ({UNVERIFIED})")
-    for column in ("precision", "engine", "MB", "flags", "profile", "build s"):
-        table.add_column(column)
+    make_console().print(engines_table(rows))
+    return 0
+
+
+def engines_table(rows: list[dict[str, Any]]) -> Any:
+    """One row per engine built or reused: size, flags, shape profile, build time."""
+    from edge.console import make_table
+
+    table = make_table("precision", "engine", "MB", "flags", "profile", "build s", title=f"TensorRT engines ({UNVERIFIED})")
     for row in rows:
         profile = row["profile"]
         table.add_row(
@@ -70,5 +76,4 @@ def run(args: argparse.Namespace) -> int:
             f"{profile['min']}:{profile['opt']}:{profile['max']}",
             f"{row['build_seconds']:.1f}",
         )
-    Console().print(table)
-    return 0
+    return table
