@@ -19,6 +19,7 @@ line and exits 130. A row past --timeout is stopped the same way and recorded as
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_count": None,
         "single_stream": percentile_samples_needed(99),
         "max_seconds": 60.0,
+        "rounds": 5,
     },
     # `make demo`: about 2 minutes on 2 cores, accuracy on a fixed test subset. 2000 images (the demo
     # preset's whole test split) resolve `edge check --max-drop 0.5`: its minimum detectable drop
@@ -48,10 +50,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_sizes": "1,8,32",
         "warmup_s": 0.2,
         "min_iters": 5,
-        "min_seconds": 0.4,
+        "min_seconds": 1.0,
         "eval_count": 2000,
         "single_stream": percentile_samples_needed(90),
         "max_seconds": 5.0,
+        "rounds": 5,
     },
 }
 
@@ -76,7 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation subset")
     parser.add_argument("--warmup-s", type=float, help="warm-up seconds per cell")
     parser.add_argument("--min-iters", type=int, help="at least this many timed calls per cell")
-    parser.add_argument("--min-seconds", type=float, help="and at least this many seconds per cell")
+    parser.add_argument("--min-seconds", type=float, help="and at least this many seconds per cell (over all its rounds)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="timing rounds per cell, stepped in turn across the artifacts of a device (default 5; p50 intervals need >= 5)",
+    )
     parser.add_argument("--threads", type=int, help="intra-op CPU threads (recorded; default: the backend's)")
     parser.add_argument("--single-stream", type=int, metavar="N", help="single-stream samples at batch 1 (0: off)")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip end-to-end (preprocessing) timing")
@@ -137,15 +145,14 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_seconds": profile["max_seconds"],
         "eval_count": pick("eval_count"),
         "single_stream": pick("single_stream"),
+        "rounds": pick("rounds"),
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from edge.console import make_console
 
-    console = Console()
-    if not console.is_terminal:  # CI logs and pipes: wide enough for the headline table
-        console = Console(width=170)
+    console = make_console()  # COLUMNS / NO_COLOR honoured; tables re-flow instead of cutting cells
     if args.threads is not None and args.threads <= 0:
         raise UserError(f"--threads must be positive, got {args.threads}")
     if args.timeout <= 0:
@@ -154,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     if args.zoo:
         from bench.zoo import run_zoo
 
-        return run_zoo(args.zoo, devices, args.threads, args.out, args.timeout, console)
+        batches = parse_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes else None
+        return run_zoo(args.zoo, devices, args.threads, args.out, args.timeout, console, batches)
     if not args.run:
         raise UserError("give a run directory (edge bench runs/NAME) or --zoo MODELS")
     return run_bench(args, devices, console)
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:
     from bench.matrix import BenchPlan, run_matrix, select_artifacts
-    from bench.report import build_report, plot_unavailable, rich_headline, write_report
+    from bench.report import build_report, keep_previous, plot_unavailable, rich_headline, write_report
     from edge.run import RunDir
 
     settings = _settings(args)
@@ -186,6 +194,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
         profile=args.profile,
         max_drop=args.max_drop,
     )
+    load_before = _load_average()
     rows = run_matrix(plan, labels, console)
     report = build_report(
         {
@@ -203,16 +212,20 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
         eval_info,
         rows,
     )
+    report["noise"] = noise_figures(rows, load_before, _load_average())
     out_dir = args.out or run_dir.bench
+    previous = keep_previous(out_dir)
     paths = write_report(report, out_dir, spec=_report_spec(artifacts))
     console.print(rich_headline(report, title=f"bench: {run_dir.root} ({args.profile})"))
     others = ", ".join(path.name for fmt, path in paths.items() if fmt != "json")
-    console.print(f"report: {paths['json']} (also {others})")
+    console.print(f"report: {paths['json']} (also {others})", soft_wrap=True, highlight=False)
+    if previous is not None:
+        console.print(f"the previous report is kept in {previous}/", soft_wrap=True, highlight=False)
     if "png" not in paths:
-        console.print(f"note: {plot_unavailable()}", style="yellow", highlight=False, markup=False)
+        console.print(f"note: {plot_unavailable()}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     stopped = next((r for r in rows if r.get("status") == "interrupted"), None)
     if stopped is not None:  # Ctrl-C: the worker is gone, what was measured is written; one line
-        done, planned = len(rows) - 1, len(artifacts) * len(devices)
+        done, planned = sum(r.get("status") != "interrupted" for r in rows), len(artifacts) * len(devices)
         before = f"{done} of {planned} rows finished before it" if done else "no row finished before it"
         print(
             f"edge bench: interrupted while measuring {stopped['artifact']} on {stopped['device']} "
@@ -226,6 +239,34 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     )  # rejected rows were measured: the gate fails them
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not on this platform
+        return None
+
+
+def noise_figures(rows: list[dict[str, Any]], load_before: float | None, load_after: float | None) -> dict[str, Any]:
+    """How noisy the machine was: the 1-minute load average around the run, the machine probe's
+    spread over every round, and the median spread of a cell's round p50s (all in percent)."""
+    from bench.intervals import spread_pct
+
+    probes, spreads = [], []
+    for row in rows:
+        for cell in row.get("cells") or []:
+            compute = cell.get("compute") or {}
+            probes += [r["probe_ms"] for r in compute.get("rounds") or [] if r.get("probe_ms")]
+            if compute.get("spread_pct") is not None:
+                spreads.append(compute["spread_pct"])
+    return {
+        "load_average_1m": [load_before, load_after],
+        "cpu_count": os.cpu_count(),
+        "probe_p50_ms": float(sorted(probes)[len(probes) // 2]) if probes else None,
+        "probe_spread_pct": spread_pct(probes),
+        "median_round_spread_pct": float(sorted(spreads)[len(spreads) // 2]) if spreads else None,
+    }
+
+
 def _timing_window(settings: dict[str, Any]) -> TimingWindow:
     """The per-cell timing window of the settings, after checking the counts given with them."""
     if settings["eval_count"] is not None and settings["eval_count"] <= 0:
@@ -237,6 +278,7 @@ def _timing_window(settings: dict[str, Any]) -> TimingWindow:
         settings["min_iters"],
         settings["min_seconds"],
         max(settings["max_seconds"], settings["min_seconds"]),
+        settings["rounds"],
     )
 
 

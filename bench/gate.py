@@ -35,12 +35,13 @@ Exit codes: 0 passed, 1 a check failed, 2 a usage error (bad path, malformed rep
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from bench.matrix import float_parent, is_int8
+from bench.checks import MEASURED, Check, same_machine
+from bench.latency_gate import check_latency
+from bench.matrix import float_parent
 from bench.paired import (
     CONFIDENCE,
     RESOLUTION,
@@ -54,15 +55,6 @@ from bench.paired import (
 from bench.report import read_report
 from edge.artifacts import atomic_write_text
 from edge.errors import UserError
-
-MEASURED = ("ok", "rejected")  # row statuses with numbers in them
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # pass | fail | warn | skip
-    detail: str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +78,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"warn instead of failing when the evaluation set cannot resolve --max-drop (its minimum detectable drop, "
         f"every flip a loss, is above {RESOLUTION:g} x the budget)",
     )
+    parser.add_argument(
+        "--strict-latency",
+        action="store_true",
+        help="fail, instead of warning, when a latency comparison is too noisy to judge",
+    )
+    parser.add_argument(
+        "--allow-stale", action="store_true", help="warn instead of failing on rows whose artifact is stale (see edge inspect)"
+    )
+    parser.add_argument(
+        "--min-exact-agreement",
+        type=float,
+        default=99.5,
+        help="top-1 agreement in percent an exact conversion (ONNX FP32, TensorRT FP32/FP16, OpenVINO FP32) must keep with its parent (default 99.5)",
+    )
     parser.add_argument("--junit", type=Path, help="write JUnit XML here (for CI test reports)")
 
 
@@ -96,12 +102,6 @@ def _row_key(row: dict[str, Any]) -> str:
 def _measured(row: dict[str, Any]) -> bool:
     ok_cell = any(c.get("status") == "ok" for c in row.get("cells") or [])
     return row.get("status") in MEASURED and (ok_cell or bool(row.get("accuracy")))
-
-
-def same_machine(report: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    """Both reports carry a machine fingerprint and it is the same (two unknowns are not a match)."""
-    mine, theirs = report["environment"].get("machine_fingerprint"), baseline["environment"].get("machine_fingerprint")
-    return bool(mine) and mine == theirs
 
 
 # ---- what was run ------------------------------------------------------------------------------
@@ -288,52 +288,39 @@ def check_baseline_coverage(report: dict[str, Any], baseline: dict[str, Any]) ->
     return checks
 
 
-# ---- latency -----------------------------------------------------------------------------------
+# ---- stale and exact ----------------------------------------------------------------------------
 
 
-def _p50s(report: dict[str, Any]) -> dict[tuple[str, str, int], float]:
-    return {
-        (r["artifact"], r["device"], c["batch"]): c["compute"]["p50_ms"]
-        for r in report["rows"]
-        if r.get("status") in MEASURED
-        for c in r.get("cells") or []
-        if c.get("status") == "ok"
-    }
+def is_exact_conversion(name: str) -> bool:
+    """Conversions that should not change a prediction: torch -> ONNX FP32, ONNX -> TensorRT FP32/FP16
+    or OpenVINO FP32."""
+    return name in ("onnx-fp32", "openvino-fp32") or name.startswith(("trt-fp32", "trt-fp16"))
 
 
-def int8_ratios(report: dict[str, Any]) -> dict[tuple[str, str, int], float]:
-    """p50(INT8) / p50(onnx-fp32) per INT8 artifact, device and batch, within one report."""
-    p50 = _p50s(report)
-    return {
-        (a, d, b): value / p50[("onnx-fp32", d, b)]
-        for (a, d, b), value in p50.items()
-        if is_int8(a) and p50.get(("onnx-fp32", d, b))
-    }
-
-
-def check_latency(report: dict[str, Any], baseline: dict[str, Any], tolerance: float) -> list[Check]:
+def check_stale(report: dict[str, Any], allow_stale: bool = False) -> list[Check]:
+    """A row whose artifact (or an ancestor up its manifest chain) no longer matches its parent."""
     checks = []
-    if same_machine(report, baseline):
-        base = _p50s(baseline)
-        for key, value in sorted(_p50s(report).items()):
-            if not base.get(key):
-                continue
-            change = (value / base[key] - 1.0) * 100.0
-            name = f"p50 {key[0]}@{key[1]} batch {key[2]}"
-            detail = f"{base[key]:.3f} -> {value:.3f} ms ({change:+.1f}%, tolerance {tolerance}%)"
-            checks.append(Check(name, "fail" if change > tolerance else "pass", detail))
-    else:
-        known = report["environment"].get("machine_fingerprint") and baseline["environment"].get("machine_fingerprint")
-        why = "different machine fingerprints" if known else "a report has no machine fingerprint"
-        checks.append(Check("absolute latency vs baseline", "skip", f"{why}: only ratios within each run are compared"))
-    base_ratios = int8_ratios(baseline)
-    for key, ratio in sorted(int8_ratios(report).items()):
-        if not base_ratios.get(key):
+    for row in report["rows"]:
+        if row.get("stale") and row.get("status") in MEASURED:
+            status = "warn" if allow_stale else "fail"
+            tail = " (--allow-stale)" if allow_stale else "; or --allow-stale"
+            checks.append(Check(f"current {_row_key(row)}", status, f"stale: {row['stale']}{tail}"))
+    return checks
+
+
+def check_exact_agreement(report: dict[str, Any], min_agreement: float) -> list[Check]:
+    """An exact conversion must agree with its parent on >= ``min_agreement`` % of images, whatever
+    the drop's sign (a model that gained 5 points by disagreeing on 30% is a different model)."""
+    checks = []
+    for row in report["rows"]:
+        vs = (row.get("accuracy") or {}).get("vs_parent") or {}
+        if row.get("status") not in MEASURED or not is_exact_conversion(row["artifact"]) or "agreement" not in vs:
             continue
-        change = (ratio / base_ratios[key] - 1.0) * 100.0
-        name = f"INT8/FP32 ratio {key[0]}@{key[1]} batch {key[2]}"
-        detail = f"{base_ratios[key]:.3f} -> {ratio:.3f} ({change:+.1f}%, tolerance {tolerance}%)"
-        checks.append(Check(name, "fail" if change > tolerance else "pass", detail))
+        n = (vs.get("flips") or {}).get("n")
+        detail = f"agreement with {vs['parent']} {vs['agreement']:.2f}% on {n} images (exact conversion: >= {min_agreement:g}%)"
+        if vs["agreement"] < min_agreement:
+            detail += f", top-1 {vs['parent_top1']:.2f}% -> {row['accuracy']['top1']:.2f}%: the conversion changed the model"
+        checks.append(Check(f"exact {_row_key(row)}", "pass" if vs["agreement"] >= min_agreement else "fail", detail))
     return checks
 
 
@@ -356,6 +343,8 @@ def write_junit(path: Path, checks: list[Check]) -> None:
             ET.SubElement(case, "skipped", message=check.detail[:500])
         elif check.status == "warn":
             ET.SubElement(case, "system-out").text = f"warning: {check.detail}"
+        else:  # a pass carries its figures too: what was compared, and by how much it passed
+            ET.SubElement(case, "system-out").text = check.detail
     atomic_write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
 
 
@@ -367,25 +356,30 @@ def evaluate_gate(
     confidence: float = CONFIDENCE,
     allow_unmeasured: bool = False,
     allow_small_eval: bool = False,
+    strict_latency: bool = False,
+    allow_stale: bool = False,
+    min_exact_agreement: float = 99.5,
 ) -> list[Check]:
     """Every check of the gate, in order: what ran, drops vs parent, then baseline comparisons."""
-    checks = check_measured(report) + check_runs(report)
+    checks = check_measured(report) + check_runs(report) + check_stale(report, allow_stale)
     checks += check_parent_drops(report, max_drop, confidence, allow_unmeasured, allow_small_eval)
+    checks += check_exact_agreement(report, min_exact_agreement)
     if baseline is not None:
         checks += check_baseline_coverage(report, baseline)
         checks += check_baseline_accuracy(report, baseline, max_drop, confidence)
-        checks += check_latency(report, baseline, max_latency_regression)
+        checks += check_latency(report, baseline, max_latency_regression, strict_latency)
     return checks
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from edge.console import make_console, make_table
 
     if args.max_drop < 0:
         raise UserError(f"--max-drop must be >= 0 points, got {args.max_drop}")
     if args.max_latency_regression < 0:
         raise UserError(f"--max-latency-regression must be >= 0 percent, got {args.max_latency_regression}")
+    if not 0.0 <= args.min_exact_agreement <= 100.0:
+        raise UserError(f"--min-exact-agreement must be a percentage in [0, 100], got {args.min_exact_agreement}")
     if not 0.5 <= args.confidence < 1.0:
         raise UserError(f"--confidence must be in [0.5, 1), got {args.confidence}")
     report = read_report(args.report)
@@ -398,16 +392,15 @@ def run(args: argparse.Namespace) -> int:
         args.confidence,
         allow_unmeasured=args.allow_unmeasured,
         allow_small_eval=args.allow_small_eval,
+        strict_latency=args.strict_latency,
+        allow_stale=args.allow_stale,
+        min_exact_agreement=args.min_exact_agreement,
     )
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=170)
+    console = make_console()
     styles = {"fail": "bold red", "warn": "yellow", "skip": "dim", "pass": "green"}
     order = {"fail": 0, "warn": 1, "pass": 2, "skip": 3}
-    table = Table(title=f"edge check: {args.report}")
-    for column in ("result", "check", "detail"):
-        table.add_column(column)
+    table = make_table("result", "check", "detail", title=f"edge check: {args.report}")
     for check in sorted(checks, key=lambda c: order[c.status]):
         table.add_row(check.status.upper(), check.name, check.detail, style=styles[check.status])
     console.print(table)
@@ -420,5 +413,6 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"FAIL {check.name}: {check.detail}", soft_wrap=True, markup=False, highlight=False)
         console.print(f"[bold red]gate FAILED: {len(failed)} of {len(checks)} checks[/]")
         return 1
-    console.print(f"[green]gate passed[/] ({len(checks)} checks, {sum(c.status == 'warn' for c in checks)} warnings)")
+    warnings = sum(c.status == "warn" for c in checks)
+    console.print(f"[green]gate passed[/] ({len(checks)} checks, {warnings} warning{'' if warnings == 1 else 's'})")
     return 0

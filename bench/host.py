@@ -17,8 +17,14 @@ class Skip(Exception):
     """The row cannot run here (device or backend absent): recorded as skipped, not as an error."""
 
 
-def unavailable_reason(path: Path, device: str) -> str | None:
-    """Why ``path`` cannot run on ``device`` here, or None. Checked before loading anything."""
+def unavailable_reason(path: Path, device: str, backend: str = "auto") -> str | None:
+    """Why ``path`` cannot run on ``device`` (with ``backend``) here, or None. Checked before loading anything."""
+    if backend == "openvino":
+        if importlib.util.find_spec("openvino") is None:
+            return "OpenVINO is not installed (pip install -e '.[openvino]', or make install EXTRAS=...,openvino)"
+        if device == "cuda":
+            return "OpenVINO runs on the CPU (and Intel GPU/NPU plugins), not on CUDA"
+        return None
     suffix = path.suffix
     if suffix in (".engine", ".plan"):
         from edge.runners import tensorrt_available

@@ -1,11 +1,17 @@
 """The bench matrix: every artifact of a run x every device, one worker process per row.
 
-``run_matrix(plan)`` starts ``python -m bench.worker`` for each artifact x device with a timeout,
-shows a progress bar, and assembles the report dict (schema in ``bench.report``): timing cells per
-batch size, single stream, peak memory, file size, and accuracy with the paired comparison against
-the float parent. A row that crashes, hangs or cannot run here is kept with its error or reason.
+``run_matrix(plan)`` measures one device at a time. For a device it starts a stepped worker
+(``python -m bench.worker --stepped``) per artifact and keeps them all alive: in each of R rounds
+every batch size is timed by every worker in turn (``LiveWorker.step``; the order rotates each
+round), so the rounds of an INT8 model and of its float parent are back to back and a ratio of the
+two is not a ratio of two moments. Then each worker measures single stream and accuracy alone. It
+shows a progress bar and assembles the report dict (schema in ``bench.report``): timing cells per
+batch size with their rounds and intervals, the latency ratio to the float parent, single stream,
+peak memory, file size, staleness, and accuracy with the paired comparison against the float
+parent. A row that crashes, hangs or cannot run here is kept with its error or reason.
 A timeout or a Ctrl-C stops the worker's whole process group (SIGTERM, then SIGKILL after a grace
-period), so no orphan outlives the bench; a Ctrl-C also ends the matrix with the row ``interrupted``.
+period), so no orphan outlives the bench; a Ctrl-C also ends the matrix with the rows of the device
+being measured ``interrupted``.
 
 Two decisions are made here from the artifact's manifest, before or after its worker runs:
 an engine is timed only at the batch sizes its optimisation profile covers (``cell_skips``: the
@@ -17,8 +23,10 @@ artifact whose maker did not accept it (``accepted: false``) becomes *rejected* 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -30,15 +38,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.intervals import paired_ratio
 from bench.paired import paired_flips
 from bench.timing import TimingWindow
-from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest
+from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest, stale_reason
 from edge.errors import UserError
 from edge.run import RunDir
 
 # Which artifact an artifact's accuracy is compared against: INT8 and engines against the ONNX
 # float model they were made from, the ONNX float model against the checkpoint it was exported from.
-FLOAT_PARENT = {"onnx-fp32": "torch-fp32", "int8-cpu": "onnx-fp32", "int8-trt": "onnx-fp32"}
+FLOAT_PARENT = {
+    "onnx-fp32": "torch-fp32",
+    "int8-cpu": "onnx-fp32",
+    "int8-trt": "onnx-fp32",
+    "openvino-fp32": "onnx-fp32",
+    "openvino-int8": "onnx-fp32",
+}
+# Rows that run another row's file on another backend: name -> (the file's own row, backend).
+OTHER_BACKEND = {"openvino-fp32": ("onnx-fp32", "openvino"), "openvino-int8": ("int8-cpu", "openvino")}
 SIMULATED = {"int8-trt"}  # TensorRT's INT8 arithmetic, evaluated with ONNX Runtime's CPU kernels
 
 
@@ -91,6 +108,7 @@ def artifact_job(plan: BenchPlan, name: str, path: Path, device: str) -> dict[st
     return {
         "kind": "artifact",
         "name": name,
+        "backend": OTHER_BACKEND[name][1] if name in OTHER_BACKEND else "auto",
         "path": str(path),
         "device": device,
         "threads": plan.threads,
@@ -183,8 +201,7 @@ def run_worker(job: dict[str, Any], timeout_s: float, on_progress: Any = None) -
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps(job))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")]))
+        env = _worker_env()
         with _sigint_held() as pressed:  # a Ctrl-C while it starts must not lose the child's pid
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.worker", str(job_path), str(out_path)],
@@ -297,6 +314,129 @@ def _keep_tail(stream: Any, tail: list[str]) -> None:
         del tail[:-50]
 
 
+class LiveWorker:
+    """A stepped worker (``python -m bench.worker --stepped``) kept alive across rounds.
+
+    ``start`` waits for ``ready``; ``step(batch)`` asks for one round and waits for ``done``;
+    ``finish`` reads the row. Any failure (the worker exits, answers nothing within what is left
+    of its ``timeout_s`` of own work) ends it: ``alive`` turns False and ``result`` holds the row
+    (the worker's own result file when it wrote one: a skip, an error).
+    """
+
+    def __init__(self, job: dict[str, Any], timeout_s: float):
+        self.job, self.timeout_s = job, timeout_s
+        self.label = f"{job['name']} on {job['device']}"
+        self.result: dict[str, Any] | None = None
+        self.proc: subprocess.Popen | None = None
+        self._used_s = 0.0
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._tail: list[str] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="edge-bench-")
+        self._out = Path(self._tmp.name) / "result.json"
+
+    @property
+    def alive(self) -> bool:
+        return self.result is None and self.proc is not None
+
+    def start(self) -> None:
+        job_path = Path(self._tmp.name) / "job.json"
+        job_path.write_text(json.dumps(self.job))
+        with _sigint_held() as pressed:  # a Ctrl-C while it starts must not lose the child's pid
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.worker", "--stepped", str(job_path), str(self._out)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_worker_env(),
+                start_new_session=True,  # its own process group: stopped as a whole, never orphaned
+            )
+        for target, args in ((_queue_lines, (self.proc.stdout, self._lines)), (_keep_tail, (self.proc.stderr, self._tail))):
+            threading.Thread(target=target, args=args, daemon=True).start()
+        if pressed[0]:
+            raise KeyboardInterrupt
+        self._await("ready")
+
+    def step(self, batch: int) -> None:
+        if self._send(f"time {batch}"):
+            self._await("done")
+
+    def finish(self) -> None:
+        if self._send("finish"):
+            self._await(None)
+
+    def _send(self, line: str) -> bool:
+        if not self.alive or self.proc is None or self.proc.stdin is None:
+            return False
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._ended()
+            return False
+        return True
+
+    def _await(self, word: str | None) -> None:
+        """Wait for ``word`` (None: for the worker to exit and leave its result)."""
+        started = time.monotonic()
+        try:
+            while True:
+                left = self.timeout_s - self._used_s - (time.monotonic() - started)
+                try:
+                    line = self._lines.get(timeout=max(left, 0.0))
+                except queue.Empty:
+                    self._fail(f"timed out after {self.timeout_s:.0f} s (raise --timeout)")
+                    return
+                if line is None:
+                    self._ended()
+                    return
+                if word is not None and line.strip() == word:
+                    return
+        finally:
+            self._used_s += time.monotonic() - started
+
+    def _ended(self) -> None:
+        """The worker exited: its result file, or an error row with the last line it wrote."""
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        if self._out.exists():
+            self.result = json.loads(self._out.read_text())
+            return
+        tail = "".join(self._tail)[-600:].strip().splitlines()
+        code = self.proc.returncode if self.proc is not None else None
+        self._fail(f"worker exited with code {code}: {tail[-1] if tail else 'no output'}")
+
+    def _fail(self, error: str) -> None:
+        self.result = {"status": "error", "error": error}
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the worker's process group (if still there) and remove its temporary folder."""
+        if self.proc is not None:
+            if self.proc.poll() is None or _group_alive(self.proc.pid):
+                stop_process_group(self.proc)
+            if self.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
+        self._tmp.cleanup()
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")]))
+    return env
+
+
+def _queue_lines(stream: Any, lines: queue.Queue[str | None]) -> None:
+    """Lines of a stepped worker's stdout, then None at its end (progress lines are dropped)."""
+    with contextlib.suppress(ValueError, OSError):
+        for line in stream:
+            if not line.startswith("progress "):
+                lines.put(line)
+    lines.put(None)
+
+
 # ---- assembling the report ---------------------------------------------------------------------
 
 
@@ -346,60 +486,157 @@ def attach_parent_comparison(rows: list[dict[str, Any]], labels: list[int], max_
             "flips": flips.to_dict(),
             "too_small_for_budget": flips.too_small_for(max_drop),
         }
+        attach_same_file_agreement(rows, row)
+
+
+def attach_same_file_agreement(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """A row running another row's file on another backend (OpenVINO INT8 on ``model.int8-cpu.onnx``):
+    top-1 agreement between the two backends' predictions, image by image (different kernels)."""
+    if row["artifact"] not in OTHER_BACKEND:
+        return
+    own = OTHER_BACKEND[row["artifact"]][0]
+    ref = _reference_row(rows, own, row["device"])
+    if ref is None:
+        return
+    mine, theirs = row["accuracy"]["predictions"], ref["accuracy"]["predictions"]
+    agree = sum(a == b for a, b in zip(mine, theirs))
+    row["accuracy"]["vs_same_file"] = {"artifact": own, "agreement": agree / len(mine) * 100.0 if mine else None, "n": len(mine)}
 
 
 def run_matrix(plan: BenchPlan, eval_labels: list[int] | None, console: Any = None) -> list[dict[str, Any]]:
     """Run every artifact x device; rows in artifact order, then device.
 
-    Ctrl-C stops the matrix: the row being measured comes back ``interrupted`` (its worker
-    stopped), the rows not yet run are left out, and the rows measured so far are kept.
+    The artifacts of one device are measured together (``run_device_group``): their workers stay
+    alive and are stepped round by round in turn. Ctrl-C stops the matrix: the rows of the device
+    being measured come back ``interrupted`` (their workers stopped), devices not yet measured are
+    left out, and the rows of devices finished before are kept.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    jobs = [(name, path, device) for name, path in plan.artifacts.items() for device in plan.devices]
-    rows: list[dict[str, Any]] = []
+    from edge.console import make_progress
+
+    by_device: dict[str, list[dict[str, Any]]] = {}
     interrupted = False
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
-    ) as progress:
-        overall = progress.add_task("bench matrix", total=len(jobs))
-        for name, path, device in jobs:
-            row_task = progress.add_task(f"  {name} on {device}", total=None)
+    steps = len(plan.artifacts) * len(plan.devices) * (2 + plan.window.rounds * len(plan.batch_sizes))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with make_progress(*columns, console=console, unit="steps", transient=False) as progress:
+        overall = progress.add_task("bench matrix", total=steps)
 
-            def on_progress(done: int, total: int, what: str, task: Any = row_task, label: str = f"  {name} on {device}") -> None:
-                progress.update(task, completed=done, total=max(total, 1), description=f"{label}: {what}")
+        def on_step(what: str) -> None:
+            progress.update(overall, advance=1, description=f"bench matrix: {what}")
 
-            started = time.time()
+        for device in plan.devices:
+            jobs = [(name, path, device) for name, path in plan.artifacts.items()]
             try:
-                result = run_worker(artifact_job(plan, name, path, device), plan.timeout_s, on_progress)
-            except KeyboardInterrupt as exc:  # the worker is stopped: report this row, run no other
-                result = getattr(exc, "row", None) or {"status": "interrupted", "reason": INTERRUPTED_REASON}
+                by_device[device] = run_device_group(plan, jobs, on_step)
+            except GroupInterrupted as exc:
+                by_device[device] = exc.rows
                 interrupted = True
-            result.update(artifact=name, device=device, path=str(path))
-            result.setdefault("seconds", time.time() - started)
-            result["file_size_bytes"] = path.stat().st_size
-            result["simulated"] = name in SIMULATED
-            result["float_parent"] = float_parent(name)
-            result.update(_manifest_info(path))
-            mark_rejected(result, _manifest(path))
-            rows.append(result)
-            progress.remove_task(row_task)
-            if interrupted:
-                progress.update(overall, description=f"bench matrix: interrupted at {name} on {device}")
+                progress.update(overall, description=f"bench matrix: interrupted on {device}")
                 break
-            progress.advance(overall)
-    if eval_labels is not None:
+    rows = [r for name in plan.artifacts for d in plan.devices for r in by_device.get(d, []) if r["artifact"] == name]
+    attach_latency_ratios(rows)
+    if eval_labels is not None and not interrupted:
         attach_parent_comparison(rows, eval_labels, plan.max_drop)
+    elif eval_labels is not None:
+        attach_parent_comparison([r for r in rows if r.get("status") != "interrupted"], eval_labels, plan.max_drop)
     return rows
 
 
+class GroupInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a device's workers ran: they are stopped; ``rows`` are that device's rows."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        super().__init__("interrupted")
+        self.rows = rows
+
+
+def run_device_group(plan: BenchPlan, jobs: list[tuple[str, Path, str]], on_step: Any = None) -> list[dict[str, Any]]:
+    """Measure the artifacts of one device together: load every worker, then R rounds in which
+    each batch size is timed by every worker in turn (the order rotates each round), then finish.
+
+    A worker that fails, hangs past ``plan.timeout_s`` of its own work, or cannot run here loses its
+    row only. Ctrl-C stops them all and raises ``GroupInterrupted`` with the rows marked.
+    """
+    step = on_step or (lambda what: None)
+    workers = [LiveWorker(artifact_job(plan, name, path, device), plan.timeout_s) for name, path, device in jobs]
+    try:
+        for worker in workers:
+            step(f"loading {worker.label}")
+            worker.start()
+        for r in range(plan.window.rounds):
+            live = [w for w in workers if w.alive]
+            order = live[r % len(live) :] + live[: r % len(live)] if live else []
+            for batch in plan.batch_sizes:
+                for worker in order:
+                    step(f"round {r + 1}/{plan.window.rounds} batch {batch} {worker.label}")
+                    worker.step(batch)
+        for worker in workers:
+            step(f"accuracy and single stream {worker.label}")
+            worker.finish()
+    except KeyboardInterrupt:
+        for worker in workers:
+            worker.stop()
+        raise GroupInterrupted(
+            [_assembled(w.job, {"status": "interrupted", "reason": INTERRUPTED_REASON}) for w in workers]
+        ) from None
+    finally:
+        for worker in workers:
+            worker.stop()
+    return [_assembled(w.job, w.result or {"status": "error", "error": "the worker gave no result"}) for w in workers]
+
+
+def _assembled(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A worker's result with what the parent knows: file size, manifest, rejection, staleness."""
+    path = Path(job["path"])
+    result.update(artifact=job["name"], device=job["device"], path=str(path))
+    result.setdefault("seconds", None)
+    result["file_size_bytes"] = path.stat().st_size
+    result["simulated"] = job["name"] in SIMULATED
+    result["float_parent"] = float_parent(job["name"])
+    result.update(_manifest_info(path))
+    mark_rejected(result, _manifest(path))
+    result["stale"] = stale_reason(path)
+    return result
+
+
+def attach_latency_ratios(rows: list[dict[str, Any]]) -> None:
+    """Per cell, p50 over the float parent's p50 on the same device from the same rounds (stepped
+    back to back): the median of per-round ratios with its interval (``bench.intervals``)."""
+    by_key = {(r["artifact"], r["device"]): r for r in rows if r.get("status") in ("ok", "rejected")}
+    for row in by_key.values():
+        parent = by_key.get((float_parent(row["artifact"]) or "", row["device"]))
+        if parent is None:
+            continue
+        parent_cells = {c["batch"]: c for c in parent.get("cells") or [] if c.get("status") == "ok"}
+        for cell in row.get("cells") or []:
+            ref = parent_cells.get(cell["batch"])
+            if cell.get("status") != "ok" or ref is None:
+                continue
+            mine, theirs = round_p50s(cell), round_p50s(ref)
+            if mine and len(mine) == len(theirs):
+                ratio = paired_ratio(mine, theirs)
+                cell["vs_parent_latency"] = {"parent": parent["artifact"], **ratio.to_dict()}
+
+
+def round_p50s(cell: dict[str, Any]) -> list[float]:
+    """The p50 of each timing round of a cell (empty for a cell timed before rounds existed)."""
+    return [r["p50_ms"] for r in (cell.get("compute") or {}).get("rounds") or []]
+
+
 def select_artifacts(run: RunDir, wanted: str) -> dict[str, Path]:
-    """``all`` or a comma list of bench names -> {name: path}; unknown names are a user error."""
+    """``all`` or a comma list of bench names -> {name: path}; unknown names are a user error.
+
+    ``openvino-fp32`` / ``openvino-int8`` run ``model.onnx`` / ``model.int8-cpu.onnx`` on OpenVINO:
+    part of ``all`` where OpenVINO is installed; named explicitly without it, they are skipped rows
+    that say how to install it."""
     available = run.artifacts()
     if not available:
         raise UserError(f"{run.root} has no artifacts: run `edge train` / `edge pretrained`, then `edge export`")
+    backend_rows = {name: available[own] for name, (own, _) in OTHER_BACKEND.items() if own in available}
     if wanted.strip() == "all":
-        return available
+        return {**available, **({} if importlib.util.find_spec("openvino") is None else backend_rows)}
+    available = {**available, **backend_rows}
     names = [n.strip() for n in wanted.split(",") if n.strip()]
     unknown = [n for n in names if n not in available]
     if unknown or not names:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_paths, environment_fingerprint, write_manifest
+from edge.artifacts import atomic_paths, environment_fingerprint, manifest_path, write_manifest
 from edge.errors import UserError
 from edge.run import REPORT, RunDir, report_paths
 
@@ -44,8 +44,10 @@ SCHEMA = "edge-bench-report"
 # 2: rows may be ``rejected`` and cells ``skipped`` (a version-1 gate would pass them unseen).
 # Rows may also be ``interrupted``: a reader of version 2 that does not know it refuses the report
 # as malformed (it never passes one unseen), so it needs no new version.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: rows may be ``stale`` (an ancestor changed): a version-2 gate would pass them unseen. Cells
+# carry timing ``rounds`` with p50 intervals; ratios to the float parent (``vs_parent_latency``).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 CSV_COLUMNS = (
     "artifact",
     "device",
@@ -57,6 +59,14 @@ CSV_COLUMNS = (
     "mean_ms",
     "std_ms",
     "samples",
+    "rounds",
+    "p50_ci_low_ms",
+    "p50_ci_high_ms",
+    "ci_level",
+    "round_spread_pct",
+    "vs_parent_latency",
+    "vs_parent_latency_low",
+    "vs_parent_latency_high",
     "images_per_s",
     "device_p50_ms",
     "e2e_p50_ms",
@@ -126,7 +136,12 @@ def read_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         candidates = (RunDir(path).bench / f"{REPORT}.json", path / f"{REPORT}.json")
-        path = candidates[0] if candidates[0].exists() else candidates[1]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise UserError(
+                f"{path} has no bench report (looked for {candidates[0]} and {candidates[1]}): run `edge bench {path}` first"
+            )
+        path = found[0]
     if not path.is_file():
         raise UserError(f"bench report {path} does not exist: run `edge bench RUN` first")
     try:
@@ -290,6 +305,8 @@ def row_note(row: dict[str, Any]) -> str:
     notes = []
     if row.get("status") == "rejected":
         notes.append(f"rejected: {row.get('reason', '')}")
+    if row.get("stale"):
+        notes.append(f"stale: {row['stale']}")
     for status in ("error", "skipped"):
         cells = [c for c in row.get("cells") or [] if c.get("status") == status]
         if cells:
@@ -297,6 +314,9 @@ def row_note(row: dict[str, Any]) -> str:
             notes.append(f"batch {', '.join(str(c['batch']) for c in cells)} {status}: {why}")
     if row.get("simulated"):
         notes.append("accuracy simulated (TensorRT INT8 on ORT CPU)")
+    same_file = (row.get("accuracy") or {}).get("vs_same_file") or {}
+    if same_file.get("agreement") is not None:
+        notes.append(f"agrees with {same_file['artifact']} (same file) on {same_file['agreement']:.2f}% of {same_file['n']}")
     vs = (row.get("accuracy") or {}).get("vs_parent") or {}
     if vs.get("too_small_for_budget"):
         notes.append("eval set too small for the drop budget")
@@ -336,6 +356,14 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 mean_ms=compute.get("mean_ms"),
                 std_ms=compute.get("std_ms"),
                 samples=compute.get("samples"),
+                rounds=len(compute.get("rounds") or []) or None,
+                p50_ci_low_ms=(compute.get("p50_ci_ms") or [None, None])[0],
+                p50_ci_high_ms=(compute.get("p50_ci_ms") or [None, None])[1],
+                ci_level=compute.get("ci_level"),
+                round_spread_pct=compute.get("spread_pct"),
+                vs_parent_latency=(cell.get("vs_parent_latency") or {}).get("estimate"),
+                vs_parent_latency_low=(cell.get("vs_parent_latency") or {}).get("low"),
+                vs_parent_latency_high=(cell.get("vs_parent_latency") or {}).get("high"),
                 images_per_s=compute.get("items_per_s"),
                 device_p50_ms=(cell.get("device_ms") or {}).get("p50_ms"),
                 e2e_p50_ms=e2e.get("p50_ms"),
@@ -362,6 +390,7 @@ def headline(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "agree %",
         f"p50 b{small} ms",
         f"p50 b{large} ms",
+        f"x parent b{small}",
         "img/s best",
         f"e2e p50 b{small} ms",
         "1-stream p90 ms (n)",
@@ -388,6 +417,7 @@ def headline(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _fmt(vs.get("agreement")),
                 _fmt(c_small["compute"]["p50_ms"] if c_small else None),
                 _fmt(c_large["compute"]["p50_ms"] if c_large else None),
+                _ratio(c_small),
                 _fmt(best, 1),
                 _fmt((c_small.get("end_to_end") or {}).get("p50_ms") if c_small else None),
                 f"{_fmt(stream['p90_ms'])} ({stream['samples']})" if stream else "n/a",
@@ -400,16 +430,30 @@ def headline(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, lines
 
 
+def _ratio(cell: dict[str, Any] | None) -> str:
+    """p50 over the float parent's from the same rounds, with its interval: '0.48 (0.45-0.52)'."""
+    ratio = (cell or {}).get("vs_parent_latency")
+    if not ratio:
+        return "n/a"
+    return f"{ratio['estimate']:.2f} ({ratio['low']:.2f}-{ratio['high']:.2f})"
+
+
 def rich_headline(report: dict[str, Any], title: str = "bench") -> Any:
     """The headline as a rich table; notes (skips, errors, caveats) follow as numbered lines."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
+    from edge.console import make_table
+
     header, lines = headline(report)
-    has_energy = any(line[10] != "n/a" for line in lines)
-    keep = [i for i in range(len(header) - 1) if has_energy or i != 10]
-    table = Table(title=title)
+    energy = header.index("J/img")
+    has_energy = any(line[energy] != "n/a" for line in lines)
+    same_batch = header[5] == header[6]  # one batch size: one p50 column
+    has_ratio = any(line[7] != "n/a" for line in lines)
+    drop = {energy} if not has_energy else set()
+    drop |= ({6} if same_batch else set()) | ({7} if not has_ratio else set())
+    keep = [i for i in range(len(header) - 1) if i not in drop]
+    table = make_table(title=title)
     for i in keep:
         table.add_column(header[i], justify="left" if i in (0, 1) else "right")
     table.add_column("note")
@@ -449,6 +493,22 @@ def interrupted_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def noise_lines(report: dict[str, Any]) -> list[str]:
+    """How each p50 was measured and how noisy the machine was while it was."""
+    window = report["settings"].get("window") or {}
+    noise = report.get("noise") or {}
+    if not window.get("rounds"):
+        return []
+    load = noise.get("load_average_1m") or [None, None]
+    return [
+        f"- each cell timed in {window['rounds']} rounds stepped in turn across the artifacts of a device; p50 = median of "
+        "round p50s with an order-statistic interval (csv: p50_ci_*); 'x parent' = p50 over the float parent's from the same rounds",
+        f"- noise: 1-min load average {_fmt(load[0])} -> {_fmt(load[1])} on {noise.get('cpu_count')} CPUs; machine probe "
+        f"{_fmt(noise.get('probe_p50_ms'), 3)} ms, spread {_fmt(noise.get('probe_spread_pct'), 1)}% over all rounds; median round "
+        f"spread of a cell {_fmt(noise.get('median_round_spread_pct'), 1)}%",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     env, settings, ev = report["environment"], report["settings"], report.get("eval") or {}
     header, lines = headline(report)
@@ -463,6 +523,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if ev
         else "- evaluation: none (timing only)",
         "- latency in ms per batch (compute-only: preprocessed batch in host memory); e2e includes preprocessing from decoded images",
+        *noise_lines(report),
         *interrupted_lines(report),
         "",
         "| " + " | ".join(header) + " |",
@@ -538,6 +599,25 @@ def render_png(report: dict[str, Any], path: Path) -> None:
         fig.savefig(path, format="png", dpi=100)
     finally:
         plt.close(fig)
+
+
+def keep_previous(out_dir: Path) -> Path | None:
+    """Move the report set already in ``out_dir`` (if any) to ``out_dir/history/<its time>/`` so a new
+    bench never silently replaces an earlier one; returns where it went."""
+    current = report_paths(out_dir)
+    if not current["json"].exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(current["json"].stat().st_mtime))
+    target = out_dir / "history" / stamp
+    n = 1
+    while target.exists():
+        n += 1
+        target = out_dir / "history" / f"{stamp}-{n}"
+    target.mkdir(parents=True)
+    for path in [*current.values(), manifest_path(current["json"])]:
+        if path.exists():
+            path.rename(target / path.name)
+    return target
 
 
 def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dict[str, Path]:

@@ -2,6 +2,11 @@
 
 Every timed callable must return only after the device finished (the runner contract), so the
 clock read after it is the real end of the work. Times are wall-clock ``perf_counter`` per call.
+
+A bench cell is timed in ``rounds`` short windows (``RoundTimer``), stepped in turn with the other
+artifacts on the same device, so that noise that moves over minutes lands on every artifact alike.
+Each round also times ``machine_probe``, a fixed numpy workload whose speed says how fast the
+machine was at that moment. The statistics of rounds are in ``bench.intervals``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ class TimingWindow:
     min_iters: int = 50
     min_seconds: float = 2.0
     max_seconds: float = 60.0  # a very slow cell stops after this (with at least 3 samples)
+    rounds: int = 5  # the window is split into this many rounds, interleaved with other artifacts
 
     def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise UserError(f"--rounds must be at least 1, got {self.rounds}")
         if self.warmup_s < 0 or self.min_seconds < 0:
             raise UserError(f"warm-up and window seconds must be >= 0 (got {self.warmup_s}, {self.min_seconds})")
         if self.min_iters < 1:
@@ -82,7 +90,15 @@ def time_calls(
     ``call(i)`` gets the call index (so callers can rotate inputs); its return values are kept
     only when it returns something other than None (e.g. device milliseconds).
     """
-    deadline = time.perf_counter() + window.warmup_s
+    samples, wall, extras = timed_loop(call, window, window.warmup_s, on_sample)
+    return summarize(samples, wall, items_per_call), extras
+
+
+def timed_loop(
+    call: Callable[[int], Any], window: TimingWindow, warmup_s: float, on_sample: Callable[[int], None] | None = None
+) -> tuple[list[float], float, list[Any]]:
+    """Warm up for ``warmup_s`` (at least one call), then per-call ms, the window's wall seconds and extras."""
+    deadline = time.perf_counter() + warmup_s
     call(0)
     while time.perf_counter() < deadline:
         call(0)
@@ -107,7 +123,89 @@ def time_calls(
         if t1 >= stop_at and i >= 3:
             break
     wall = time.perf_counter() - start
-    return summarize(samples, wall, items_per_call), extras
+    return samples, wall, extras
+
+
+REWARM_S = 0.05  # before a round other than a cell's first: the caches another process cooled
+
+
+def round_window(window: TimingWindow) -> TimingWindow:
+    """One round's share of a cell's window: 1/rounds of its calls and seconds."""
+    rounds = window.rounds
+    return TimingWindow(
+        warmup_s=window.warmup_s,
+        min_iters=max(1, -(-window.min_iters // rounds)),
+        min_seconds=window.min_seconds / rounds,
+        max_seconds=max(window.max_seconds / rounds, window.min_seconds / rounds),
+        rounds=1,
+    )
+
+
+class RoundTimer:
+    """One cell timed as rounds: ``time_round`` per round, then ``stats()`` over all of them.
+
+    The first round warms up for the window's ``warmup_s``; later rounds re-warm briefly
+    (``REWARM_S``), since another artifact ran in between.
+    """
+
+    def __init__(self, window: TimingWindow, items_per_call: int):
+        self.window, self.items_per_call = window, items_per_call
+        self.rounds: list[dict[str, Any]] = []
+        self._samples: list[float] = []
+        self._wall = 0.0
+        self.extras: list[Any] = []
+
+    def time_round(self, call: Callable[[int], Any], probe_ms: float | None = None) -> dict[str, Any]:
+        warmup = self.window.warmup_s if not self.rounds else min(self.window.warmup_s, REWARM_S)
+        started_at = time.time()
+        samples, wall, extras = timed_loop(call, round_window(self.window), warmup)
+        self._samples += samples
+        self._wall += wall
+        self.extras += extras
+        entry = {
+            "p50_ms": float(np.percentile(samples, 50)),
+            "samples": len(samples),
+            "wall_s": wall,
+            "probe_ms": probe_ms,
+            "started_at": started_at,
+        }
+        self.rounds.append(entry)
+        return entry
+
+    def stats(self) -> dict[str, Any]:
+        """Pooled statistics; ``p50_ms`` is the median of round p50s, with its interval and spread."""
+        from bench.intervals import median_interval, spread_pct
+
+        out = summarize(self._samples, self._wall, self.items_per_call).to_dict()
+        p50s = [r["p50_ms"] for r in self.rounds]
+        low, high, level = median_interval(p50s)
+        out.update(
+            p50_ms=float(np.median(p50s)),
+            p50_ci_ms=[low, high],
+            ci_level=level,
+            spread_pct=spread_pct(p50s),
+            rounds=self.rounds,
+        )
+        return out
+
+
+_PROBE_SIDE = 256  # about 0.25 ms a call on a 2-core x86 server
+
+
+def machine_probe(min_seconds: float = 0.02, min_iters: int = 10) -> float:
+    """p50 ms of a fixed numpy workload (a matmul and an elementwise pass): the machine's speed now.
+
+    Timed beside each round, it lets the gate tell a slower model from a slower moment.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((_PROBE_SIDE, _PROBE_SIDE), dtype=np.float32)
+    b = rng.standard_normal((_PROBE_SIDE, _PROBE_SIDE), dtype=np.float32)
+
+    def work(_: int) -> None:
+        np.tanh(a @ b, out=np.empty_like(a))
+
+    samples, _, _ = timed_loop(work, TimingWindow(0.0, min_iters, min_seconds, max(1.0, min_seconds)), 0.0)
+    return float(np.percentile(samples, 50))
 
 
 def percentile_samples_needed(percentile: float, tail_count: int = 10) -> int:

@@ -5,6 +5,10 @@ context or a missing backend loses one row, and the peak memory read here (RSS v
 ``torch.cuda.max_memory_allocated`` on CUDA) is this row's own. The worker writes its result
 atomically and prints ``progress DONE TOTAL WHAT`` lines for the parent's progress bar.
 
+With ``--stepped`` an artifact worker loads its model, prints ``ready`` and then times one round
+per ``time BATCH`` line on stdin (answering ``done``) until ``finish``: the parent keeps every
+worker of a device alive and steps them in turn, so their rounds interleave (``bench.matrix``).
+
 A job is ``{"kind": "artifact" | "zoo", ...}`` (see ``bench.matrix.artifact_job`` and
 ``bench.zoo.zoo_job``). A row whose device or backend is absent comes back ``skipped`` with the
 reason; any other failure comes back ``error`` with its message. The parent stops a worker
@@ -26,7 +30,7 @@ import numpy as np
 
 from bench.host import Skip, peak_memory, unavailable_reason
 from bench.power import PowerMeter
-from bench.timing import TimingWindow, time_calls
+from bench.timing import RoundTimer, TimingWindow, machine_probe, time_calls
 from bench.zoo import run_zoo_job
 from edge.artifacts import atomic_write_json
 from edge.errors import MissingDependencyError, UserError
@@ -89,43 +93,139 @@ def evaluate(runner: Any, spec: PreprocessSpec, images: list[np.ndarray], labels
 # ---- timing ------------------------------------------------------------------------------------
 
 
-def time_cell(
-    runner: Any, spec: PreprocessSpec, frames: list[np.ndarray], batch: int, window: TimingWindow, end_to_end: bool
-) -> dict[str, Any]:
-    """Compute-only (infer on a preprocessed batch), device time where reported, and end-to-end."""
-    picked = [frames[i % len(frames)] for i in range(batch)]
-    inputs = spec.apply_batch(picked)
+class ArtifactSession:
+    """One artifact on one device, loaded once and timed round by round.
 
-    def compute(_: int) -> float | None:
-        runner.infer(inputs)
-        return runner.last_device_ms
+    ``step(batch)`` times one round of one batch size (the machine probe, then compute-only, then
+    end-to-end); the parent steps every artifact on a device in turn, so their rounds interleave.
+    ``finish()`` adds single stream and accuracy and returns the row.
+    """
 
-    with PowerMeter(runner.device) as meter:
-        stats, device_ms = time_calls(compute, window, batch)
-    cell: dict[str, Any] = {
-        "batch": batch,
-        "status": "ok",
-        "compute": stats.to_dict(),
-        "device_ms": None,
-        "end_to_end": None,
-        "power_source": meter.source,
-        "energy_j_per_image": meter.joules_per_item(stats.wall_s, stats.samples * batch),
-    }
-    if device_ms:
-        cell["device_ms"] = {
-            "p50_ms": float(np.percentile(device_ms, 50)),
-            "p90_ms": float(np.percentile(device_ms, 90)),
-            "mean_ms": float(np.mean(device_ms)),
-            "samples": len(device_ms),
+    def __init__(self, job: dict[str, Any]):
+        from edge.runners import select_runner
+
+        self.job, self.path, self.device = job, Path(job["path"]), job["device"]
+        reason = unavailable_reason(self.path, self.device, job.get("backend") or "auto")
+        if reason:
+            raise Skip(reason)
+        self.window = TimingWindow(**job["window"])
+        self.runner = select_runner(
+            self.path, device=self.device, threads=job.get("threads"), backend=job.get("backend") or "auto"
+        )
+        self.spec = self.runner.spec
+        self.images: list[np.ndarray] | None = None
+        self.labels: np.ndarray | None = None
+        if job.get("eval"):
+            self.images, self.labels, _, _ = load_eval_images(job["eval"])
+        self.frames = self.images if self.images else synthetic_frames(self.spec, max(job["batch_sizes"]))
+        self.skips = {skip["batch"]: skip["reason"] for skip in job.get("cell_skips") or []}
+        self.errors: dict[int, str] = {}
+        self.cells: dict[int, _CellTiming] = {}
+
+    def __enter__(self) -> ArtifactSession:
+        self.runner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.__exit__(*exc)
+
+    def step(self, batch: int) -> None:
+        """One round of ``batch``; a batch this backend refuses becomes an error cell, once."""
+        if batch in self.skips or batch in self.errors:
+            return
+        cell = self.cells.get(batch)
+        if cell is None:
+            cell = self.cells[batch] = _CellTiming(
+                self.runner, self.spec, self.frames, batch, self.window, self.job.get("end_to_end", True)
+            )
+        try:
+            cell.time_round()
+        except UserError as exc:
+            self.errors[batch] = str(exc)
+
+    def run_all(self) -> None:
+        """Every round of every batch size, in order (a worker on its own, not stepped by a parent)."""
+        sizes = self.job["batch_sizes"]
+        for r in range(self.window.rounds):
+            for i, batch in enumerate(sizes):
+                _progress(r * len(sizes) + i, self.window.rounds * len(sizes), f"round {r + 1} batch {batch}")
+                self.step(batch)
+
+    def finish(self) -> dict[str, Any]:
+        job, runner = self.job, self.runner
+        result: dict[str, Any] = {"artifact": job["name"], "device": self.device, "path": str(self.path), "cells": []}
+        result["runner"] = runner.describe()
+        result["threads"] = runner.threads
+        for batch in job["batch_sizes"]:
+            if batch in self.skips:
+                result["cells"].append({"batch": batch, "status": "skipped", "reason": self.skips[batch]})
+            elif batch in self.errors:
+                result["cells"].append({"batch": batch, "status": "error", "error": self.errors[batch]})
+            elif batch in self.cells:
+                result["cells"].append(self.cells[batch].to_dict())
+        if job.get("single_stream"):
+            _progress(0, 1, "single stream")
+            result["single_stream"] = single_stream(
+                runner, self.spec, self.frames, job["single_stream"]["samples"], self.window.warmup_s
+            )
+        if self.images is not None and self.labels is not None:
+            result["accuracy"] = evaluate(runner, self.spec, self.images, self.labels, job.get("eval_batch", 32))
+        result.update(peak_memory(self.device))
+        return result
+
+
+class _CellTiming:
+    """The rounds of one batch size: compute-only (with device time where reported) and end-to-end."""
+
+    def __init__(
+        self, runner: Any, spec: PreprocessSpec, frames: list[np.ndarray], batch: int, window: TimingWindow, end_to_end: bool
+    ):
+        self.runner, self.spec, self.batch = runner, spec, batch
+        self.picked = [frames[i % len(frames)] for i in range(batch)]
+        self.inputs = spec.apply_batch(self.picked)
+        self.compute = RoundTimer(window, batch)
+        self.e2e = RoundTimer(window, batch) if end_to_end else None
+        self.watts: list[float] = []
+        self.power_source: str | None = None
+
+    def time_round(self) -> None:
+        runner, inputs, picked = self.runner, self.inputs, self.picked
+
+        def compute(_: int) -> float | None:
+            runner.infer(inputs)
+            return runner.last_device_ms
+
+        probe = machine_probe()
+        with PowerMeter(runner.device) as meter:
+            self.compute.time_round(compute, probe_ms=probe)
+        self.watts += meter.readings_w
+        self.power_source = meter.source
+        if self.e2e is not None:
+            self.e2e.time_round(lambda _: runner.infer(self.spec.apply_batch(picked)), probe_ms=probe)
+
+    def to_dict(self) -> dict[str, Any]:
+        stats = self.compute.stats()
+        device_ms = self.compute.extras
+        joules = None
+        if self.watts and stats["samples"]:
+            joules = sum(self.watts) / len(self.watts) * stats["wall_s"] / (stats["samples"] * self.batch)
+        cell: dict[str, Any] = {
+            "batch": self.batch,
+            "status": "ok",
+            "compute": stats,
+            "device_ms": None,
+            "end_to_end": self.e2e.stats() if self.e2e is not None else None,
+            "power_source": self.power_source,
+            "energy_j_per_image": joules,
         }
-    if end_to_end:
-
-        def from_decoded(_: int) -> None:
-            runner.infer(spec.apply_batch(picked))
-
-        e2e, _ = time_calls(from_decoded, window, batch)
-        cell["end_to_end"] = e2e.to_dict()
-    return cell
+        if device_ms:
+            cell["device_ms"] = {
+                "p50_ms": float(np.percentile(device_ms, 50)),
+                "p90_ms": float(np.percentile(device_ms, 90)),
+                "mean_ms": float(np.mean(device_ms)),
+                "samples": len(device_ms),
+            }
+        return cell
 
 
 def single_stream(runner: Any, spec: PreprocessSpec, frames: list[np.ndarray], samples: int, warmup_s: float) -> dict[str, Any]:
@@ -143,51 +243,49 @@ def single_stream(runner: Any, spec: PreprocessSpec, frames: list[np.ndarray], s
 
 
 def run_artifact_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Measure one artifact on one device: every batch size, single stream, accuracy."""
-    from edge.runners import select_runner
-
-    path, device = Path(job["path"]), job["device"]
-    result: dict[str, Any] = {"artifact": job["name"], "device": device, "path": str(path), "cells": []}
-    reason = unavailable_reason(path, device)
-    if reason:
-        raise Skip(reason)
-    window = TimingWindow(**job["window"])
-    runner = select_runner(path, device=device, threads=job.get("threads"))
-    spec = runner.spec
-    images, labels = None, None
-    if job.get("eval"):
-        images, labels, _, _ = load_eval_images(job["eval"])
-    frames = images if images else synthetic_frames(spec, max(job["batch_sizes"]))
-    with runner:
-        result["runner"] = runner.describe()
-        result["threads"] = runner.threads
-        total = len(job["batch_sizes"])
-        # outside an engine's optimisation profile: skipped with the reason (bench.matrix.cell_skips)
-        skips = {skip["batch"]: skip["reason"] for skip in job.get("cell_skips") or []}
-        for i, batch in enumerate(job["batch_sizes"]):
-            _progress(i, total, f"batch {batch}")
-            if batch in skips:
-                result["cells"].append({"batch": batch, "status": "skipped", "reason": skips[batch]})
-                continue
-            try:
-                result["cells"].append(time_cell(runner, spec, frames, batch, window, job.get("end_to_end", True)))
-            except UserError as exc:  # a batch this backend refuses: this cell only
-                result["cells"].append({"batch": batch, "status": "error", "error": str(exc)})
-        _progress(total, total, "timing")
-        if job.get("single_stream"):
-            _progress(0, 1, "single stream")
-            result["single_stream"] = single_stream(runner, spec, frames, job["single_stream"]["samples"], window.warmup_s)
-        if images is not None and labels is not None:
-            result["accuracy"] = evaluate(runner, spec, images, labels, job.get("eval_batch", 32))
-    result.update(peak_memory(device))
-    return result
+    """Measure one artifact on one device on its own: every round of every batch size, then the rest."""
+    with ArtifactSession(job) as session:
+        session.run_all()
+        _progress(1, 1, "timing")
+        return session.finish()
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run a job, turning absence into ``skipped`` and failures into ``error`` (never raising)."""
+def serve_steps(job: dict[str, Any], commands: Any) -> dict[str, Any] | None:
+    """The stepped worker: load, say ``ready``, then obey the parent line by line.
+
+    ``time BATCH`` times one round of that batch and answers ``done``; ``finish`` ends the rounds
+    and returns the row. End of input (the parent is gone) returns None: no result is written.
+    """
+    with ArtifactSession(job) as session:
+        print("ready", flush=True)
+        for line in commands:
+            words = line.split()
+            if words[:1] == ["time"] and len(words) == 2:
+                session.step(int(words[1]))
+                print("done", flush=True)
+            elif words[:1] == ["finish"]:
+                return session.finish()
+            else:
+                raise UserError(f"the bench worker got an unknown command {line.strip()!r}")
+    return None
+
+
+def run_job(job: dict[str, Any], stepped: bool = False) -> dict[str, Any] | None:
+    """Run a job, turning absence into ``skipped`` and failures into ``error`` (never raising).
+
+    ``stepped``: an artifact job driven by the parent through stdin (``serve_steps``); None when
+    the parent went away before ``finish``."""
     started = time.time()
     try:
-        result = run_zoo_job(job) if job["kind"] == "zoo" else run_artifact_job(job)
+        if job["kind"] == "zoo":
+            result = run_zoo_job(job)
+        elif stepped:
+            stepped_result = serve_steps(job, sys.stdin)
+            if stepped_result is None:
+                return None
+            result = stepped_result
+        else:
+            result = run_artifact_job(job)
         result["status"] = "ok"
     except (Skip, MissingDependencyError) as exc:
         result = {"status": "skipped", "reason": str(exc)}
@@ -209,12 +307,16 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    stepped = args[:1] == ["--stepped"]
+    args = args[1:] if stepped else args
     if len(args) != 2:
-        print("usage: python -m bench.worker JOB.json RESULT.json", file=sys.stderr)
+        print("usage: python -m bench.worker [--stepped] JOB.json RESULT.json", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     job = json.loads(Path(args[0]).read_text())
-    atomic_write_json(args[1], run_job(job))
+    result = run_job(job, stepped=stepped)
+    if result is not None:
+        atomic_write_json(args[1], result)
     return 0
 
 

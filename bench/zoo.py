@@ -37,14 +37,16 @@ def count_macs(model: Any, input_shape: tuple[int, ...]) -> float:
     return counter.get_total_flops() / 2.0
 
 
-def zoo_job(arch: str, device: str, threads: int | None, window: TimingWindow) -> dict[str, Any]:
+def zoo_job(
+    arch: str, device: str, threads: int | None, window: TimingWindow, batch_sizes: list[int] | None = None
+) -> dict[str, Any]:
     return {
         "kind": "zoo",
         "name": arch,
         "arch": arch,
         "device": device,
         "threads": threads,
-        "batch_sizes": list(ZOO_BATCHES),
+        "batch_sizes": list(batch_sizes or ZOO_BATCHES),
         "window": asdict(window),
     }
 
@@ -107,27 +109,14 @@ def parse_zoo(text: str) -> list[str]:
     return names
 
 
-def zoo_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = [
-        "model",
-        "params M",
-        "GMACs",
-        "ImageNet top-1",
-        "input",
-        "device",
-        "p50 b1 ms",
-        "p50 b32 ms",
-        "img/s b32",
-        "peak RSS MiB",
-        "note",
-    ]
+def zoo_table(rows: list[dict[str, Any]], batch_sizes: list[int] | None = None) -> tuple[list[str], list[list[str]]]:
+    """One line per model x device: size, cost, published top-1 and p50 at each measured batch size."""
+    batches = list(batch_sizes or ZOO_BATCHES)
+    header = ["model", "params M", "GMACs", "ImageNet top-1", "input", "device"]
+    header += [f"p50 b{b} ms" for b in batches] + [f"img/s b{max(batches)}", "peak RSS MiB", "note"]
     lines = []
     for row in rows:
         cells = {c["batch"]: c for c in row.get("cells", [])}
-
-        def p50(batch: int, cells: dict[int, Any] = cells) -> str:
-            return f"{cells[batch]['compute']['p50_ms']:.2f}" if batch in cells else "n/a"
-
         note = row.get("reason") or row.get("error") or ""
         lines.append(
             [
@@ -137,9 +126,8 @@ def zoo_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
                 f"{row['imagenet_top1']:.1f}" if row.get("imagenet_top1") is not None else "n/a",
                 str(row.get("input_size", "n/a")),
                 row["device"],
-                p50(1),
-                p50(32),
-                f"{cells[32]['compute']['items_per_s']:.1f}" if 32 in cells else "n/a",
+                *[f"{cells[b]['compute']['p50_ms']:.2f}" if b in cells else "n/a" for b in batches],
+                f"{cells[max(batches)]['compute']['items_per_s']:.1f}" if max(batches) in cells else "n/a",
                 f"{row['peak_rss_mib']:.0f}" if row.get("peak_rss_mib") else "n/a",
                 f"{row['status']}: {note}" if note else "",
             ]
@@ -147,40 +135,97 @@ def zoo_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     return header, lines
 
 
-def run_zoo(text: str, devices: list[str], threads: int | None, out: Path | None, timeout_s: float, console: Any) -> int:
-    """Measure every architecture on every device; print the table; write zoo.json/zoo.md to ``out``."""
-    from rich.progress import Progress
-    from rich.table import Table
+DEFAULT_ZOO_OUT = Path("runs") / "zoo"
 
+
+def run_zoo(
+    text: str,
+    devices: list[str],
+    threads: int | None,
+    out: Path | None,
+    timeout_s: float,
+    console: Any,
+    batch_sizes: list[int] | None = None,
+) -> int:
+    """Measure every architecture on every device; print the table; write zoo.{json,md,csv,png} to
+    ``out`` (default ``runs/zoo``) and say where."""
     from bench.matrix import run_worker
-    from bench.report import bench_environment
-    from edge.artifacts import atomic_write_json, atomic_write_text
+    from edge.console import make_progress
 
     archs = parse_zoo(text)
+    batches = list(batch_sizes or ZOO_BATCHES)
     rows = []
-    with Progress(console=console) as progress:
+    with make_progress(console=console, unit="models") as progress:
         task = progress.add_task("zoo", total=len(archs) * len(devices))
         for arch in archs:
             for device in devices:
                 progress.update(task, description=f"zoo: {arch} on {device}")
-                result = run_worker(zoo_job(arch, device, threads, ZOO_WINDOW), timeout_s)
+                result = run_worker(zoo_job(arch, device, threads, ZOO_WINDOW, batches), timeout_s)
                 result.update(arch=arch, device=device)
                 rows.append(result)
                 progress.advance(task)
-    header, lines = zoo_table(rows)
-    table = Table(title="model comparison (latency: torch eager, random weights, ms per batch)")
-    for name in header:
-        table.add_column(name, justify="left" if name in ("model", "device", "note") else "right")
+    header, lines = zoo_table(rows, batches)
+    from edge.console import make_table
+
+    table = make_table(*header, title="model comparison (latency: torch eager, random weights, ms per batch)")
     for line in lines:
         table.add_row(*line, style="dim" if line[-1].startswith("skipped") else None)
     console.print(table)
-    if out is not None:
-        atomic_write_json(
-            out / f"{ZOO_REPORT}.json",
-            {"schema": "edge-zoo-report", "schema_version": 1, "environment": bench_environment(), "rows": rows},
-        )
-        md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        md += ["| " + " | ".join(line) + " |" for line in lines]
-        atomic_write_text(out / f"{ZOO_REPORT}.md", "\n".join(md) + "\n")
-        console.print(f"zoo report: {out / 'zoo.json'} and {out / 'zoo.md'}")
+    written = write_zoo(out or DEFAULT_ZOO_OUT, rows, header, lines, batches)
+    console.print(f"zoo report: {', '.join(str(p) for p in written)}", highlight=False)
     return 0 if any(r.get("status") == "ok" for r in rows) else 1
+
+
+def write_zoo(out: Path, rows: list[dict[str, Any]], header: list[str], lines: list[list[str]], batches: list[int]) -> list[Path]:
+    """zoo.json (every figure), zoo.md and zoo.csv (the table), zoo.png (p50 per model, where matplotlib is)."""
+    import csv
+    import io
+
+    from bench.report import bench_environment, plot_unavailable
+    from edge.artifacts import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "schema": "edge-zoo-report",
+        "schema_version": 1,
+        "environment": bench_environment(),
+        "batch_sizes": batches,
+        "rows": rows,
+    }
+    written = [atomic_write_json(out / f"{ZOO_REPORT}.json", data)]
+    md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    md += ["| " + " | ".join(line) + " |" for line in lines]
+    written.append(atomic_write_text(out / f"{ZOO_REPORT}.md", "\n".join(md) + "\n"))
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *lines])
+    written.append(atomic_write_text(out / f"{ZOO_REPORT}.csv", buffer.getvalue()))
+    if plot_unavailable() is None:
+        written.append(plot_zoo(out / f"{ZOO_REPORT}.png", rows, batches))
+    return written
+
+
+def plot_zoo(path: Path, rows: list[dict[str, Any]], batches: list[int]) -> Path:
+    """Horizontal bars: p50 at each measured batch size per model x device (log scale, values written)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edge.artifacts import atomic_path
+
+    measured = [r for r in rows if r.get("status") == "ok"]
+    labels = [f"{r['arch']} ({r['device']})" for r in measured]
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 1.0 + 0.45 * max(len(labels), 1)), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        values = [next((c["compute"]["p50_ms"] for c in r["cells"] if c["batch"] == batch), float("nan")) for r in measured]
+        ax.barh(labels, values)
+        ax.set_xscale("log")
+        ax.set_title(f"p50 at batch {batch} (ms, log scale)")
+        for y, value in enumerate(values):
+            ax.annotate(f"{value:.1f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

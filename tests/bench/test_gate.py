@@ -18,8 +18,12 @@ from edge.cli import main
 N = 2000
 
 
+JITTER = (1.0, 1.02, 0.98, 1.01, 0.99)  # five timing rounds, within 2% of each other
+
+
 def _cell(batch: int, p50: float) -> dict:
-    return {"batch": batch, "status": "ok", "compute": {"p50_ms": p50, "items_per_s": batch / p50 * 1000.0}}
+    rounds = [{"p50_ms": p50 * j, "samples": 10, "wall_s": 0.1, "probe_ms": 0.25} for j in JITTER]
+    return {"batch": batch, "status": "ok", "compute": {"p50_ms": p50, "items_per_s": batch / p50 * 1000.0, "rounds": rounds}}
 
 
 def make_report(
@@ -304,7 +308,7 @@ def test_rows_not_measured_in_the_baseline_are_not_required():
 def test_latency_regression_on_same_machine_fails():
     checks = evaluate_gate(make_report(fp32_ms=12.0, int8_ms=6.0), make_report(), 0.5, 10.0)
     assert _status(checks, "p50 onnx-fp32@cpu batch 1") == ["fail"]
-    assert _status(checks, "INT8/FP32 ratio int8-cpu@cpu batch 1") == ["pass"]  # both 20% slower: ratio kept
+    assert _status(checks, "latency ratio int8-cpu/onnx-fp32@cpu batch 1") == ["pass"]  # both 20% slower: ratio kept
 
 
 def test_other_machine_compares_only_ratios():
@@ -312,10 +316,10 @@ def test_other_machine_compares_only_ratios():
     checks = evaluate_gate(slower_machine, make_report(), 0.5, 10.0)
     assert _status(checks, "p50 ") == []
     assert _status(checks, "absolute latency vs baseline") == ["skip"]
-    assert _status(checks, "INT8/FP32 ratio int8-cpu@cpu batch 1") == ["pass"]
+    assert _status(checks, "latency ratio int8-cpu/onnx-fp32@cpu batch 1") == ["pass"]
     int8_lost_its_speedup = make_report(machine="m2", fp32_ms=30.0, int8_ms=30.0)
     checks = evaluate_gate(int8_lost_its_speedup, make_report(), 0.5, 10.0)
-    assert _status(checks, "INT8/FP32 ratio int8-cpu@cpu batch 1") == ["fail"]
+    assert _status(checks, "latency ratio int8-cpu/onnx-fp32@cpu batch 1") == ["fail"]
 
 
 def test_reports_without_fingerprints_are_not_the_same_machine():
@@ -410,7 +414,7 @@ def _set(path: str, value: object):
     ("mutate", "message"),
     [
         (lambda r: r.clear(), "not an edge bench report"),
-        (_set("schema_version", 99), "schema version 99, this tool reads versions 1, 2: newer than this tool"),
+        (_set("schema_version", 99), "schema version 99, this tool reads versions 1, 2, 3: newer than this tool"),
         (_set("schema_version", "1"), "schema version '1'"),
         (lambda r: r.pop("rows"), "the report has no 'rows'"),
         (_set("rows", {"int8-cpu": {}}), "rows must be a list"),

@@ -18,7 +18,7 @@ import pytest
 
 from bench import matrix
 from bench.gate import evaluate_gate
-from bench.matrix import BenchPlan, WorkerInterrupted, run_matrix, run_worker, stop_process_group
+from bench.matrix import BenchPlan, run_matrix, run_worker, stop_process_group
 from bench.report import read_report
 from bench.timing import TimingWindow
 from edge.artifacts import read_manifest
@@ -177,31 +177,51 @@ def _ok_row() -> dict:
 
 
 def _fake_workers(monkeypatch, interrupt_at: int) -> list[str]:
-    """run_worker replaced: rows before ``interrupt_at`` measure, that one is Ctrl-C'd; the calls made."""
+    """LiveWorker replaced: workers started before the ``interrupt_at``-th measure, that start is
+    Ctrl-C'd; returns the workers started, in order."""
     calls: list[str] = []
 
-    def fake(job: dict, timeout_s: float, on_progress=None) -> dict:
-        calls.append(f"{job['name']}@{job['device']}")
-        if len(calls) - 1 == interrupt_at:
-            raise WorkerInterrupted({"status": "interrupted", "reason": matrix.INTERRUPTED_REASON})
-        return _ok_row()
+    class FakeWorker:
+        def __init__(self, job: dict, timeout_s: float):
+            self.job, self.label, self.result = job, f"{job['name']}@{job['device']}", None
 
-    monkeypatch.setattr(matrix, "run_worker", fake)
+        @property
+        def alive(self) -> bool:
+            return self.result is None
+
+        def start(self) -> None:
+            calls.append(self.label)
+            if len(calls) - 1 == interrupt_at:
+                raise KeyboardInterrupt
+
+        def step(self, batch: int) -> None:
+            pass
+
+        def finish(self) -> None:
+            self.result = _ok_row()
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(matrix, "LiveWorker", FakeWorker)
     return calls
 
 
-def test_the_matrix_stops_at_the_interrupted_row(tmp_path: Path, monkeypatch):
+def test_the_matrix_stops_at_the_interrupted_device(tmp_path: Path, monkeypatch):
     artifacts = {}
     for name in ("onnx-fp32", "int8-cpu"):
         artifacts[name] = tmp_path / f"{name}.onnx"
         artifacts[name].write_bytes(b"x")
     plan = BenchPlan(run=tmp_path, artifacts=artifacts, devices=["cpu", "cuda"], batch_sizes=[1], window=TimingWindow(0, 1, 0, 1))
-    calls = _fake_workers(monkeypatch, interrupt_at=1)
+    calls = _fake_workers(monkeypatch, interrupt_at=2)
     rows = run_matrix(plan, None)
-    assert calls == ["onnx-fp32@cpu", "onnx-fp32@cuda"]  # int8-cpu never started
+    assert calls == ["onnx-fp32@cpu", "int8-cpu@cpu", "onnx-fp32@cuda"]  # int8-cpu@cuda never started
+    # the device being measured when Ctrl-C came: all its rows interrupted; the finished device kept
     assert [(r["artifact"], r["device"], r["status"]) for r in rows] == [
         ("onnx-fp32", "cpu", "ok"),
         ("onnx-fp32", "cuda", "interrupted"),
+        ("int8-cpu", "cpu", "ok"),
+        ("int8-cpu", "cuda", "interrupted"),
     ]
 
 

@@ -1,0 +1,171 @@
+"""The latency half of ``edge check --baseline``: judged by intervals, so noise cannot fail it.
+
+Every cell of a report carries R timing rounds (``bench.timing.RoundTimer``), each with the
+machine probe timed beside it. A cell of the new report is compared with the same cell of the
+baseline through ``bench.intervals.two_sample_ratio`` on probe-normalized round p50s (a slower
+moment of a shared machine slows the probe too, and divides out):
+
+- the whole interval of new/old above ``1 + tolerance``: a real slowdown, **fail**;
+- the whole interval at or below it: **pass**;
+- otherwise the rounds are too noisy to judge: a **warning** that gives the figures and what to
+  change (longer windows, more rounds, pinned threads), a failure with ``--strict-latency``.
+
+Absolute p50s are compared only on the same machine fingerprint; the INT8/FP32 ratio of each
+report is measured within its own rounds (stepped back to back) and compared on any machine.
+Differences between the two reports that change latency (profile, window, rounds, threads,
+batch sizes, evaluation set, package versions) are named in one line first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.checks import MEASURED, Check, same_machine
+from bench.intervals import Ratio, spread_pct, two_sample_ratio
+from bench.matrix import float_parent, round_p50s
+
+PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "openvino", "numpy", "opencv-python")
+
+
+def check_latency(report: dict[str, Any], baseline: dict[str, Any], tolerance: float, strict: bool = False) -> list[Check]:
+    """Comparability, then per-cell p50 (same machine only), then INT8/FP32 ratios."""
+    checks = [comparability(report, baseline)]
+    if same_machine(report, baseline):
+        old = _cells(baseline)
+        for key, cell in sorted(_cells(report).items()):
+            if key in old:
+                checks.append(_p50_check(key, cell, old[key], tolerance, strict))
+    else:
+        known = report["environment"].get("machine_fingerprint") and baseline["environment"].get("machine_fingerprint")
+        why = "different machine fingerprints" if known else "a report has no machine fingerprint"
+        checks.append(Check("absolute latency vs baseline", "skip", f"{why}: only ratios within each run are compared"))
+    old_ratios = parent_round_ratios(baseline)
+    for key, ratios in sorted(parent_round_ratios(report).items()):
+        if key in old_ratios and key[0] != "onnx-fp32":
+            name = f"latency ratio {key[0]}/{key[3]}@{key[1]} batch {key[2]}"
+            checks.append(_judge(name, ratios, old_ratios[key], tolerance, strict, "ratio"))
+    return checks
+
+
+# ---- what is compared --------------------------------------------------------------------------
+
+
+def _cells(report: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    return {
+        (r["artifact"], r["device"], c["batch"]): c
+        for r in report["rows"]
+        if r.get("status") in MEASURED
+        for c in r.get("cells") or []
+        if c.get("status") == "ok"
+    }
+
+
+def normalized_rounds(cell: dict[str, Any]) -> tuple[list[float], bool]:
+    """Round p50s divided by the probe timed beside each (when every round has one), and whether they were."""
+    rounds = (cell.get("compute") or {}).get("rounds") or []
+    if rounds and all(r.get("probe_ms") for r in rounds):
+        return [r["p50_ms"] / r["probe_ms"] for r in rounds], True
+    return [r["p50_ms"] for r in rounds], False
+
+
+def parent_round_ratios(report: dict[str, Any]) -> dict[tuple[str, str, int, str], list[float]]:
+    """Per cell with a float parent on the same device: p50 / parent p50 round by round."""
+    cells = _cells(report)
+    out = {}
+    for (artifact, device, batch), cell in cells.items():
+        parent = float_parent(artifact)
+        ref = cells.get((parent or "", device, batch))
+        if ref is None or parent is None:
+            continue
+        mine, theirs = round_p50s(cell), round_p50s(ref)
+        if mine and len(mine) == len(theirs):
+            out[(artifact, device, batch, parent)] = [a / b for a, b in zip(mine, theirs)]
+    return out
+
+
+def comparability(report: dict[str, Any], baseline: dict[str, Any]) -> Check:
+    """One check naming what differs between the two reports that moves latency (a warning), or a pass."""
+    new, old = report.get("settings") or {}, baseline.get("settings") or {}
+    diffs = [
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+        for key in ("profile", "window", "threads", "batch_sizes", "end_to_end")
+        if old.get(key) != new.get(key)
+    ]
+    new_eval, old_eval = (report.get("eval") or {}).get("fingerprint"), (baseline.get("eval") or {}).get("fingerprint")
+    if new_eval != old_eval:
+        diffs.append(f"evaluation set {old_eval or 'none'} -> {new_eval or 'none'}")
+    threads_new, threads_old = _row_threads(report), _row_threads(baseline)
+    diffs += [
+        f"threads of {k} {threads_old[k]} -> {v}" for k, v in threads_new.items() if k in threads_old and threads_old[k] != v
+    ]
+    packages_new, packages_old = report["environment"].get("packages") or {}, baseline["environment"].get("packages") or {}
+    diffs += [
+        f"{p} {packages_old.get(p)} -> {packages_new.get(p)}" for p in PACKAGES if packages_old.get(p) != packages_new.get(p)
+    ]
+    if not diffs:
+        return Check(
+            "comparable reports", "pass", "same profile, window, rounds, threads, batch sizes, evaluation set and packages"
+        )
+    return Check("comparable reports", "warn", "the reports differ in: " + "; ".join(diffs))
+
+
+def _row_threads(report: dict[str, Any]) -> dict[str, Any]:
+    return {f"{r['artifact']}@{r['device']}": r.get("threads") for r in report["rows"] if r.get("status") in MEASURED}
+
+
+# ---- judging -----------------------------------------------------------------------------------
+
+
+def _p50_check(key: tuple[str, str, int], cell: dict[str, Any], old: dict[str, Any], tolerance: float, strict: bool) -> Check:
+    name = f"p50 {key[0]}@{key[1]} batch {key[2]}"
+    raw = f"p50 {old['compute']['p50_ms']:.3f} -> {cell['compute']['p50_ms']:.3f} ms"
+    new_rounds, new_probed = normalized_rounds(cell)
+    old_rounds, old_probed = normalized_rounds(old)
+    if not new_rounds or not old_rounds:
+        which = "the baseline has" if not old_rounds else "this report has"
+        detail = f"{raw}: not judged, {which} no timing rounds (made before rounds existed): bench it again"
+        return Check(name, "warn", detail)
+    if new_probed != old_probed:  # compare like with like
+        new_rounds, old_rounds = round_p50s(cell), round_p50s(old)
+    return _judge(name, new_rounds, old_rounds, tolerance, strict, "p50", raw, probed=new_probed and old_probed)
+
+
+def _judge(
+    name: str,
+    new: list[float],
+    old: list[float],
+    tolerance: float,
+    strict: bool,
+    what: str,
+    raw: str = "",
+    probed: bool = False,
+) -> Check:
+    """Pass, fail or "too noisy to judge" from the interval of new/old against 1 + tolerance."""
+    ratio = two_sample_ratio(new, old)
+    limit = 1.0 + tolerance / 100.0
+    how = ", machine-probe normalized" if probed else ""
+    figures = f"{raw + '; ' if raw else ''}new/old {ratio.text()} over {len(new)}+{len(old)} rounds{how}, limit {limit:.2f}"
+    if ratio.low > limit:
+        return Check(name, "fail", f"{figures}: slower beyond the {tolerance:g}% tolerance (the whole interval is above it)")
+    if ratio.high <= limit:
+        return Check(name, "pass", f"{figures}: within the {tolerance:g}% tolerance")
+    return Check(name, "fail" if strict else "warn", too_noisy(figures, new, old, what, strict))
+
+
+def too_noisy(figures: str, new: list[float], old: list[float], what: str, strict: bool) -> str:
+    spreads = ", ".join(f"{side} rounds spread {_pct(spread_pct(v))}" for side, v in (("new", new), ("old", old)))
+    fix = "to judge it, time longer (--min-seconds), more rounds (--rounds), pin --threads, or bench on a quieter machine"
+    tail = " (--strict-latency)" if strict else ""
+    return f"too noisy to judge the {what}{tail}: {figures}; {spreads}; {fix}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def ratio_text(ratio: Ratio | dict[str, Any] | None) -> str:
+    """'0.48 [0.45, 0.52]' for a ratio with its interval (a report's ``vs_parent_latency``), else n/a."""
+    if ratio is None:
+        return "n/a"
+    data = ratio.to_dict() if isinstance(ratio, Ratio) else ratio
+    return f"{data['estimate']:.2f} [{data['low']:.2f}, {data['high']:.2f}]"
