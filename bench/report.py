@@ -556,6 +556,9 @@ def plot_unavailable() -> str | None:
     return None
 
 
+MIN_ACCURACY_SPAN = 5.0  # points: an accuracy axis never spans less, so one image is not a cliff
+
+
 def render_png(report: dict[str, Any], path: Path) -> None:
     """Latency and throughput against batch size per artifact x device, and accuracy against latency,
     drawn into ``path`` (``write_report`` passes its staged temporary file). Needs matplotlib."""
@@ -564,41 +567,74 @@ def render_png(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_lat, ax_thr, ax_acc) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig = report_figure(report)
+    try:
+        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def report_figure(report: dict[str, Any]) -> Any:
+    """The figure of ``render_png`` (tests read its ticks and limits back)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    fig, (ax_lat, ax_thr, ax_acc) = plt.subplots(1, 3, figsize=(16, 5.0))
+    measured_batches: set[int] = set()
     for row in report["rows"]:
         cells = [c for c in row.get("cells", []) if c.get("status") == "ok"]
         if not cells:
             continue
         label = f"{row['artifact']} ({row['device']})"
         batches = [c["batch"] for c in cells]
+        measured_batches.update(batches)
         ax_lat.plot(batches, [c["compute"]["p50_ms"] for c in cells], marker="o", label=label)
         ax_thr.plot(batches, [c["compute"]["items_per_s"] for c in cells], marker="o", label=label)
-        top1 = (row.get("accuracy") or {}).get("top1")
-        if top1 is not None:
-            ax_acc.scatter([cells[0]["compute"]["p50_ms"]], [top1], label=label)
-            ax_acc.annotate(row["artifact"], (cells[0]["compute"]["p50_ms"], top1), fontsize=8)
-    for ax, title, ylabel in (
-        (ax_lat, "p50 latency per batch", "ms"),
-        (ax_thr, "throughput", "images/s"),
-    ):
+    for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms (log)"), (ax_thr, "throughput", "images/s (log)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")  # backends differ by orders of magnitude
+        ax.xaxis.set_major_locator(FixedLocator(sorted(measured_batches) or [1]))  # the measured sizes, not 2^k
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-    ax_acc.set_xscale("log")
-    ax_acc.set_xlabel(f"p50 latency at batch {min(report['settings']['batch_sizes'])} (ms)")
-    ax_acc.set_ylabel("top-1 %")
-    ax_acc.set_title("accuracy vs latency")
-    ax_acc.grid(True, alpha=0.3)
+    colours = {line.get_label(): line.get_color() for line in ax_lat.get_lines()}
+    _accuracy_panel(ax_acc, report, colours)
     if ax_thr.get_legend_handles_labels()[0]:  # nothing timed (all rows skipped, errored or interrupted): no legend
         ax_thr.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    return fig
+
+
+def _accuracy_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) -> None:
+    """Top-1 against p50 at the smallest batch: a linear latency axis with plain ticks, labels kept
+    inside the axes, and a top-1 axis of at least MIN_ACCURACY_SPAN points with the eval count said."""
+    small = min(report["settings"]["batch_sizes"])
+    points = []
+    for row in report["rows"]:
+        cell = _cell(row, small)
+        top1 = (row.get("accuracy") or {}).get("top1")
+        if cell is not None and top1 is not None:
+            points.append((cell["compute"]["p50_ms"], top1, f"{row['artifact']} ({row['device']})"))
+    for i, (x, y, label) in enumerate(sorted(points)):
+        ax.scatter([x], [y], color=colours.get(label))
+        offset = (4, 6) if i % 2 == 0 else (4, -12)  # neighbours alternate above and below their point
+        ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", fontsize=8, annotation_clip=True)
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.set_xlim(0, max(xs) * 1.35)  # room on the right for the labels
+        middle, span = (max(ys) + min(ys)) / 2, max(max(ys) - min(ys), MIN_ACCURACY_SPAN)
+        low = max(0.0, middle - span * 0.6)
+        ax.set_ylim(low, min(100.0, low + span * 1.2))
+    n = (report.get("eval") or {}).get("count")
+    ax.set_xlabel(f"p50 latency at batch {small} (ms)")
+    ax.set_ylabel(f"top-1 % (n = {n} images)" if n else "top-1 %")
+    ax.set_title("accuracy vs latency")
+    ax.grid(True, alpha=0.3)
 
 
 def keep_previous(out_dir: Path) -> Path | None:

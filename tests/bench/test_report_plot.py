@@ -1,0 +1,47 @@
+"""report.png read back from matplotlib: measured batch sizes on the batch axes, an accuracy axis that
+does not exaggerate, point labels inside the figure, plain latency ticks."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from bench.report import MIN_ACCURACY_SPAN, report_figure  # noqa: E402
+from tests.bench.test_gate import make_report  # noqa: E402
+
+
+@pytest.fixture()
+def axes():
+    import matplotlib.pyplot as plt
+
+    report = make_report(lost=1)  # int8 one image below its parent: 0.05 points apart
+    fig = report_figure(report)
+    fig.canvas.draw()
+    yield fig, fig.axes
+    plt.close(fig)
+
+
+def test_batch_axes_show_the_measured_sizes(axes):
+    _, (lat, thr, _) = axes
+    for ax in (lat, thr):
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "8"]
+
+
+def test_the_accuracy_axis_spans_at_least_a_few_points(axes):
+    _, (_, _, acc) = axes
+    low, high = acc.get_ylim()
+    assert high - low >= MIN_ACCURACY_SPAN
+    assert 0.0 <= low and high <= 100.0
+    assert "n = 2000 images" in acc.get_ylabel()
+
+
+def test_point_labels_and_latency_ticks_stay_readable(axes):
+    fig, (_, _, acc) = axes
+    renderer = fig.canvas.get_renderer()
+    figure_box = fig.bbox
+    for text in acc.texts:
+        box = text.get_window_extent(renderer)
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1, text.get_text()
+    labels = [t.get_text() for t in acc.get_xticklabels() if t.get_text()]
+    assert labels and all("times" not in t and "^" not in t for t in labels)  # plain numbers, not 5.4x10^-1
