@@ -30,9 +30,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("edge.tensorrt.cli", f"build TensorRT engines (FP32/FP16/INT8) [{TENSORRT_UNVERIFIED}]"),
     "bench": ("bench.cli", "latency, throughput and accuracy of every artifact on every device"),
     "check": ("bench.gate", "CI gate: fail on accuracy drops or latency regressions"),
+    "compare": ("bench.compare", "one table across bench reports from several machines"),
     "camera": ("edge.camera.cli", "classify a camera or video stream live with any artifact"),
     "inspect": ("edge.inspect", "show a checkpoint's or artifact's spec and manifest"),
     "pack": ("edge.pack", "bundle a run's deployable artifacts for copying to a device"),
+    "triton": ("edge.triton.cli", "write a Triton Inference Server model repository from a run"),
+    "serve": ("edge.triton.serve", "serve a run's ONNX model with Triton Inference Server (HTTP, gRPC, /metrics)"),
     "selftest": ("edge.selftest", f"prove the TensorRT path on this device [{TENSORRT_UNVERIFIED}]"),
 }
 
@@ -48,8 +51,10 @@ OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "engine": (("timing_cache", "file"),),
     "bench": (("out", "dir"),),
     "check": (("junit", "file"),),
+    "compare": (("out", "dir"),),
     "camera": (("record", "file"), ("jsonl", "file")),
     "pack": (("out", "file"),),
+    "triton": (("out", "dir"),),
     "selftest": (("out", "dir"),),
 }
 

@@ -1,0 +1,285 @@
+"""Serve one of a run's ONNX models with a real Triton Inference Server: ``edge serve RUN``.
+
+The server is the ``tritonserver`` binary (2.51) that PyPI's ``nvidia-pytriton`` ships, with its
+Python backend only (no ONNX Runtime backend): the model is served by a Python-backend model
+(:mod:`edge.triton.python_model`) that runs the artifact in ONNX Runtime. The repository it serves
+is written into a temporary folder: the same inputs, outputs, labels, dynamic batching and
+preprocessing parameter as ``edge triton`` writes, with ``backend: "python"``.
+
+What it needs, checked before the server starts (each missing piece is one line):
+
+- nvidia-pytriton installed WITHOUT its dependencies (they pin numpy < 2, which would replace this
+  project's numpy): ``pip install --no-deps nvidia-pytriton==0.7.0``; only its files are used;
+- the backend stub for this Python's minor version, which links the system's shared libpython
+  (Debian: ``apt-get install libpython3.11``); a stub that loads another build's libpython
+  (pyenv, conda) fails to start, so the stub always runs the system Python with this venv's
+  site-packages added to its path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import UserError
+from edge.triton.config import model_config
+from edge.triton.models import CONFIG, LABELS, VERSION, ModelPlan, Options
+from edge.triton.pbtxt import to_pbtxt
+
+PYTRITON_HINT = (
+    "pip install --no-deps nvidia-pytriton==0.7.0 (its own dependencies would pin numpy<2: only its tritonserver is used)"
+)
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    binary: Path
+    backends: Path  # holds python/libtriton_python.so
+    stub: Path  # triton_python_backend_stub for this Python
+    libs: Path  # the wheel's bundled shared libraries
+
+
+def server_files() -> ServerFiles:
+    """The bundled server's files, or one UserError saying what to install."""
+    spec = importlib.util.find_spec("pytriton")  # found, never imported: its dependencies are not installed
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"edge serve runs the tritonserver that nvidia-pytriton bundles, which is not installed: {PYTRITON_HINT}")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    files = ServerFiles(
+        binary=root / "bin" / "tritonserver",
+        backends=root / "backends",
+        stub=root / "python_backend_stubs" / minor / "triton_python_backend_stub",
+        libs=root.parent.parent / "nvidia_pytriton.libs",
+    )
+    if not files.binary.is_file() or not (files.backends / "python" / "libtriton_python.so").is_file():
+        raise UserError(f"{root} has no tritonserver binary or Python backend: reinstall it ({PYTRITON_HINT})")
+    if not files.stub.is_file():
+        raise UserError(
+            f"nvidia-pytriton has no Python backend stub for Python {minor}: use a Python it ships one for (3.8 to 3.13)"
+        )
+    return files
+
+
+def missing_libraries(binary: Path) -> list[str]:
+    """Shared libraries ``binary`` needs and the loader cannot find (``ldd``'s "not found")."""
+    if shutil.which("ldd") is None:
+        return []
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=30).stdout
+    return sorted({line.split()[0] for line in out.splitlines() if "not found" in line})
+
+
+def check_runnable(files: ServerFiles) -> None:
+    for binary in (files.binary, files.stub):
+        missing = missing_libraries(binary)
+        if missing:
+            minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+            hint = (
+                f" (the system's shared Python: apt-get install libpython{minor})"
+                if any("libpython" in m for m in missing)
+                else ""
+            )
+            raise UserError(f"{binary.name} cannot start: {', '.join(missing)} not found{hint}")
+
+
+def backend_folder(files: ServerFiles, workdir: Path) -> Path:
+    """A private backends/ folder: the bundled Python backend plus the stub for this Python beside it
+    (the installed package is left as it is)."""
+    python = workdir / "backends" / "python"
+    python.mkdir(parents=True)
+    for item in (files.backends / "python").iterdir():
+        if item.is_file():
+            (python / item.name).symlink_to(item)
+    (python / files.stub.name).symlink_to(files.stub)
+    return python.parent
+
+
+def python_model_config(plan: ModelPlan, options: Options) -> dict[str, Any]:
+    """``edge triton``'s config for ``plan``, run by the Python backend (no warm-up: the stub starts cold anyway)."""
+    config = model_config(plan, options)
+    config.pop("platform")
+    config.pop("optimization", None)
+    config.pop("model_warmup", None)
+    return {"name": config.pop("name"), "backend": "python", **config}
+
+
+def write_python_model(repo: Path, plan: ModelPlan, options: Options) -> Path:
+    """``repo/<model>/`` with config.pbtxt, labels.txt, 1/model.onnx and 1/model.py."""
+    model_dir = repo / plan.name
+    (model_dir / VERSION).mkdir(parents=True)
+    shutil.copyfile(plan.files["model.onnx"], model_dir / VERSION / "model.onnx")
+    template = (Path(__file__).with_name("python_model.py")).read_text()
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    code = template.replace("SITE_PACKAGES: list = []", f"SITE_PACKAGES: list = {sorted(set(site))!r}", 1)
+    (model_dir / VERSION / "model.py").write_text(code)
+    (model_dir / CONFIG).write_text(to_pbtxt(python_model_config(plan, options)))
+    if plan.spec.labels:
+        (model_dir / LABELS).write_text("".join(f"{label}\n" for label in plan.spec.labels))
+    return model_dir
+
+
+# ---- the server process --------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A running tritonserver (its own process group) serving one model."""
+
+    process: subprocess.Popen
+    model: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log: Path
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    def ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{self.url}/v2/models/{self.model}/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise UserError(
+                    f"tritonserver exited with status {self.process.returncode} before it was ready: {_log_tail(self.log)}"
+                )
+            if self.ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise UserError(f"tritonserver was not ready after {timeout:.0f} s (log: {self.log})")
+
+    def stop(self) -> int | None:
+        """SIGINT (Triton finishes in-flight requests), then SIGKILL after STOP_TIMEOUT_S; the
+        temporary repository is removed. Returns the server's exit status."""
+        if self.process.poll() is None:
+            _signal_group(self.process, signal.SIGINT)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process, signal.SIGKILL)
+                self.process.wait()
+        shutil.rmtree(self.workdir / "repository", ignore_errors=True)
+        return self.process.returncode
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    errors = [line.strip() for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
+    return " | ".join((errors or text.splitlines() or ["no output"])[-lines:])[:600]
+
+
+def serve_plan(run_dir: str | os.PathLike[str], artifact: str) -> tuple[ModelPlan, Options]:
+    from edge.triton.repository import plan_models
+
+    if artifact not in ("onnx-fp32", "int8-cpu"):
+        raise UserError(f"--artifact {artifact}: edge serve runs ONNX Runtime on the CPU: onnx-fp32 or int8-cpu")
+    options = Options(artifacts=(artifact,))
+    plans, _ = plan_models(run_dir, options)
+    plan = next((p for p in plans if p.artifact == artifact), None)
+    if plan is None:
+        raise UserError(f"{run_dir} has no {artifact} artifact to serve (or its maker did not accept it)")
+    return plan, options
+
+
+def start_server(
+    run_dir: str | os.PathLike[str], artifact: str = "onnx-fp32", http_port: int = 8000, workdir: Path | None = None
+) -> Server:
+    """Write the Python-backend repository for ``artifact`` and start tritonserver on it (HTTP on
+    ``http_port``, gRPC on the next port, metrics on the one after); not yet waited for."""
+    files = server_files()
+    check_runnable(files)
+    plan, options = serve_plan(run_dir, artifact)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-serve-"))
+    backends = backend_folder(files, workdir)
+    write_python_model(workdir / "repository", plan, options)
+    log = workdir / "tritonserver.log"
+    command = [
+        str(files.binary),
+        f"--model-repository={workdir / 'repository'}",
+        f"--backend-directory={backends}",
+        f"--http-port={http_port}",
+        f"--grpc-port={http_port + 1}",
+        f"--metrics-port={http_port + 2}",
+        "--allow-gpu-metrics=false",
+        "--strict-readiness=true",
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    return Server(process, plan.name, http_port, http_port + 1, http_port + 2, log, workdir)
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("--artifact", default="onnx-fp32", choices=("onnx-fp32", "int8-cpu"), help="the model to serve")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port; gRPC on PORT+1, metrics on PORT+2 (default 8000)")
+
+
+def run(args: Any) -> int:
+    from rich.console import Console
+
+    if not 0 < args.port < 65534:
+        raise UserError(f"--port {args.port}: give a port between 1 and 65533 (gRPC and metrics use the next two)")
+    console = Console()
+    server = start_server(args.run, args.artifact, args.port)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, systemd: a clean stop too
+    try:
+        server.wait_ready()
+        console.print(
+            f"serving {server.model}: HTTP {server.url}, gRPC localhost:{server.grpc_port}, "
+            f"metrics http://localhost:{server.metrics_port}/metrics (log {server.log}); Ctrl-C stops it",
+            soft_wrap=True,
+        )
+        exited = server.process.wait()
+        raise UserError(f"tritonserver stopped by itself with status {exited}: {_log_tail(server.log)}")
+    except KeyboardInterrupt:
+        console.print(f"stopped {server.model} (tritonserver exit status {server.stop()})")
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

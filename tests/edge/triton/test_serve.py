@@ -1,0 +1,113 @@
+"""edge serve: a real tritonserver (nvidia-pytriton's) serves the run's ONNX model; real images
+through tritonclient give the local ONNX Runtime runner's logits; Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import UserError
+
+
+def _skip_reason() -> str | None:
+    from edge.triton.serve import check_runnable, server_files
+
+    try:
+        check_runnable(server_files())
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+pytestmark = [
+    pytest.mark.skipif(_skip_reason() is not None, reason=f"the bundled tritonserver cannot run here: {_skip_reason()}"),
+]
+triton_http = pytest.importorskip("tritonclient.http", reason="tritonclient (the dev extra) talks to the server")
+
+
+def free_port_block() -> int:
+    """A port P with P, P+1 and P+2 free (HTTP, gRPC, metrics)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port < 65000 and all(_free(port + i) for i in range(3)):
+            return port
+    raise RuntimeError("no three consecutive free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(url: str, model: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    client = triton_http.InferenceServerClient(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            if client.is_model_ready(model):
+                return
+        except Exception:  # connection refused while the server starts
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{model} not ready after {timeout} s")
+
+
+def test_serve_returns_the_local_runners_logits_and_stops_cleanly(triton_run: Path, photos: dict) -> None:
+    from edge.artifacts import artifact_spec
+    from edge.runners import select_runner
+
+    port = free_port_block()
+    command = [sys.executable, "-m", "edge", "serve", str(triton_run), "--artifact", "onnx-fp32", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(f"localhost:{port}", "fashion-onnx-fp32", process)
+        spec = artifact_spec(triton_run / "model.onnx")
+        batch = np.stack([spec.apply(frame) for frame in photos.values()]).astype(np.float32)
+        client = triton_http.InferenceServerClient(f"localhost:{port}")
+        request = triton_http.InferInput("input", list(batch.shape), "FP32")
+        request.set_data_from_numpy(batch)
+        served = client.infer("fashion-onnx-fp32", [request]).as_numpy("logits")
+        with select_runner(triton_run / "model.onnx", "cpu") as runner:
+            local = runner.infer(batch)
+        np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-5)
+        top1 = client.infer("fashion-onnx-fp32", [request], outputs=[triton_http.InferRequestedOutput("logits", class_count=1)])
+        names = [entry[0].decode().split(":")[2] for entry in top1.as_numpy("logits")]
+        assert names == [spec.labels[i] for i in local.argmax(axis=1)]
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"http://localhost:{port + 2}/metrics", timeout=5).read().decode()
+        assert 'nv_inference_request_success{model="fashion-onnx-fp32",version="1"} 2' in metrics
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopped fashion-onnx-fp32" in out
+    for listening in (port, port + 1, port + 2):  # nothing answers any more: the server is gone
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", listening), timeout=2).close()
+
+
+def test_serve_refuses_what_it_cannot_serve(triton_run: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "serve", str(triton_run), "--artifact", "int8-cpu", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--port 70000" in proc.stderr
