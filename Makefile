@@ -14,7 +14,7 @@ PRESET     ?= demo
 ARGS       ?=
 # torch / torchvision pins for a plain venv (x86_64 and aarch64 servers); a Jetson keeps JetPack's.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS     ?= train,cpu,opencv,dev
+EXTRAS     ?= train,cpu,opencv,openvino,dev
 TRT_STUBS  ?= tensorrt-stubs==10.13.0.35.1
 
 # On a Jetson (or where the system Python already has TensorRT) the venv sees the system packages
@@ -25,22 +25,34 @@ SYSTEM_STACK := $(shell { test -e /etc/nv_tegra_release || $(PYTHON) -c "import 
 .PHONY: install system-deps demo test lint typecheck typings train pretrained export calibrate quantize \
         engine bench check camera device-check clean
 
-$(VENV)/.installed: pyproject.toml
+comma := ,
+# One stamp per EXTRAS value, so `make install EXTRAS=train,gpu,tensorrt` installs what a first
+# `make install` did not; $(VENV)/.installed (what lint and typings wait for) follows the latest one.
+# Without EXTRAS on the command line (`make test`, `make demo`) the last install's extras are kept:
+# the defaults would put `cpu` beside a GPU venv's `gpu`.
+LAST_EXTRAS := $(shell cat $(VENV)/.extras 2>/dev/null)
+INSTALL_EXTRAS := $(if $(filter file,$(origin EXTRAS)),$(or $(LAST_EXTRAS),$(EXTRAS)),$(EXTRAS))
+INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(INSTALL_EXTRAS))
+
+$(INSTALLED): pyproject.toml
 ifeq ($(SYSTEM_STACK),1)
-	$(PYTHON) -m venv --system-site-packages $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -e .
-	deps="$$($(PY) -m edge._deps $(subst $(comma), ,$(EXTRAS)))"; \
+	@# the project's own dependencies and the extras' that cannot be imported yet (see edge/_deps.py)
+	deps="$$($(PY) -m edge._deps $(subst $(comma), ,$(INSTALL_EXTRAS)))" || exit 1; \
 	  if [ -n "$$deps" ]; then eval $(PY) -m pip install -q $$deps; fi
 else
-	$(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -e ".[$(INSTALL_EXTRAS)]"
 endif
+	echo "$(INSTALL_EXTRAS)" > $(VENV)/.extras
 	touch $@
 
-comma := ,
+$(VENV)/.installed: $(INSTALLED)
+	touch $@
 
 install: $(VENV)/.installed system-deps
 
@@ -76,8 +88,16 @@ test: install lint typecheck
 	$(PY) -m pytest -q $(ARGS)
 
 # ---- the pipeline ------------------------------------------------------------------------------
+# The ImageNet-pretrained Lite0 (no training) and its ONNX model: the camera and its benchmark run ONNX.
 pretrained: install
 	$(EDGE) pretrained --out $(PRETRAINED)
+	$(EDGE) export $(PRETRAINED)
+
+$(PRETRAINED)/checkpoint.pt: | install
+	$(EDGE) pretrained --out $(PRETRAINED)
+
+$(PRETRAINED)/model.onnx: $(PRETRAINED)/checkpoint.pt
+	$(EDGE) export $(PRETRAINED)
 
 train: install
 	$(EDGE) train --out $(RUN) --data $(DATA) --model $(MODEL) $(if $(PRESET),--preset $(PRESET)) $(ARGS)
@@ -102,12 +122,14 @@ bench: install
 check: install
 	$(EDGE) check $(RUN)/bench/report.json $(ARGS)
 
-camera: install
+# RUN=... on the command line picks another run or artifact; by default the pretrained run's model.onnx.
+camera: install $(if $(filter command line,$(origin RUN)),,$(PRETRAINED)/model.onnx)
 	$(EDGE) camera $(if $(filter command line,$(origin RUN)),$(RUN),$(PRETRAINED)) --source $(SOURCE) --show $(ARGS)
 
 # The main job on the embedded defaults, about 10 minutes on 2 CPU cores.
 demo: install
 	$(EDGE) pretrained --out $(PRETRAINED)
+	$(EDGE) export $(PRETRAINED)
 	$(EDGE) train --out $(RUN) --data $(DATA) --model $(MODEL) --preset demo
 	$(EDGE) export $(RUN)
 	$(EDGE) calibrate $(RUN) --data $(DATA)

@@ -52,6 +52,9 @@ OPTIONAL_MODULES = {
     "cuda": "tensorrt",
     "pynvml": "gpu",
     "modelopt": "trt11-fp16",
+    "tritonclient": "triton",
+    "openvino": "openvino",
+    "nncf": "nncf",
 }
 # what pip calls the package that provides a module, where the names differ
 _DISTRIBUTIONS = {

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from edge.artifacts import Manifest, artifact_parent, artifact_spec, manifest_path, read_manifest, stale_link, stale_reason
 from edge.errors import UserError
+from edge.runners import available_backends, compatible_backends
 from edge.spec import PreprocessSpec
 
 console = Console()
@@ -67,7 +68,14 @@ def manifest_table(manifest: Manifest) -> Table:
     env = manifest.environment
     table.add_row("built on", f"{env.get('cpu_model', '?')} x{env.get('cpu_count', '?')} {env.get('gpu_name', '')}".strip())
     table.add_row("packages", ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()))
+    table.add_row("backends", backends_text(Path(manifest.file), manifest.kind))
     return table
+
+
+def backends_text(path: Path, kind: str | None) -> str:
+    """The backends that run an artifact, those not installed here marked: "onnxruntime, openvino (not installed)"."""
+    here = available_backends(path, kind)
+    return ", ".join(b if b in here else f"{b} (not installed)" for b in compatible_backends(path, kind)) or "-"
 
 
 def _short(value: Any) -> str:
@@ -105,13 +113,13 @@ def print_run(root: Path, as_json: bool = False) -> None:
         )
         return
     table = Table(title=f"Run {root}")
-    for column in ("artifact", "file", "kind", "size MB", "sha256", "status", "top-1"):
+    for column in ("artifact", "file", "kind", "size MB", "sha256", "status", "top-1", "runs here on"):
         table.add_column(column)
     spec = None
     reasons: list[str] = []
     for name, path in artifacts.items():
         if not manifest_path(path).exists():
-            table.add_row(name, path.name, "?", f"{path.stat().st_size / 1e6:.1f}", "-", "[red]no manifest[/red]", "-")
+            table.add_row(name, path.name, "?", f"{path.stat().st_size / 1e6:.1f}", "-", "[red]no manifest[/red]", "-", "-")
             continue
         manifest = read_manifest(path)
         spec = spec or (manifest.preprocess_spec if manifest.spec else None)
@@ -128,6 +136,7 @@ def print_run(root: Path, as_json: bool = False) -> None:
             manifest.sha256[:12],
             status,
             f"{top1:.2f}%" if isinstance(top1, float) else "-",
+            ", ".join(available_backends(path, manifest.kind)) or "[yellow]none installed[/yellow]",
         )
     if spec is not None:
         console.print(spec_table(spec, title=f"PreprocessSpec of {root}"))

@@ -7,21 +7,33 @@ on the device and point ``edge camera`` or ``edge bench`` at the directory.
 An artifact whose maker did not accept it (manifest metrics ``accepted: false``: an INT8 model that
 missed `edge quantize`'s budget on the test split, or an engine built from one with --force) is
 refused, unless --force, which bundles it and records it in the bundle's manifest.
+
+The bundle says which backends run each artifact (``onnxruntime`` and ``openvino`` for the ONNX
+models, ``ort-tensorrt`` too for all but the CPU INT8 model, ``tensorrt`` for engines) and the extra
+that installs each: in its manifest (``provenance.backends`` / ``provenance.install``) and in a
+``bundle.json`` inside the archive, so the device that unpacks it knows what to install.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import tarfile
+import time
 from pathlib import Path
+from typing import Any
 
 from edge.artifacts import Manifest, atomic_path, is_rejected, manifest_path, read_manifest, verify_file, write_manifest
 from edge.errors import UserError
 from edge.run import RunDir
+from edge.runners import compatible_backends
 
 log = logging.getLogger(__name__)
+
+# backend -> the extra that installs it on the device (pip install -e '.[EXTRA]')
+BACKEND_EXTRAS = {"onnxruntime": "cpu", "ort-tensorrt": "gpu", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "train"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +77,24 @@ def unaccepted_artifacts(run: RunDir, files: list[Path]) -> dict[str, str]:
     return found
 
 
+def artifact_backends(run: RunDir, files: list[Path]) -> dict[str, list[str]]:
+    """Each bundled artifact (run-relative) -> the backends that run it, from its suffix and manifest kind."""
+    found = {}
+    for path in files:
+        if path.suffix != ".json" and manifest_path(path).exists():
+            found[str(path.relative_to(run.root))] = list(compatible_backends(path, read_manifest(path).kind))
+    return found
+
+
+def bundle_index(run: RunDir, contents: list[str], backends: dict[str, list[str]], rejected: dict[str, str]) -> dict[str, Any]:
+    """What ``bundle.json`` inside the archive (and the bundle's manifest) says about the bundle."""
+    used = sorted({b for names in backends.values() for b in names}, key=list(BACKEND_EXTRAS).index)
+    install = {b: f"pip install -e '.[{BACKEND_EXTRAS[b]}]'" for b in used}
+    if "onnxruntime" in install:
+        install["onnxruntime"] += " (or '.[gpu]' for CUDA; never both)"
+    return {"run": str(run.root), "contents": contents, "backends": backends, "install": install, "not_accepted": rejected}
+
+
 def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
     """Write the bundle; refuse an unaccepted artifact (``accepted: false``) unless ``force``."""
     run = RunDir.open(run_path)
@@ -82,11 +112,22 @@ def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = 
         log.warning("bundling %s although it was not accepted (--force): %s", name, reason)
     out = Path(out) if out else run.root / f"{run.root.name}-deploy.tar.gz"
     contents = [str(f.relative_to(run.root)) for f in files]
+    index = bundle_index(run, contents, artifact_backends(run, files), rejected)
     with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
         for path, arcname in zip(files, contents):
             archive.add(path, arcname=f"{run.root.name}/{arcname}")
-    write_manifest(out, "bundle", None, provenance={"run": str(run.root), "contents": contents, "not_accepted": rejected})
+        _add_json(archive, f"{run.root.name}/bundle.json", {**index, "run": run.root.name})
+    write_manifest(out, "bundle", None, provenance=index)
     return out
+
+
+def _add_json(archive: tarfile.TarFile, name: str, data: dict[str, Any]) -> None:
+    payload = (json.dumps(data, indent=2) + "\n").encode()
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mode = 0o644
+    info.mtime = int(time.time())
+    archive.addfile(info, io.BytesIO(payload))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
                 "bundle": str(out),
                 "size_mb": round(manifest.size_bytes / 1e6, 2),
                 "contents": manifest.provenance["contents"],
+                "backends": manifest.provenance.get("backends", {}),
+                "install": manifest.provenance.get("install", {}),
                 **({"not_accepted": manifest.provenance["not_accepted"]} if manifest.provenance["not_accepted"] else {}),
             },
             indent=2,

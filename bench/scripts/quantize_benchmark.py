@@ -2,6 +2,7 @@
 
     python -m bench.scripts.quantize_benchmark [--run runs/demo] [--data fashion-mnist] [--skip-rss]
     python -m bench.scripts.quantize_benchmark --run runs/demo --compare-rounding [--rounding-method minmax]
+    python -m bench.scripts.quantize_benchmark --run runs/demo --peers [--no-nncf] [--eval-limit N]
 
 1. Throughput of RUN/model.int8-cpu.onnx vs RUN/model.onnx in ONNX Runtime at batch 8: interleaved
    rounds (FP32 then INT8, --rounds times, --window seconds each) in the same runner with the same
@@ -20,6 +21,16 @@ no search), from the same calibration set (RUN/calibration, else one drawn from 
 split) and evaluated on the same test images (--eval-limit of the run's test split; 0 = all of it):
 top-1, the drop in points, the agreement in percent and the flips against the float model, with
 the number of images. Nothing in RUN is changed.
+
+--peers prints only this instead: our RUN/model.int8-cpu.onnx beside the peers a user would reach
+for, each with its defaults, on the same calibration images (RUN/calibration, the set our model's
+manifest names by content hash): ONNX Runtime's ``quantize_static`` (QDQ, per-tensor) and NNCF's
+``nncf.quantize`` (a row saying "not installed" without the ``nncf`` extra). One table, one row per
+quantizer and runtime (ONNX Runtime, OpenVINO): top-1, drop in points and top-1 agreement with the
+float model on the run's test split (--eval-limit; 0 = all of it), ms per batch and the INT8
+speed-up over the same runtime's FP32 and over ONNX Runtime FP32 (interleaved rounds, median of
+per-round ratios), and the time to quantize (ours: as its manifest recorded it). Nothing in RUN is
+changed (bench/scripts/peers.py holds the peers and the shared timing).
 """
 
 from __future__ import annotations
@@ -253,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-limit", type=int, default=0, help="test images of --compare-rounding (default 0: the whole test split)"
     )
+    parser.add_argument(
+        "--peers", action="store_true", help="only compare with ONNX Runtime's and NNCF's default quantizers (see above)"
+    )
+    parser.add_argument("--no-nncf", action="store_true", help="with --peers: leave out NNCF even where it is installed")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name, value in (("--batch", args.batch), ("--rounds", args.rounds), ("--window", args.window)):
@@ -282,6 +297,9 @@ def _main(args: argparse.Namespace) -> int:
         if args.compare_rounding:
             _print_rounding(console, run, compare_rounding(run, args.data, work, args.rounding_method, args.eval_limit))
             return 0
+        if args.peers:
+            _print_peers(console, run, compare_peers(run, args, work), args)
+            return 0
         if not args.skip_accuracy:
             result = calibrate_and_quantize(run.root, args.data, work)
             _print_accuracy(console, run, result)
@@ -295,6 +313,126 @@ def _main(args: argparse.Namespace) -> int:
         if not args.skip_rss:
             _print_rss(console, calibration_rss(work))
     return 0
+
+
+QUANTIZERS = ("ours", "onnxruntime-default", "nncf-default")
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def compare_peers(run: RunDir, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Our INT8 model and the peers' on the same calibration images: one row per quantizer and
+    runtime (accuracy against ONNX Runtime FP32 on the test split, interleaved speed)."""
+    from bench.scripts.peers import peer_models, run_calibration
+    from edge.artifacts import artifact_spec, read_manifest
+    from edge.quantize.evaluate import eval_set_from_data
+    from edge.runners.openvino_runner import require_openvino
+
+    require_openvino("Comparing the peers on OpenVINO")
+    float_model = run.require(run.onnx, f"run `edge export {run.root}`")
+    ours = run.require(run.int8_cpu, f"run `edge quantize {run.root} --target cpu`")
+    tensor, content_hash, ours_hash = run_calibration(run.root)
+    if ours_hash is not None and ours_hash != content_hash:
+        print(
+            f"warning: {ours.name} was calibrated on set {ours_hash[:12]}, the peers get {run.calibration_file} ({content_hash[:12]})"
+        )
+    spec = artifact_spec(float_model)
+    models = {"ours": {"path": ours, "seconds": read_manifest(ours).metrics.get("quantization_s"), "from_manifest": True}}
+    models.update(peer_models(float_model, tensor, work, with_nncf=not args.no_nncf))
+    evaluation = eval_set_from_data(run.root, args.data, "test", args.eval_limit or None, spec)
+    paths = [("fp32", runtime, float_model) for runtime in RUNTIMES]
+    paths += [(q, runtime, models[q]["path"]) for q in QUANTIZERS if "path" in models[q] for runtime in RUNTIMES]
+    accuracy = _peer_accuracy(paths, spec, evaluation, args)
+    timings = _peer_timing(paths, spec, evaluation.tensor, args)
+    rows = []
+    for quantizer in ("fp32", *QUANTIZERS):
+        for runtime in RUNTIMES:
+            rows.append(_peer_row(quantizer, runtime, models.get(quantizer), accuracy, timings, len(evaluation), len(tensor)))
+    return rows
+
+
+def _peer_accuracy(paths: list[tuple[str, str, Path]], spec: Any, evaluation: Any, args: argparse.Namespace) -> dict[Any, Any]:
+    from bench.scripts.peers import accuracy_row, logits_over, make_runner
+
+    logits = {}
+    for quantizer, runtime, path in paths:
+        with make_runner(runtime, path, spec, args.threads) as runner:
+            logits[quantizer, runtime] = logits_over(runner, evaluation.tensor, 64)
+    reference = logits["fp32", "onnxruntime"]
+    return {key: accuracy_row(out, reference, evaluation.labels) for key, out in logits.items()}
+
+
+def _peer_timing(paths: list[tuple[str, str, Path]], spec: Any, tensor: np.ndarray, args: argparse.Namespace) -> dict[Any, Any]:
+    from bench.scripts.peers import active, interleaved_rounds, make_runner
+
+    batch = np.resize(tensor, (args.batch, *spec.input_shape)).astype(np.float32)
+    runners = [(f"{q}/{r}", make_runner(r, path, spec, args.threads)) for q, r, path in paths]
+    with active(runners):
+        timings = interleaved_rounds(runners, batch, args.rounds, args.window)
+    return {tuple(label.split("/")): timing for label, timing in timings.items()}
+
+
+def _peer_row(
+    quantizer: str,
+    runtime: str,
+    model: dict[str, Any] | None,
+    accuracy: dict[Any, Any],
+    timings: dict[Any, Any],
+    n_eval: int,
+    n_cal: int,
+) -> dict[str, Any]:
+    from bench.scripts.peers import median_ratio
+
+    row: dict[str, Any] = {"quantizer": quantizer, "runtime": runtime, "eval_count": n_eval, "calibration_count": n_cal}
+    if model is not None and "error" in model:
+        return {**row, "error": model["error"]}
+    timing = timings[quantizer, runtime]
+    same, ort = median_ratio(timing, timings["fp32", runtime]), median_ratio(timing, timings["fp32", "onnxruntime"])
+    return {
+        **row,
+        **accuracy[quantizer, runtime],
+        "p50_ms": timing.p50_ms,
+        "speedup_same_runtime": same[0],
+        "speedup_same_runtime_range": same[1:],
+        "speedup_vs_ort_fp32": ort[0],
+        "quantize_s": None if model is None else model["seconds"],
+        "quantize_s_from_manifest": bool(model and model.get("from_manifest")),
+    }
+
+
+def _print_peers(console: Any, run: RunDir, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(console.width, 160))  # nine columns: never fold the figures
+
+    first = rows[0]
+    table = Table(
+        title=f"INT8 quantizers side by side on {run.root}: {first['calibration_count']} calibration images (the same for "
+        f"all), {first['eval_count']} test images; speed at batch {args.batch}, {args.rounds} interleaved rounds of "
+        f"{args.window:g} s (median of per-round ratios)"
+    )
+    for column in ("quantizer", "runtime", "top-1", "drop", "agreement", "p50 ms", "INT8 speed-up", "x ORT FP32", "quantize s"):
+        table.add_column(column)
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["quantizer"], row["runtime"], row["error"], *[""] * 6)
+            continue
+        low, high = row["speedup_same_runtime_range"]
+        speedup = "-" if row["quantizer"] == "fp32" else f"{row['speedup_same_runtime']:.2f}x ({low:.2f}-{high:.2f})"
+        seconds = _fmt(row["quantize_s"], "{:.1f}") + (" (manifest)" if row["quantize_s_from_manifest"] else "")
+        table.add_row(
+            row["quantizer"],
+            row["runtime"],
+            _fmt(row["top1"], "{:.2f}%"),
+            _fmt(row["drop"], "{:+.2f}"),
+            f"{row['agreement']:.2f}%",
+            f"{row['p50_ms']:.2f}",
+            speedup,
+            f"{row['speedup_vs_ort_fp32']:.2f}x",
+            "-" if row["quantizer"] == "fp32" else seconds,
+        )
+    console.print(table)
+    print(json.dumps({"peers": rows}, default=str))  # the figures, machine-readable
 
 
 def _print_accuracy(console: Any, run: RunDir, result: dict[str, Any]) -> None:

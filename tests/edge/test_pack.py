@@ -3,6 +3,7 @@ bundled unless --force, which records it in the bundle's manifest."""
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -81,3 +82,28 @@ def test_malformed_verdict_is_a_user_error(tmp_path: Path) -> None:
     write_manifest(run.int8_cpu, "onnx-int8-cpu", SPEC, metrics={"accepted": "yes"}, environment=ENV)
     with pytest.raises(UserError, match=r"manifest says accepted: 'yes' \(not true or false\)"):
         pack_run(run.root)
+
+
+def test_bundle_says_which_backends_run_each_artifact(tmp_path: Path) -> None:
+    """In the bundle's manifest and in bundle.json inside the archive: the CPU INT8 model (uint8
+    activations) is for ONNX Runtime and OpenVINO, not TensorRT; an engine is TensorRT's only."""
+    run = make_run(tmp_path, accepted=True)
+    engine = run.engine_file("NVIDIA H200", "9.0", "10.13.0.35", "fp16")
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"serialized engine")
+    write_manifest(engine, "engine", SPEC, environment=ENV)
+    bundle = pack_run(run.root, tmp_path / "deploy.tar.gz")
+    expected = {
+        "model.onnx": ["onnxruntime", "ort-tensorrt", "openvino"],
+        "model.int8-cpu.onnx": ["onnxruntime", "openvino"],
+        "engines/nvidia-h200-sm90-trt10.13.0/model.fp16.engine": ["tensorrt"],
+    }
+    provenance = read_manifest(bundle).provenance
+    assert provenance["backends"] == expected
+    assert provenance["install"]["openvino"] == "pip install -e '.[openvino]'"
+    assert provenance["install"]["tensorrt"] == "pip install -e '.[tensorrt]'"
+    assert set(provenance["install"]) == {"onnxruntime", "ort-tensorrt", "openvino", "tensorrt"}
+    with tarfile.open(bundle) as archive:
+        index = json.load(archive.extractfile("run/bundle.json"))  # type: ignore[arg-type]
+    assert index["backends"] == expected and index["install"] == provenance["install"] and index["run"] == "run"
+    assert index["contents"] == provenance["contents"] and "bundle.json" not in index["contents"]

@@ -1,0 +1,219 @@
+"""The peers our INT8 model is measured against, and the measurements the figure scripts share.
+
+Peer quantizers, each with its defaults, on the same calibration images as ``model.int8-cpu.onnx``
+(the run's ``calibration/calibration.npy``, whose content hash the INT8 manifest records):
+ONNX Runtime's ``quantize_static`` (QDQ, per-tensor weights, MinMax) and NNCF's ``nncf.quantize``
+(ONNX backend: a QDQ ONNX file both runtimes run; ``subset_size`` = every calibration image, else
+NNCF's default would use 300 of them). Both write plain ONNX files without our manifest, so their
+runners are built directly with the float model's PreprocessSpec.
+
+Timing: :func:`interleaved_rounds` times every runner for ``window_s`` in turn, ``rounds`` times,
+so the load of a shared machine hits all of them alike; speed-ups are medians of per-round ratios
+(:func:`median_ratio`), with absolute milliseconds beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import MissingDependencyError, UserError
+from edge.runners.base import Runner
+from edge.spec import PreprocessSpec
+
+NNCF_HINT = "not installed (pip install -e '.[nncf]')"
+
+
+@dataclass
+class Timing:
+    """One runner's interleaved timing: images/s per round, and every call's latency in ms."""
+
+    label: str
+    per_round: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.median(self.latencies_ms))
+
+    @property
+    def images_per_s(self) -> float:
+        return float(np.median(self.per_round))
+
+
+def median_ratio(mine: Timing, reference: Timing) -> tuple[float, float, float]:
+    """Speed-up of ``mine`` over ``reference``: (median, min, max) of the per-round throughput ratios."""
+    ratios = [a / b for a, b in zip(mine.per_round, reference.per_round)]
+    return float(np.median(ratios)), float(min(ratios)), float(max(ratios))
+
+
+def interleaved_rounds(
+    runners: Sequence[tuple[str, Runner]], batch: np.ndarray, rounds: int, window_s: float, warmup: int = 10
+) -> dict[str, Timing]:
+    """Throughput of active runners on one batch, in interleaved rounds (see the module docstring)."""
+    if rounds < 1 or window_s <= 0:
+        raise UserError(f"timing needs at least one round and a positive window (got {rounds}, {window_s})")
+    timings = {label: Timing(label) for label, _ in runners}
+    for _, runner in runners:
+        for _ in range(warmup):
+            runner.infer(batch)
+    for _ in range(rounds):
+        for label, runner in runners:
+            calls, start = 0, time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                runner.infer(batch)
+                now = time.perf_counter()
+                timings[label].latencies_ms.append((now - t0) * 1000)
+                calls += 1
+                if now - start >= window_s and calls >= 3:
+                    break
+            timings[label].per_round.append(calls * len(batch) / (now - start))
+    return timings
+
+
+def logits_over(runner: Runner, tensor: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits of an active runner over a preprocessed tensor, in batches."""
+    return np.concatenate([runner.infer(np.ascontiguousarray(tensor[i : i + batch])) for i in range(0, len(tensor), batch)])
+
+
+def accuracy_row(logits: np.ndarray, float_logits: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    """top-1 (None without labels), drop in points vs the float model, and top-1 agreement with it, in percent."""
+    pred, ref = logits.argmax(1), float_logits.argmax(1)
+    top1 = None if labels is None else float(np.mean(pred == labels) * 100)
+    float_top1 = None if labels is None else float(np.mean(ref == labels) * 100)
+    drop = None if top1 is None or float_top1 is None else float_top1 - top1
+    return {"top1": top1, "drop": drop, "agreement": float(np.mean(pred == ref) * 100), "flips": int(np.sum(pred != ref))}
+
+
+def run_calibration(run: str | os.PathLike[str]) -> tuple[np.ndarray, str, str | None]:
+    """The run's calibration tensor, its content hash, and the hash our INT8 model was calibrated on
+    (from its manifest; None when the run has no INT8 model or the manifest does not say)."""
+    from calibration.sets import load_calibration_set
+    from edge.artifacts import manifest_path, read_manifest
+    from edge.run import RunDir
+
+    rundir = RunDir.open(run)
+    if not rundir.calibration_file.exists():
+        raise UserError(f"{rundir.root} has no calibration set: run `edge calibrate {rundir.root}` first")
+    calibration = load_calibration_set(rundir.root)
+    ours = None
+    if manifest_path(rundir.int8_cpu).exists():
+        ours = (read_manifest(rundir.int8_cpu).provenance.get("calibration") or {}).get("content_hash")
+    return np.asarray(calibration.tensor, dtype=np.float32), calibration.content_hash, ours
+
+
+def onnx_input_name(path: str | os.PathLike[str]) -> str:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initializers)
+
+
+def ort_default_quantize(float_model: Path, out: Path, tensor: np.ndarray) -> float:
+    """ONNX Runtime's ``quantize_static`` with every default (QDQ, per-tensor, MinMax, uint8
+    activations, int8 weights), as a user calls it first; returns the seconds it took."""
+    import logging
+
+    from onnxruntime.quantization import quantize_static
+
+    from calibration.reader import calibration_reader
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice on the root logger, twice per call
+    try:
+        start = time.perf_counter()
+        quantize_static(str(float_model), str(out), calibration_reader(tensor, onnx_input_name(float_model), 32))
+        return time.perf_counter() - start
+    finally:
+        root.setLevel(level)
+
+
+def nncf_default_quantize(float_model: Path, out: Path, tensor: np.ndarray) -> float:
+    """NNCF's ``nncf.quantize`` with its defaults (preset performance: symmetric activations, fast
+    bias correction) on the ONNX model, over every calibration image one at a time (its default
+    batch); raises MissingDependencyError without nncf. Returns the seconds it took."""
+    import onnx
+
+    try:
+        import nncf
+    except ImportError as exc:
+        raise MissingDependencyError("nncf", "nncf", "The NNCF peer row") from exc
+    name = onnx_input_name(float_model)
+    start = time.perf_counter()
+    dataset = nncf.Dataset([tensor[i : i + 1] for i in range(len(tensor))], lambda item: {name: item})
+    quantized = nncf.quantize(onnx.load(str(float_model)), dataset, subset_size=len(tensor))
+    onnx.save(quantized, str(out))
+    return time.perf_counter() - start
+
+
+def peer_models(float_model: Path, tensor: np.ndarray, work: Path, with_nncf: bool = True) -> dict[str, dict[str, Any]]:
+    """Quantize the float model with each peer: name -> {"path", "seconds"} or {"error": why not}."""
+    peers: dict[str, dict[str, Any]] = {}
+    for name, quantize in (("onnxruntime-default", ort_default_quantize), ("nncf-default", nncf_default_quantize)):
+        if name == "nncf-default" and not with_nncf:
+            peers[name] = {"error": "skipped (--no-nncf)"}
+            continue
+        out = work / f"model.int8-{name}.onnx"
+        try:
+            peers[name] = {"path": out, "seconds": quantize(float_model, out, tensor)}
+        except MissingDependencyError:
+            peers[name] = {"error": NNCF_HINT}
+    return peers
+
+
+def make_runner(backend: str, path: Path, spec: PreprocessSpec, threads: int | None, **options: Any) -> Runner:
+    """An ONNX Runtime or OpenVINO CPU runner for any ONNX file (peer models have no manifest)."""
+    if backend == "openvino":
+        from edge.runners.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(path, spec, threads=threads, **options)
+    from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, spec, threads=threads, **options)
+
+
+@contextlib.contextmanager
+def active(runners: Sequence[tuple[str, Runner]]):
+    """Activate every runner, deactivate them all on the way out."""
+    with contextlib.ExitStack() as stack:
+        for _, runner in runners:
+            stack.enter_context(runner)
+        yield runners
+
+
+def ort_op_profile(path: Path, batch: np.ndarray, threads: int, calls: int = 20) -> list[dict[str, Any]]:
+    """ONNX Runtime's per-op-type time (its profiler, same session options as the runner) over
+    ``calls`` calls, per call in ms, slowest first."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(calls):
+            session.run(None, {name: batch})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, list[float]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            entry = totals.setdefault(event["args"].get("op_name", "?"), [0.0, 0])
+            entry[0] += event["dur"] / 1000 / calls
+            entry[1] += 1
+    rows = [{"op": op, "kernel": "ORT CPU", "ms": ms, "layers": int(n) // calls} for op, (ms, n) in totals.items()]
+    return sorted(rows, key=lambda row: -row["ms"])
