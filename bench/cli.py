@@ -251,11 +251,12 @@ def noise_figures(rows: list[dict[str, Any]], load_before: float | None, load_af
     spread over every round, and the median spread of a cell's round p50s (all in percent)."""
     from bench.intervals import spread_pct
 
-    probes, spreads = [], []
+    probes, spreads, others = [], [], []
     for row in rows:
         for cell in row.get("cells") or []:
             compute = cell.get("compute") or {}
             probes += [r["probe_ms"] for r in compute.get("rounds") or [] if r.get("probe_ms")]
+            others += [r["others_cpu"] for r in compute.get("rounds") or [] if r.get("others_cpu") is not None]
             if compute.get("spread_pct") is not None:
                 spreads.append(compute["spread_pct"])
     return {
@@ -264,6 +265,7 @@ def noise_figures(rows: list[dict[str, Any]], load_before: float | None, load_af
         "probe_p50_ms": float(sorted(probes)[len(probes) // 2]) if probes else None,
         "probe_spread_pct": spread_pct(probes),
         "median_round_spread_pct": float(sorted(spreads)[len(spreads) // 2]) if spreads else None,
+        "others_cpu_pct": float(sorted(others)[len(others) // 2] * 100.0) if others else None,
     }
 
 

@@ -10,6 +10,11 @@ moment of a shared machine slows the probe too, and divides out):
 - otherwise the rounds are too noisy to judge: a **warning** that gives the figures and what to
   change (longer windows, more rounds, pinned threads), a failure with ``--strict-latency``.
 
+Each round also records the share of the CPUs other processes used while it ran
+(``bench.timing.OthersCpu``). A slowdown measured while, for either report, other processes held
+more than ``CONTENDED`` of the CPUs (median over the cell's rounds) is not evidence against the
+model: it is "too noisy to judge" and names the share (a failure with ``--strict-latency``).
+
 Absolute p50s are compared only on the same machine fingerprint; the INT8/FP32 ratio of each
 report is measured within its own rounds (stepped back to back) and compared on any machine.
 Differences between the two reports that change latency (profile, window, rounds, threads,
@@ -24,6 +29,7 @@ from bench.checks import MEASURED, Check, same_machine
 from bench.intervals import Ratio, spread_pct, two_sample_ratio
 from bench.matrix import float_parent, round_p50s
 
+CONTENDED = 0.25  # other processes used more than this share of the CPUs during a cell's rounds (median)
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "openvino", "numpy", "opencv-python")
 
 
@@ -39,11 +45,13 @@ def check_latency(report: dict[str, Any], baseline: dict[str, Any], tolerance: f
         known = report["environment"].get("machine_fingerprint") and baseline["environment"].get("machine_fingerprint")
         why = "different machine fingerprints" if known else "a report has no machine fingerprint"
         checks.append(Check("absolute latency vs baseline", "skip", f"{why}: only ratios within each run are compared"))
-    old_ratios = parent_round_ratios(baseline)
+    old_ratios, new_cells, old_cells = parent_round_ratios(baseline), _cells(report), _cells(baseline)
     for key, ratios in sorted(parent_round_ratios(report).items()):
         if key in old_ratios and key[0] != "onnx-fp32":
             name = f"latency ratio {key[0]}/{key[3]}@{key[1]} batch {key[2]}"
-            checks.append(_judge(name, ratios, old_ratios[key], tolerance, strict, "ratio"))
+            pair = [key[:3], (key[3], key[1], key[2])]
+            busy = contention({"new": [new_cells[k] for k in pair], "old": [old_cells[k] for k in pair]})
+            checks.append(_judge(name, ratios, old_ratios[key], tolerance, strict, "ratio", busy=busy))
     return checks
 
 
@@ -127,7 +135,8 @@ def _p50_check(key: tuple[str, str, int], cell: dict[str, Any], old: dict[str, A
         return Check(name, "warn", detail)
     if new_probed != old_probed:  # compare like with like
         new_rounds, old_rounds = round_p50s(cell), round_p50s(old)
-    return _judge(name, new_rounds, old_rounds, tolerance, strict, "p50", raw, probed=new_probed and old_probed)
+    busy = contention({"new": [cell], "old": [old]})
+    return _judge(name, new_rounds, old_rounds, tolerance, strict, "p50", raw, probed=new_probed and old_probed, busy=busy)
 
 
 def _judge(
@@ -139,17 +148,37 @@ def _judge(
     what: str,
     raw: str = "",
     probed: bool = False,
+    busy: str | None = None,
 ) -> Check:
-    """Pass, fail or "too noisy to judge" from the interval of new/old against 1 + tolerance."""
+    """Pass, fail or "too noisy to judge" from the interval of new/old against 1 + tolerance; a
+    failure measured while other processes held the CPUs (``busy``) is too noisy to judge."""
     ratio = two_sample_ratio(new, old)
     limit = 1.0 + tolerance / 100.0
     how = ", machine-probe normalized" if probed else ""
     figures = f"{raw + '; ' if raw else ''}new/old {ratio.text()} over {len(new)}+{len(old)} rounds{how}, limit {limit:.2f}"
-    if ratio.low > limit:
+    if ratio.low > limit and busy is None:
         return Check(name, "fail", f"{figures}: slower beyond the {tolerance:g}% tolerance (the whole interval is above it)")
+    if ratio.low > limit:
+        figures += f"; {busy}"
     if ratio.high <= limit:
         return Check(name, "pass", f"{figures}: within the {tolerance:g}% tolerance")
     return Check(name, "fail" if strict else "warn", too_noisy(figures, new, old, what, strict))
+
+
+def contention(sides: dict[str, list[dict[str, Any]]]) -> str | None:
+    """'other processes used 63% of the CPUs during the new rounds' when, for a side, the median
+    share other processes took during its cells' rounds exceeds CONTENDED; None otherwise."""
+    said = []
+    for side, cells in sides.items():
+        shares = sorted(
+            r["others_cpu"]
+            for c in cells
+            for r in (c.get("compute") or {}).get("rounds") or []
+            if r.get("others_cpu") is not None
+        )
+        if shares and shares[len(shares) // 2] > CONTENDED:
+            said.append(f"other processes used {shares[len(shares) // 2] * 100:.0f}% of the CPUs during the {side} rounds")
+    return "; ".join(said) or None
 
 
 def too_noisy(figures: str, new: list[float], old: list[float], what: str, strict: bool) -> str:

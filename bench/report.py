@@ -505,7 +505,8 @@ def noise_lines(report: dict[str, Any]) -> list[str]:
         "round p50s with an order-statistic interval (csv: p50_ci_*); 'x parent' = p50 over the float parent's from the same rounds",
         f"- noise: 1-min load average {_fmt(load[0])} -> {_fmt(load[1])} on {noise.get('cpu_count')} CPUs; machine probe "
         f"{_fmt(noise.get('probe_p50_ms'), 3)} ms, spread {_fmt(noise.get('probe_spread_pct'), 1)}% over all rounds; median round "
-        f"spread of a cell {_fmt(noise.get('median_round_spread_pct'), 1)}%",
+        f"spread of a cell {_fmt(noise.get('median_round_spread_pct'), 1)}%; other processes used "
+        f"{_fmt(noise.get('others_cpu_pct'), 0)}% of the CPUs during the rounds (median)",
     ]
 
 

@@ -11,6 +11,7 @@ machine was at that moment. The statistics of rounds are in ``bench.intervals``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -158,7 +159,8 @@ class RoundTimer:
     def time_round(self, call: Callable[[int], Any], probe_ms: float | None = None) -> dict[str, Any]:
         warmup = self.window.warmup_s if not self.rounds else min(self.window.warmup_s, REWARM_S)
         started_at = time.time()
-        samples, wall, extras = timed_loop(call, round_window(self.window), warmup)
+        with OthersCpu() as others:
+            samples, wall, extras = timed_loop(call, round_window(self.window), warmup)
         self._samples += samples
         self._wall += wall
         self.extras += extras
@@ -168,6 +170,7 @@ class RoundTimer:
             "wall_s": wall,
             "probe_ms": probe_ms,
             "started_at": started_at,
+            "others_cpu": others.fraction,
         }
         self.rounds.append(entry)
         return entry
@@ -189,20 +192,56 @@ class RoundTimer:
         return out
 
 
-_PROBE_SIDE = 256  # about 0.25 ms a call on a 2-core x86 server
+class OthersCpu:
+    """The share of the machine's CPUs that *other* processes used during a block (0..1; None where
+    /proc/stat is absent): busy time of the whole machine minus this process's own, over wall time
+    x CPUs. A round timed while other work ran is not evidence of a slower model."""
+
+    def __init__(self) -> None:
+        self.fraction: float | None = None
+
+    def __enter__(self) -> OthersCpu:
+        self._start = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, own, wall = _busy_seconds(), _own_seconds(), time.perf_counter()
+        if busy is None or self._start[0] is None or wall <= self._start[2]:
+            return
+        others = (busy - self._start[0]) - (own - self._start[1])
+        self.fraction = min(1.0, max(0.0, others / ((wall - self._start[2]) * (os.cpu_count() or 1))))
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy since boot (/proc/stat: all but idle and iowait)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+_PROBE_VALUES = 1 << 17  # about 0.25 ms a call on a 2-core x86 server
 
 
 def machine_probe(min_seconds: float = 0.02, min_iters: int = 10) -> float:
-    """p50 ms of a fixed numpy workload (a matmul and an elementwise pass): the machine's speed now.
-
-    Timed beside each round, it lets the gate tell a slower model from a slower moment.
-    """
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((_PROBE_SIDE, _PROBE_SIDE), dtype=np.float32)
-    b = rng.standard_normal((_PROBE_SIDE, _PROBE_SIDE), dtype=np.float32)
+    """p50 ms of a fixed single-threaded numpy workload (elementwise passes over 512 KiB): the
+    machine's speed now. Timed beside each round, it lets the gate tell a slower model from a
+    slower moment. No BLAS: its thread pool stalls behind a runtime's spinning threads (a matmul
+    probe read 0.2 ms or 30 ms at random after ONNX Runtime calls)."""
+    values = np.random.default_rng(0).random(_PROBE_VALUES, dtype=np.float32)
+    out = np.empty_like(values)
 
     def work(_: int) -> None:
-        np.tanh(a @ b, out=np.empty_like(a))
+        for _ in range(4):
+            np.multiply(values, values, out=out)
+            np.sqrt(out, out=out)
 
     samples, _, _ = timed_loop(work, TimingWindow(0.0, min_iters, min_seconds, max(1.0, min_seconds)), 0.0)
     return float(np.percentile(samples, 50))

@@ -5,13 +5,15 @@
 Runs 2N+1 real ``edge bench`` runs of RUN (``onnx-fp32,int8-cpu`` on the CPU at batch 1 and 8, the
 default timing window and rounds; single stream and end-to-end off, since the gate does not read
 them) in the order N0, S1, N1, S2, N2 ... where N is the run as it is and S a copy whose
-``model.int8-cpu.onnx`` is the same INT8 model with *float islands*: every other convolution's
-activation quantize/dequantize pair is removed, so ONNX Runtime runs those convolutions in FP32
-(about 1.3-1.5x slower at the same name and accuracy). Each (N[i-1], N[i]) pair is gated as
-identical benches, each (N[i-1], S[i]) as a slowdown, with ``edge check``'s own latency checks and
-the default --max-latency-regression. Prints a table: false failures (an identical pair with a
-failed latency check) and detected slowdowns (a slowed pair whose int8-cpu p50 check fails at
-every batch size), and the "too noisy to judge" warnings of each kind.
+``model.int8-cpu.onnx`` is the same INT8 model with *float islands*: two convolutions (the 1st
+and the 41st) run in FP32, their input quantize/dequantize pair removed and their weights
+dequantized, which costs the conversions at their borders: about 1.4x slower at batch 1 under
+the same name (at batch 8 the islands cost only about 10%, inside the tolerance, so that cell
+is not counted). Each (N[i-1], N[i]) pair is gated as identical benches, each (N[i-1], S[i]) as a
+slowdown, with ``edge check``'s own latency checks and the default --max-latency-regression.
+Prints a table: false failures (an identical pair with any failed latency check, any cell) and
+detected slowdowns (a slowed pair whose int8-cpu p50 check at batch 1 fails), and the "too noisy
+to judge" warnings of each kind.
 """
 
 from __future__ import annotations
@@ -38,23 +40,47 @@ BENCH_ARGS = [
 ]
 
 
-def float_islands(source: Path, target: Path, every: int = 2) -> int:
-    """Copy a QDQ model, removing the activation Q/DQ pair in front of every ``every``-th Conv
-    (those run in FP32 on the dequantized weights); returns how many convolutions were floated."""
+def float_islands(source: Path, target: Path, every: int = 40) -> int:
+    """Copy a QDQ model with every ``every``-th Conv in FP32: the quantize/dequantize pair in front
+    of its input removed and its weight and bias dequantized into float initializers, so ONNX
+    Runtime runs it as a float convolution; returns how many convolutions were floated."""
     import onnx
 
     model = onnx.load(str(source))
-    producers = {out: node for node in model.graph.node for out in node.output}
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
     floated = 0
-    for i, conv in enumerate(convs):
+    for i, conv in enumerate(n for n in list(graph.node) if n.op_type == "Conv"):
         dq = producers.get(conv.input[0])
         q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if i % every == 0 and q is not None and q.op_type == "QuantizeLinear":
-            conv.input[0] = q.input[0]
-            floated += 1
+        if i % every != 0 or q is None or q.op_type != "QuantizeLinear":
+            continue
+        conv.input[0] = q.input[0]
+        for slot in range(1, len(conv.input)):
+            weight_dq = producers.get(conv.input[slot])
+            if weight_dq is not None and weight_dq.op_type == "DequantizeLinear":
+                graph.initializer.append(_dequantized(weight_dq, initializers, f"{conv.name}_float_{slot}"))
+                conv.input[slot] = f"{conv.name}_float_{slot}"
+        floated += 1
     onnx.save(model, str(target))
     return floated
+
+
+def _dequantized(node: Any, initializers: dict[str, Any], name: str) -> Any:
+    """The float initializer a DequantizeLinear of constant inputs produces (per-tensor or per-axis)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+    zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32) if len(node.input) > 2 else np.zeros_like(scale)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * values.ndim
+        shape[axis] = scale.size
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return numpy_helper.from_array(((values - zero) * scale).astype(np.float32), name)
 
 
 def slowed_run(run: Path, where: Path) -> Path:
@@ -67,7 +93,7 @@ def slowed_run(run: Path, where: Path) -> Path:
     old = read_manifest(int8)
     floated = float_islands(run / "model.int8-cpu.onnx", int8)
     provenance = dict(old.provenance, float_islands=floated)
-    write_manifest(int8, old.kind, old.preprocess_spec(), copy / "model.onnx", provenance, old.metrics)
+    write_manifest(int8, old.kind, old.preprocess_spec, copy / "model.onnx", provenance, old.metrics)
     return copy
 
 
@@ -90,8 +116,12 @@ def latency_outcome(new: Path, old: Path, tolerance: float) -> dict[str, Any]:
     return {
         "fail": [f"{c.name}: {c.detail}" for c in latency if c.status == "fail"],
         "noisy": [c.name for c in latency if c.status == "warn"],
-        "int8_failed_all": bool(int8) and all(c.status == "fail" for c in int8),
-        "int8_estimates": [c.detail.split("new/old ")[1].split(" over")[0] for c in int8 if "new/old " in c.detail],
+        "int8_b1_failed": any(c.status == "fail" for c in int8 if c.name.endswith("batch 1")),
+        "int8_estimates": [
+            f"{c.name.split()[-2]} {c.name.split()[-1]}: {c.detail.split('new/old ')[1].split(' over')[0]}"
+            for c in int8
+            if "new/old " in c.detail
+        ],
     }
 
 
@@ -117,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         same, slower = outcomes["identical"][-1], outcomes["slowed"][-1]
         print(
             f"pair {i}: identical {len(same['fail'])} failed, {len(same['noisy'])} too noisy; "
-            f"slowed int8-cpu {' '.join(slower['int8_estimates'])} {'detected' if slower['int8_failed_all'] else 'NOT detected'}",
+            f"slowed int8-cpu {'; '.join(slower['int8_estimates'])} {'detected' if slower['int8_b1_failed'] else 'NOT detected'}",
             flush=True,
         )
     print_table(outcomes, args.pairs, args.tolerance)
@@ -133,7 +163,7 @@ def print_table(outcomes: dict[str, list[dict[str, Any]]], pairs: int, tolerance
         (
             "int8-cpu with float islands",
             "slowdowns detected",
-            sum(o["int8_failed_all"] for o in slowed),
+            sum(o["int8_b1_failed"] for o in slowed),
             sum(bool(o["noisy"]) for o in slowed),
         ),
     ]

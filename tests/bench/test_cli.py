@@ -120,7 +120,13 @@ def test_zoo_job_measures_a_model_without_weights():
 def test_the_zoo_writes_its_report_set_where_it_says(tmp_path, monkeypatch):
     from bench import zoo
 
-    row = {"arch": "resnet18", "device": "cpu", "status": "ok", "params": 1e6, "cells": [{"batch": 1, "compute": {"p50_ms": 2.0, "items_per_s": 500.0}}]}
+    row = {
+        "arch": "resnet18",
+        "device": "cpu",
+        "status": "ok",
+        "params": 1e6,
+        "cells": [{"batch": 1, "compute": {"p50_ms": 2.0, "items_per_s": 500.0}}],
+    }
     monkeypatch.setattr("bench.matrix.run_worker", lambda job, timeout_s: dict(row))
     monkeypatch.chdir(tmp_path)
     from rich.console import Console
@@ -128,6 +134,11 @@ def test_the_zoo_writes_its_report_set_where_it_says(tmp_path, monkeypatch):
     console = Console(record=True, width=200)
     assert zoo.run_zoo("resnet18", ["cpu"], 1, None, 60.0, console, [1]) == 0
     out = tmp_path / "runs" / "zoo"
-    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".json.json")) == ["zoo.csv", "zoo.json", "zoo.md", "zoo.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".json.json")) == [
+        "zoo.csv",
+        "zoo.json",
+        "zoo.md",
+        "zoo.png",
+    ]
     assert "p50 b1 ms" in (out / "zoo.csv").read_text().splitlines()[0]
     assert f"zoo report: {Path('runs/zoo/zoo.json')}" in console.export_text()

@@ -186,7 +186,23 @@ def test_an_exact_conversion_that_disagrees_fails_even_when_it_gained():
     attach_parent_comparison(report["rows"], labels.tolist(), 0.5)
     checks = evaluate_gate(report, None, 0.5, 10.0)
     assert _status(checks, "exact onnx-fp32@cpu") == ["fail"]
-    assert "agreement with torch-fp32 98.50% on 2000 images (exact conversion: >= 99.5%)" in _detail(checks, "exact onnx-fp32@cpu")
+    assert "agreement with torch-fp32 98.50% on 2000 images (exact conversion: >= 99.5%)" in _detail(
+        checks, "exact onnx-fp32@cpu"
+    )
     assert _status(checks, "top-1 drop onnx-fp32@cpu") == ["pass"]  # the drop alone would not have caught it
     assert _status(evaluate_gate(report, None, 0.5, 10.0, min_exact_agreement=98.0), "exact onnx-fp32@cpu") == ["pass"]
     assert _status(evaluate_gate(make_report(), None, 0.5, 10.0), "exact onnx-fp32@cpu") == ["pass"]
+
+
+def test_a_slowdown_measured_while_other_processes_held_the_cpus_is_too_noisy_to_judge():
+    base = make_report()
+    busy = _scaled(base, "int8-cpu", [1.4] * 5)
+    for row in busy["rows"]:
+        for cell in row.get("cells") or []:
+            for r in cell["compute"]["rounds"]:
+                r["others_cpu"] = 0.6
+    checks = evaluate_gate(busy, base, 0.5, 10.0)
+    assert _status(checks, "p50 int8-cpu@cpu batch 1") == ["warn"]
+    detail = _detail(checks, "p50 int8-cpu@cpu batch 1")
+    assert "other processes used 60% of the CPUs during the new rounds" in detail and "too noisy to judge" in detail
+    assert _status(evaluate_gate(busy, base, 0.5, 10.0, strict_latency=True), "p50 int8-cpu@cpu batch 1") == ["fail"]

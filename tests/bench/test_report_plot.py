@@ -32,7 +32,7 @@ def test_the_accuracy_axis_spans_at_least_a_few_points(axes):
     _, (_, _, acc) = axes
     low, high = acc.get_ylim()
     assert high - low >= MIN_ACCURACY_SPAN
-    assert 0.0 <= low and high <= 100.0
+    assert low >= 0.0 and high <= 100.0
     assert "n = 2000 images" in acc.get_ylabel()
 
 

@@ -38,3 +38,31 @@ def test_bad_windows_are_user_errors(kwargs, message):
 def test_p90_needs_a_hundred_samples_for_ten_in_the_tail():
     assert percentile_samples_needed(90) == 100
     assert percentile_samples_needed(99) == 1000
+
+
+def test_a_window_is_split_into_rounds():
+    from bench.timing import round_window
+
+    part = round_window(TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=2.0, max_seconds=60.0, rounds=5))
+    assert (part.min_iters, part.min_seconds, part.max_seconds, part.rounds) == (10, 0.4, 12.0, 1)
+
+
+def test_round_timer_gives_the_median_of_round_p50s_with_its_interval():
+    from bench.timing import RoundTimer
+
+    timer = RoundTimer(TimingWindow(warmup_s=0.0, min_iters=15, min_seconds=0.0, max_seconds=10.0, rounds=5), items_per_call=4)
+    calls = []
+    for _r in range(5):
+        timer.time_round(lambda i: calls.append(i), probe_ms=0.25)
+    stats = timer.stats()
+    assert len(stats["rounds"]) == 5 and stats["samples"] == 15
+    assert all(r["samples"] == 3 and r["probe_ms"] == 0.25 for r in stats["rounds"])
+    p50s = sorted(r["p50_ms"] for r in stats["rounds"])
+    assert stats["p50_ms"] == pytest.approx(p50s[2])
+    assert stats["p50_ci_ms"] == [p50s[0], p50s[-1]] and stats["ci_level"] == pytest.approx(1 - 2 / 32)
+
+
+def test_the_machine_probe_reports_milliseconds():
+    from bench.timing import machine_probe
+
+    assert 0.0 < machine_probe(min_seconds=0.0, min_iters=3) < 1000.0
