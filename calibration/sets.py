@@ -181,6 +181,6 @@ def photo_calibration_set(run_dir: str | os.PathLike[str], count: int = 48, seed
 def _progress(items: Any, description: str, enabled: bool) -> Any:
     if not enabled:
         return items
-    from rich.progress import track
+    from edge.console import track
 
-    return track(items, description=description, transient=True)
+    return track(items, description=description, transient=True, unit="images")

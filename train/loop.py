@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 GRADUAL_LR_DECAY = 0.5
 BEST = CHECKPOINT
 LAST = LAST_CHECKPOINT
+# per-epoch running sums; plain_loss is cross-entropy without label smoothing (NaN: not recorded this epoch)
+SUM_KEYS = ("loss", "plain_loss", "correct", "seen")
 
 
 @dataclass
@@ -147,7 +149,7 @@ class Trainer:
         self.bad_epochs = 0
         self.epoch = 0
         self.start_step = 0
-        self.epoch_sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        self.epoch_sums = _fresh_sums()
 
     # ---- set-up -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -324,7 +326,7 @@ class Trainer:
             int(state["bad_epochs"]),
         )
         self.micro_batch = int(state["micro_batch"])
-        self.epoch_sums = dict(state["epoch_sums"])
+        self.epoch_sums = _restored_sums(state["epoch_sums"])
         best_path = self.out / BEST
         if best_path.exists() and self.best_epoch > 0:
             self.best_state = load_checkpoint(best_path)["state_dict"]
@@ -401,11 +403,13 @@ class Trainer:
         if not self.dist.is_main or not self.history:
             return
         write_metrics(self.out, self.history)
-        plot_curves(self.out / TRAIN_CURVES, self.history, self.best_epoch or None)
+        plot_curves(self.out / TRAIN_CURVES, self.history, self.best_epoch or None, label_smoothing=self.config.label_smoothing)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        from edge.console import make_progress
 
         self.prepare()
         config = self.config
@@ -434,7 +438,9 @@ class Trainer:
             TextColumn("{task.fields[status]}"),
             TimeRemainingColumn(),
         )
-        with self._interrupt_handler(), Progress(*columns, disable=not self.dist.is_main) as progress:
+        # no unit: one progress counts epochs and each epoch's batches ("epoch 2/5: 120/469, 31 s, loss ...")
+        progress = make_progress(*columns, disable=not self.dist.is_main)
+        with self._interrupt_handler(), progress:
             epochs_task = progress.add_task("epochs", total=config.epochs, completed=self.epoch, status="")
             while self.epoch < config.epochs:
                 self._train_epoch(progress)
@@ -481,9 +487,10 @@ class Trainer:
                 if self.stop_requested:  # a DataLoader worker took the Ctrl-C
                     break
                 raise
-            loss_sum, correct = self.train_step(images, labels, len(batches[step]))
+            loss_sum, correct, plain_sum = self.train_step(images, labels, len(batches[step]))
             sums = self.epoch_sums
             sums["loss"] += loss_sum
+            sums["plain_loss"] += plain_sum
             sums["correct"] += correct
             sums["seen"] += len(labels)
             sums["seconds"] = time.perf_counter() - started
@@ -499,9 +506,11 @@ class Trainer:
             self._check_stop()
         progress.remove_task(task)
 
-    def train_step(self, images: Any, labels: Any, global_size: int) -> tuple[float, int]:
+    def train_step(self, images: Any, labels: Any, global_size: int) -> tuple[float, int, float]:
         """One optimizer step on a global batch, in micro-batches (halved on CUDA out-of-memory), then
-        one step of the learning-rate schedule. Returns this rank's loss sum and correct count."""
+        one step of the learning-rate schedule. Returns this rank's loss sum (the criterion's, label
+        smoothing included), correct count and plain cross-entropy sum (comparable with the val loss)."""
+        cross_entropy = self.torch.nn.functional.cross_entropy
         torch, config = self.torch, self.config
         images = images.to(self.dist.device, non_blocking=True)
         labels = labels.to(self.dist.device, non_blocking=True)
@@ -511,7 +520,7 @@ class Trainer:
         while True:
             self.optimizer.zero_grad(set_to_none=True)
             try:
-                loss_sum, correct = 0.0, 0
+                loss_sum, correct, plain_sum = 0.0, 0, 0.0
                 chunks = list(zip(images.split(self.micro_batch), labels.split(self.micro_batch)))
                 for index, (x, y) in enumerate(chunks):
                     last = index == len(chunks) - 1
@@ -522,6 +531,7 @@ class Trainer:
                         loss = self.criterion(logits.float(), y)
                         self.scaler.scale(loss * weight).backward()
                     loss_sum += float(loss.detach())
+                    plain_sum += float(cross_entropy(logits.detach().float(), y, reduction="sum"))
                     correct += int((logits.detach().argmax(1) == y).sum())
                 break
             except torch.cuda.OutOfMemoryError:
@@ -529,7 +539,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss_sum, correct
+        return loss_sum, correct, plain_sum
 
     def shrink_micro_batch(self) -> None:
         """Halve the micro-batch after a CUDA out-of-memory error, or say what to change when it cannot."""
@@ -561,6 +571,7 @@ class Trainer:
             "epoch": self.epoch + 1,
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "train_loss": sums["loss"] / max(1, sums["seen"]),
+            "train_loss_plain": None if math.isnan(sums["plain_loss"]) else sums["plain_loss"] / max(1, sums["seen"]),
             "train_top1": 100.0 * sums["correct"] / max(1, sums["seen"]),
             "val_loss": val["loss"],
             "val_top1": val["top1"],
@@ -572,18 +583,10 @@ class Trainer:
         }
         self.history.append(row)
         if self.dist.is_main:
-            log.info(
-                "epoch %d: train loss %.4f top-1 %.2f%% | val loss %.4f top-1 %.2f%% | %.0f img/s",
-                row["epoch"],
-                row["train_loss"],
-                row["train_top1"],
-                row["val_loss"],
-                row["val_top1"],
-                row["images_per_s"],
-            )
+            log.info("%s", epoch_line(row))
         self.epoch += 1
         self.start_step = 0
-        self.epoch_sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        self.epoch_sums = _fresh_sums()
         if val["top1"] > self.best_top1 + self.config.min_delta:
             self.best_top1, self.best_epoch, self.bad_epochs = val["top1"], row["epoch"], 0
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -598,7 +601,7 @@ class Trainer:
         if self.dist.world == 1:
             return dict(sums)
         torch = self.torch
-        keys = ("loss", "correct", "seen")
+        keys = SUM_KEYS
         tensor = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
         torch.distributed.all_reduce(tensor)
         return dict(zip(keys, tensor.tolist()))
@@ -647,8 +650,7 @@ class Trainer:
         }
 
     def _finish(self, stopped_early: bool) -> TrainResult:
-        from rich.console import Console
-        from rich.table import Table
+        from edge.console import make_console
 
         config = self.config
         test = None
@@ -683,17 +685,9 @@ class Trainer:
             atomic_write_json(self.out / TRAIN_SUMMARY, summary)
             if (self.out / BEST).exists():
                 update_metrics(self.out / BEST, metrics)
-            console = Console()
+            console = make_console()
             console.print(history_table(self.history, self.best_epoch))
-            table = Table(title=f"Run {self.out}", show_header=False)
-            table.add_row("best epoch", f"{self.best_epoch} (val top-1 {self.best_top1:.2f}% on {len(self.val_split)} images)")
-            if test is not None:
-                table.add_row("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}% on {test['images']} images")
-            if skipped:
-                table.add_row("unreadable images skipped", str(skipped))
-            table.add_row("checkpoint", str(self.out / BEST))
-            table.add_row("resumable", str(self.out / LAST))
-            console.print(table)
+            console.print(run_table(self.out, self.best_epoch, self.best_top1, len(self.val_split), test, skipped))
             for line in diagnosis:
                 log.warning(line)
         return TrainResult(
@@ -744,6 +738,41 @@ class Trainer:
             if self.dist.is_main:
                 log.warning("interrupted: resume with `edge train --out %s --resume`", self.out)
             raise KeyboardInterrupt
+
+
+def run_table(out: Path, best_epoch: int, best_top1: float, val_images: int, test: dict[str, Any] | None, skipped: int) -> Any:
+    """The closing summary: best epoch, test accuracy, where the checkpoints are."""
+    from edge.console import make_table
+
+    table = make_table("field", "value", title=f"Run {out}", show_header=False)
+    table.add_row("best epoch", f"{best_epoch} (val top-1 {best_top1:.2f}% on {val_images} images)")
+    if test is not None:
+        table.add_row("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}% on {test['images']} images")
+    if skipped:
+        table.add_row("unreadable images skipped", str(skipped))
+    table.add_row("checkpoint", str(out / BEST))
+    table.add_row("resumable", str(out / LAST))
+    return table
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """The log line of an epoch; its two losses compare like with like (both without label smoothing where recorded)."""
+    plain = row.get("train_loss_plain")
+    train_loss = f"{row['train_loss']:.4f}" if plain is None else f"{plain:.4f} (no smoothing)"
+    return (
+        f"epoch {row['epoch']}: train loss {train_loss} top-1 {row['train_top1']:.2f}% | "
+        f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% | {row['images_per_s']:.0f} img/s"
+    )
+
+
+def _fresh_sums() -> dict[str, float]:
+    return {**dict.fromkeys(SUM_KEYS, 0.0), "seconds": 0.0}
+
+
+def _restored_sums(saved: dict[str, float]) -> dict[str, float]:
+    """A last.pt's running sums; one written before plain_loss was recorded, mid-epoch, leaves it NaN
+    (that epoch's ``train_loss_plain`` is None: a part of the epoch would not compare)."""
+    return {**_fresh_sums(), "plain_loss": math.nan if saved.get("seen") else 0.0, **saved}
 
 
 def _seed_everything(torch: Any, seed: int) -> None:

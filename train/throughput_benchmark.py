@@ -87,8 +87,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from edge.console import make_console, make_table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tf_efficientnet_lite0")
@@ -107,16 +106,20 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [measure(mode, args) for mode in args.modes]
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    table = Table(
+    table = make_table(
+        "mode",
+        "training loop img/s",
+        "bare timm loop img/s",
+        "loop / bare",
+        "rounds (loop | bare)",
         title=f"Training throughput: {args.model}, {args.image_size} px, batch {args.batch_size}, "
-        f"augment {args.augment}, {torch.get_num_threads()} threads (median of {args.rounds} rounds)"
+        f"augment {args.augment}, {torch.get_num_threads()} threads (median of {args.rounds} rounds)",
+        justify="right",
     )
-    for name in ("mode", "training loop img/s", "bare timm loop img/s", "loop / bare", "rounds (loop | bare)"):
-        table.add_column(name, justify="right")
     for row in rows:
         rounds = " ".join(f"{v:.0f}" for v in row["rounds"][0]) + " | " + " ".join(f"{v:.0f}" for v in row["rounds"][1])
         table.add_row(row["mode"], f"{row['loop']:.1f}", f"{row['bare']:.1f}", f"{row['loop'] / row['bare']:.2f}", rounds)
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(f"peak RSS of this process: {peak_rss_mib:.0f} MiB")
     return 0

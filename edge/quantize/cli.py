@@ -190,9 +190,8 @@ def run(args: argparse.Namespace) -> int:
     """Quantize, print the tables; exit 1 (one line on stderr) when the result is not accepted."""
     import sys
 
-    from rich.console import Console
-
     from edge.artifacts import read_manifest
+    from edge.console import make_console
 
     path = quantize_run(
         args.run,
@@ -213,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         min_val_images=args.min_val_images,
     )
     manifest = read_manifest(path)
-    console = Console()
+    console = make_console()
     if manifest.provenance["val_set"]:
         console.print(tries_table(manifest.provenance))
     console.print(worst_layers_table(path, manifest.provenance))
@@ -229,16 +228,23 @@ def run(args: argparse.Namespace) -> int:
 
 def tries_table(prov: dict[str, Any]) -> Any:
     """auto's tries on the val split, the chosen one starred."""
-    from rich.table import Table
+    from edge.console import make_table
 
     count = prov.get("val_count")
-    tries = Table(title=f"auto: tries on {prov['val_set']}" + (f" ({count} images)" if count is not None else ""))
-    for column in ("#", "method", "nodes in float", "val top-1", "drop (points)", "agreement", "speed vs float"):
-        tries.add_column(column)
+    tries = make_table(
+        "#",
+        "method",
+        "nodes in float",
+        "val top-1",
+        "drop (points)",
+        "agreement",
+        "speed vs float",
+        title=f"auto: tries on {prov['val_set']}" + (f" ({count} images)" if count is not None else ""),
+    )
     for i, row in enumerate(prov["tries"]):
         chosen = row["method"] == prov["chosen_method"] and row["excluded"] == prov["nodes_excluded"]
         tries.add_row(
-            f"{i}{' *' if chosen else ''}",
+            f"{i}{'*' if chosen else ''}",
             row["method"],
             str(len(row["excluded"])),
             na(row.get("top1"), "{:.2f}%"),
@@ -251,12 +257,16 @@ def tries_table(prov: dict[str, Any]) -> Any:
 
 def worst_layers_table(path: Path, prov: dict[str, Any]) -> Any:
     """The WORST_LAYERS layers of the per-layer report that lose the most SQNR."""
-    from rich.table import Table
+    from edge.console import make_table
 
     layers = json.loads(path.with_name(prov["layer_report"]).read_text())["layers"][:WORST_LAYERS]
-    worst = Table(title=f"{WORST_LAYERS} layers losing the most to quantization (full list in {prov['layer_report']})")
-    for column in ("tensor", "producer", "SQNR lost dB", "SQNR vs float dB"):
-        worst.add_column(column)
+    worst = make_table(
+        "tensor",
+        "producer",
+        "SQNR lost dB",
+        "SQNR vs float dB",
+        title=f"{WORST_LAYERS} layers losing the most to quantization (full list in {prov['layer_report']})",
+    )
     for layer in layers:
         worst.add_row(
             layer["tensor"],
@@ -269,11 +279,20 @@ def worst_layers_table(path: Path, prov: dict[str, Any]) -> Any:
 
 def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> Any:
     """The written model against its float parent on the test split (percentages, drop in points)."""
-    from rich.table import Table
+    from edge.console import make_table
 
-    result = Table(title=f"{path} ({'simulated on ONNX Runtime CPU' if metrics['simulated'] else 'ONNX Runtime CPU'})")
-    for column in ("method", "top-1", "float top-1", "drop (points)", "agreement", "top-5", "images", "size", "accepted"):
-        result.add_column(column)
+    result = make_table(
+        "method",
+        "top-1",
+        "float top-1",
+        "drop (points)",
+        "agreement",
+        "top-5",
+        "images",
+        "size",
+        "accepted",
+        title=f"{path} ({'simulated on ONNX Runtime CPU' if metrics['simulated'] else 'ONNX Runtime CPU'})",
+    )
     result.add_row(
         prov["chosen_method"] + (f" +{len(prov['nodes_excluded'])} float" if prov["nodes_excluded"] else ""),
         na(metrics["top1"], "{:.2f}%"),

@@ -65,9 +65,9 @@ def eval_set_from_data(
     tensor = np.empty((len(images), *spec.input_shape), dtype=np.float32)
     indices: Any = range(len(images))
     if progress:
-        from rich.progress import track
+        from edge.console import track
 
-        indices = track(indices, description=f"preprocessing {data}:{split}", transient=True)
+        indices = track(indices, description=f"preprocessing {data}:{split}", transient=True, unit="images")
     for i in indices:
         tensor[i] = spec.apply(images.image(i))
     return EvalSet(f"{data or images.source}:{split}", tensor, np.asarray(images.labels))

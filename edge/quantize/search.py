@@ -341,13 +341,12 @@ class QuantizeSearch:
         return ranges, GPTQRounding(stats) if stats is not None else None
 
     def _collect_ranges(self, observers: list[Any]) -> dict[str, Any]:
-        from rich.progress import Progress
-
         from calibration.reader import iter_batches
+        from edge.console import make_progress
         from edge.quantize.ranges import calibration_batch, collect_ranges
 
         tensor = self.calib.tensor
-        with Progress(transient=True) as progress:
+        with make_progress(transient=True, unit="images") as progress:
             task = progress.add_task(f"calibrating ({', '.join(self.options.methods)})", total=len(tensor))
             return collect_ranges(
                 self.prepared,

@@ -103,7 +103,8 @@ class CudaPython:
                 from cuda import cudart  # older cuda-python
             except ImportError as exc:
                 raise UserError(
-                    "TensorRT buffers need torch with CUDA or cuda-python, and neither is usable here: pip install cuda-python"
+                    "TensorRT buffers need torch with CUDA or cuda-python, and neither is usable here: "
+                    "pip install -e '.[tensorrt]' in the clone (brings cuda-python)"
                 ) from exc
         self.rt = cudart
         self._check(cudart.cudaSetDevice(device))

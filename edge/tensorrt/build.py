@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_WORKSPACE_GIB = 2.0
-AUTOCAST_HINT = "pip install 'nvidia-modelopt[onnx]'"
+AUTOCAST_HINT = "pip install -e '.[trt11-fp16]' in the clone"
 
 # ---- pure parts: argument parsing, the version branch, the ONNX parent --------------------------
 
@@ -240,12 +240,16 @@ def build_engines(request: BuildRequest) -> list[dict[str, Any]]:
         if build_settings(env["tensorrt_version"], precision).onnx_source == "fp16-autocast":
             _require_autocast()
     rows = []
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as progress:
+    from edge.console import make_progress
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with make_progress(*columns, transient=True, unit="engines") as progress:
         for precision in precisions:
-            task = progress.add_task(f"building the {precision} engine (TensorRT {env['tensorrt_version']})", total=None)
+            task = progress.add_task(f"building the {precision} engine (TensorRT {env['tensorrt_version']})", total=1)
             rows.append(_build_one(trt_module, request, precision, env))
+            progress.advance(task)  # off a terminal: one line per engine, with its build time
             progress.remove_task(task)
     return rows
 

@@ -4,6 +4,7 @@ COLUMNS and NO_COLOR are honoured; progress shows as log lines where a live bar 
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,13 +41,13 @@ def _assert_whole(table: FittedTable, text: str, width: int = 80) -> None:
     assert max(len(line) for line in text.splitlines()) <= width
     words = set(re.split(r"[\s│┃]+", text))
     for column in table.columns:
-        for cell in [column.header, *column.cells]:
+        for cell in [column.header, *column.cells] if table.show_header else column.cells:
             plain = Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
             for word in plain.split():
                 assert word in words, f"{word!r} of {plain!r} is not printed whole"
 
 
-def _export_table():
+def _export_table(tmp_path: Path):
     from edge.export import export_table
 
     manifest = SimpleNamespace(
@@ -57,7 +58,7 @@ def _export_table():
     return export_table(Path("runs/imagenet-lite0/model.onnx"), manifest)
 
 
-def _engines_table():
+def _engines_table(tmp_path: Path):
     from edge.tensorrt.cli import engines_table
 
     row = {
@@ -72,7 +73,7 @@ def _engines_table():
     return engines_table([row, {**row, "precision": "fp16", "build_flags": ["FP16"], "network_flags": []}])
 
 
-def _calibration_table():
+def _calibration_table(tmp_path: Path):
     from calibration.cli import calibration_table
 
     class Calib(SimpleNamespace):
@@ -85,7 +86,7 @@ def _calibration_table():
     )
 
 
-def _selftest_table():
+def _selftest_table(tmp_path: Path):
     from edge.selftest import selftest_table
 
     rows = [
@@ -95,7 +96,7 @@ def _selftest_table():
     return selftest_table({"passed": False, "note": "NVIDIA H200, TensorRT 10.13", "rows": rows})
 
 
-def _training_table():
+def _training_table(tmp_path: Path):
     pytest.importorskip("matplotlib")
     from train.report import history_table
 
@@ -116,15 +117,110 @@ def _training_table():
     return history_table(history, best_epoch=3)
 
 
-@pytest.mark.parametrize("build", [_export_table, _engines_table, _calibration_table, _selftest_table, _training_table])
-def test_every_table_keeps_every_cell_at_80_columns(build, plain_stdout, capsys):
-    table = build()
+# the demo's edge quantize --target cpu --method auto, with a float layer kept to make the widest rows
+QUANTIZE_PROVENANCE = {
+    "val_set": "fashion-mnist:val",
+    "val_count": 2000,
+    "chosen_method": "entropy",
+    "nodes_excluded": ["/blocks/blocks.5/blocks.5.0/conv_pwl/Conv"],
+    "layer_report": "model.int8-cpu.layers.json",
+    "tries": [
+        {"method": "minmax", "excluded": [], "top1": 92.95, "drop_points": -0.2, "agreement": 99.2, "speedup": 2.003},
+        {"method": "entropy", "excluded": [], "top1": 92.7, "drop_points": 0.05, "agreement": 98.95},
+        {
+            "method": "entropy",
+            "excluded": ["/blocks/blocks.5/blocks.5.0/conv_pwl/Conv"],
+            "top1": 92.9,
+            "drop_points": -0.15,
+            "agreement": 99.35,
+            "speedup": 1.871,
+        },
+        {"method": "percentile", "excluded": [], "top1": None, "drop_points": None, "agreement": 97.5},
+    ],
+}
+QUANTIZE_METRICS = {
+    "accepted": False,
+    "agreement": 98.9,
+    "flips": 11,
+    "top1": 92.0,
+    "parent_top1": 92.1,
+    "drop_points": 0.1,
+    "top5": 99.7,
+    "eval_count": 1000,
+    "eval_source": "fashion-mnist:test",
+    "size_ratio": 0.2861588151421777,
+    "simulated": True,
+}
+
+
+def _run_table(tmp_path: Path):
+    from train.loop import run_table
+
+    test = {"top1": 91.2, "top5": 99.71, "images": 10000}
+    return run_table(Path("runs/demo"), best_epoch=3, best_top1=91.2, val_images=5000, test=test, skipped=1)
+
+
+def _tries_table(tmp_path: Path):
+    from edge.quantize.cli import tries_table
+
+    return tries_table(QUANTIZE_PROVENANCE)
+
+
+def _worst_layers_table(tmp_path: Path):
+    from edge.quantize.cli import worst_layers_table
+
+    layers = [
+        {"tensor": "getitem_6", "producer": "node_Conv_777", "producer_op": "Conv", "loss_db": 8.57, "xmodel_err_db": 28.63},
+        {
+            "tensor": "/blocks/blocks.5/blocks.5.0/conv_pwl/Conv_output_0",
+            "producer": "/blocks/blocks.5/blocks.5.0/conv_pwl/Conv",
+            "producer_op": "Conv",
+            "loss_db": 7.04,
+            "xmodel_err_db": 20.57,
+        },
+        *(
+            {
+                "tensor": f"getitem_{i}",
+                "producer": f"node_Conv_{800 + i}",
+                "producer_op": "Conv",
+                "loss_db": 1.0 / i,
+                "xmodel_err_db": 19.0,
+            }
+            for i in range(1, 12)
+        ),
+    ]
+    (tmp_path / "model.int8-cpu.layers.json").write_text(json.dumps({"layers": layers}))
+    return worst_layers_table(tmp_path / "model.int8-cpu.onnx", QUANTIZE_PROVENANCE)
+
+
+def _result_table(tmp_path: Path):
+    from edge.quantize.cli import result_table
+
+    return result_table(Path("runs/imagenet-lite0/model.int8-trt.onnx"), QUANTIZE_PROVENANCE, QUANTIZE_METRICS)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        _export_table,
+        _engines_table,
+        _calibration_table,
+        _selftest_table,
+        _training_table,
+        _run_table,
+        _tries_table,
+        _worst_layers_table,
+        _result_table,
+    ],
+)
+def test_every_table_keeps_every_cell_at_80_columns(build, plain_stdout, capsys, tmp_path):
+    table = build(tmp_path)
     assert isinstance(table, FittedTable)
     _assert_whole(table, _printed(table, capsys))
 
 
-def test_the_training_table_shows_the_learning_rate_whole(plain_stdout, capsys):
-    text = _printed(_training_table(), capsys)
+def test_the_training_table_shows_the_learning_rate_whole(plain_stdout, capsys, tmp_path):
+    text = _printed(_training_table(tmp_path), capsys)
     assert "1.00e-03" in text and "3.33e-04" in text
 
 

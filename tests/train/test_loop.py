@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 
@@ -12,8 +13,9 @@ from edge.errors import UserError
 from tests.train.conftest import tiny_config
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data import FASHION_MNIST_LABELS, open_data
-from train.loop import Distributed, Trainer, train
+from train.loop import Distributed, Trainer, _restored_sums, epoch_line, train
 from train.models import pretrained_spec
+from train.report import curves_figure
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +74,50 @@ def test_ctrl_c_writes_a_resumable_checkpoint_and_resume_continues_exactly(tiny_
     reference = load_checkpoint(tiny_run.last)["state_dict"]
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
-    assert [r["val_top1"] for r in load_checkpoint(out / "last.pt")["history"]] == [r["val_top1"] for r in tiny_run.history]
+    resumed_history = load_checkpoint(out / "last.pt")["history"]
+    assert [r["val_top1"] for r in resumed_history] == [r["val_top1"] for r in tiny_run.history]
+    # the interrupted epoch's running sums (plain loss included) came back from last.pt
+    assert [r["train_loss_plain"] for r in resumed_history] == pytest.approx([r["train_loss_plain"] for r in tiny_run.history])
+
+
+def test_history_records_the_plain_training_loss_and_curves_plot_it(tiny_run):
+    rows = tiny_run.history
+    plain = [row["train_loss_plain"] for row in rows]
+    assert all(isinstance(value, float) and 0 < value < 5 for value in plain)
+    # the criterion carries label smoothing 0.1 (the default): its loss is not the plain one
+    assert all(abs(value - row["train_loss"]) > 1e-3 for value, row in zip(plain, rows))
+    header = (tiny_run.run / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,lr,train_loss,train_loss_plain,train_top1,")
+    loss_ax = curves_figure(rows, tiny_run.best_epoch, label_smoothing=0.1).axes[0]
+    assert [text.get_text() for text in loss_ax.get_legend().get_texts()][:2] == [
+        "train loss (no smoothing)",
+        "val loss (no smoothing)",
+    ]
+    assert list(loss_ax.lines[0].get_ydata()) == pytest.approx(plain)
+
+
+def test_without_label_smoothing_the_plain_loss_is_the_criterions(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "plain", label_smoothing=0.0, augment="none", drop_rate=0.0), Distributed(), None)
+    trainer.prepare()
+    trainer.begin_epoch()
+    images, labels = next(iter(torch.utils.data.DataLoader(trainer.train_dataset, batch_sampler=trainer.sampler)))
+    loss_sum, correct, plain_sum = trainer.train_step(images, labels, len(labels))
+    assert plain_sum == pytest.approx(loss_sum, rel=1e-6) and plain_sum > 0 and 0 <= correct <= len(labels)
+
+
+def test_the_epoch_log_line_compares_plain_losses():
+    row = dict(
+        epoch=3, train_loss=0.6, train_loss_plain=0.31, train_top1=90.12, val_loss=0.29, val_top1=91.2, images_per_s=1234.4
+    )
+    assert epoch_line(row) == "epoch 3: train loss 0.3100 (no smoothing) top-1 90.12% | val loss 0.2900 top-1 91.20% | 1234 img/s"
+    assert epoch_line({**row, "train_loss_plain": None}).startswith("epoch 3: train loss 0.6000 top-1 90.12% |")
+
+
+def test_a_last_checkpoint_without_the_plain_loss_resumes_with_none_for_that_epoch():
+    old = {"loss": 40.0, "correct": 20.0, "seen": 32.0, "seconds": 3.0}  # written mid-epoch before plain_loss existed
+    assert math.isnan(_restored_sums(old)["plain_loss"]) and _restored_sums(old)["loss"] == 40.0
+    assert _restored_sums({**old, "seen": 0.0, "loss": 0.0})["plain_loss"] == 0.0  # at an epoch's start: nothing lost
+    assert _restored_sums({**old, "plain_loss": 30.0})["plain_loss"] == 30.0
 
 
 def test_feature_extract_trains_only_the_head_and_stops_early(tmp_path):

@@ -305,7 +305,8 @@ def test_fp16_on_tensorrt_11_without_modelopt_names_the_converter(tmp_path):
         pytest.skip("modelopt is installed here")
     run = run_dir_with_onnx(tmp_path)
     with pytest.raises(
-        UserError, match=r"TensorRT 11 .*ModelOpt AutoCast.*modelopt is not installed: pip install 'nvidia-modelopt\[onnx\]'"
+        UserError,
+        match=r"TensorRT 11 .*ModelOpt AutoCast.*modelopt is not installed: pip install -e '\.\[trt11-fp16\]' in the clone",
     ):
         T.autocast_fp16(run.onnx, tmp_path / "model.fp16-autocast.onnx", SPEC)
 
