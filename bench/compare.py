@@ -270,19 +270,15 @@ def _result_cells(row: dict[str, Any], columns: list[str]) -> list[str]:
 
 def rich_tables(machines: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[Any]:
     """The machines table and the results table; every column folds, so nothing is cut at 80 columns."""
-    from rich.table import Table
+    from edge.console import make_table
 
-    table = Table(title="machines")
-    for column in ("report", "machine", "software", "eval, settings"):
-        table.add_column(column, overflow="fold")
+    table = make_table("report", "machine", "software", "eval, settings", title="machines")
     for machine in machines:
         table.add_row(*_machine_cells(machine))
-    results = Table(title="comparison")
+    results = make_table(title="comparison")
     columns = [c for c in _table_columns(rows) if c not in ("machine", "status", "best_batch", "device")]
     for column in columns:
-        results.add_column(
-            HEADERS.get(column, column), overflow="fold", justify="left" if column in ("report", "artifact", "eval") else "right"
-        )
+        results.add_column(HEADERS.get(column, column), justify="left" if column in ("report", "artifact", "eval") else "right")
     for row in rows:
         results.add_row(*_result_cells(row, columns))
     return [table, results]
@@ -361,11 +357,11 @@ def write_outputs(out: Path, machines: list[dict[str, Any]], rows: list[dict[str
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from edge.console import make_console
 
     reports = load_reports(args.reports)
     machines, rows = machine_rows(reports), comparison_rows(reports)
-    console = Console()
+    console = make_console()
     for table in rich_tables(machines, rows):
         console.print(table)
     if len({eval_id(r) for _, r in reports if eval_id(r) is not None}) > 1:

@@ -13,15 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from edge.artifacts import Manifest, artifact_parent, artifact_spec, manifest_path, read_manifest, stale_link, stale_reason
+from edge.console import make_console, make_table
 from edge.errors import UserError
 from edge.runners import available_backends, compatible_backends
 from edge.spec import PreprocessSpec
 
-console = Console()
+console = make_console()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 def spec_table(spec: PreprocessSpec, title: str = "PreprocessSpec") -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     for key, value in spec.to_dict().items():
         if key == "labels":
             shown = ", ".join(value[:8]) + (f", ... ({len(value)} in all)" if len(value) > 8 else "")
@@ -112,9 +112,7 @@ def print_run(root: Path, as_json: bool = False) -> None:
             )
         )
         return
-    table = Table(title=f"Run {root}")
-    for column in ("artifact", "file", "kind", "size MB", "sha256", "status", "top-1", "runs here on"):
-        table.add_column(column)
+    table = make_table("artifact", "file", "kind", "size MB", "sha256", "status", "top-1", "runs here on", title=f"Run {root}")
     spec = None
     reasons: list[str] = []
     for name, path in artifacts.items():

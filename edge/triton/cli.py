@@ -65,16 +65,14 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    from edge.console import make_console, make_table
     from edge.triton.pbtxt import schema_available
     from edge.triton.repository import write_repository
 
     plans, notes = write_repository(args.run, args.out, options_from(args))
-    table = Table(title=f"Triton model repository {args.out}")
-    for column in ("model", "platform", "device", "max batch", "preferred", "files"):
-        table.add_column(column, overflow="fold")
+    table = make_table(
+        "model", "platform", "device", "max batch", "preferred", "files", title=f"Triton model repository {args.out}"
+    )
     for plan in plans:
         table.add_row(
             plan.name,
@@ -84,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             ", ".join(map(str, plan.preferred)) or "none",
             ", ".join(plan.files),
         )
-    console = Console()
+    console = make_console()
     console.print(table)
     for note in notes:
         console.print(f"note: {note}", soft_wrap=True)

@@ -257,11 +257,11 @@ def add_arguments(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from rich.console import Console
+    from edge.console import make_console
 
     if not 0 < args.port < 65534:
         raise UserError(f"--port {args.port}: give a port between 1 and 65533 (gRPC and metrics use the next two)")
-    console = Console()
+    console = make_console()
     server = start_server(args.run, args.artifact, args.port)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, systemd: a clean stop too
     try:
