@@ -371,8 +371,20 @@ def evaluate_gate(
     return checks
 
 
+def gate_table(checks: list[Check], title: str) -> Any:
+    """Every check, failures first: result, name, detail (cells fold, never cut)."""
+    from edge.console import make_table
+
+    styles = {"fail": "bold red", "warn": "yellow", "skip": "dim", "pass": "green"}
+    order = {"fail": 0, "warn": 1, "pass": 2, "skip": 3}
+    table = make_table("result", "check", "detail", title=title)
+    for check in sorted(checks, key=lambda c: order[c.status]):
+        table.add_row(check.status.upper(), check.name, check.detail, style=styles[check.status])
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
-    from edge.console import make_console, make_table
+    from edge.console import make_console
 
     if args.max_drop < 0:
         raise UserError(f"--max-drop must be >= 0 points, got {args.max_drop}")
@@ -398,12 +410,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     console = make_console()
-    styles = {"fail": "bold red", "warn": "yellow", "skip": "dim", "pass": "green"}
-    order = {"fail": 0, "warn": 1, "pass": 2, "skip": 3}
-    table = make_table("result", "check", "detail", title=f"edge check: {args.report}")
-    for check in sorted(checks, key=lambda c: order[c.status]):
-        table.add_row(check.status.upper(), check.name, check.detail, style=styles[check.status])
-    console.print(table)
+    console.print(gate_table(checks, f"edge check: {args.report}"))
     if args.junit:
         write_junit(args.junit, checks)
         console.print(f"JUnit XML: {args.junit}")

@@ -138,6 +138,15 @@ def zoo_table(rows: list[dict[str, Any]], batch_sizes: list[int] | None = None) 
 DEFAULT_ZOO_OUT = Path("runs") / "zoo"
 
 
+def zoo_rich_table(header: list[str], lines: list[list[str]]) -> Any:
+    from edge.console import make_table
+
+    table = make_table(*header, title="model comparison (latency: torch eager, random weights, ms per batch)")
+    for line in lines:
+        table.add_row(*line, style="dim" if line[-1].startswith("skipped") else None)
+    return table
+
+
 def run_zoo(
     text: str,
     devices: list[str],
@@ -165,12 +174,7 @@ def run_zoo(
                 rows.append(result)
                 progress.advance(task)
     header, lines = zoo_table(rows, batches)
-    from edge.console import make_table
-
-    table = make_table(*header, title="model comparison (latency: torch eager, random weights, ms per batch)")
-    for line in lines:
-        table.add_row(*line, style="dim" if line[-1].startswith("skipped") else None)
-    console.print(table)
+    console.print(zoo_rich_table(header, lines))
     written = write_zoo(out or DEFAULT_ZOO_OUT, rows, header, lines, batches)
     console.print(f"zoo report: {', '.join(str(p) for p in written)}", highlight=False)
     return 0 if any(r.get("status") == "ok" for r in rows) else 1

@@ -199,9 +199,37 @@ def _result_table(tmp_path: Path):
     return result_table(Path("runs/imagenet-lite0/model.int8-trt.onnx"), QUANTIZE_PROVENANCE, QUANTIZE_METRICS)
 
 
+def _bench_table(tmp_path: Path):
+    from bench.report import rich_headline
+    from tests.bench.test_gate import make_report
+
+    report = make_report()
+    report["rows"][-1]["reason"] = "no CUDA device (torch.cuda.is_available() is False)"
+    return rich_headline(report, title="bench: runs/demo (demo)").renderables[0]
+
+
+def _gate_table(tmp_path: Path):
+    from bench.gate import evaluate_gate, gate_table
+    from tests.bench.test_gate import make_report
+
+    return gate_table(evaluate_gate(make_report(lost=40), make_report(), 0.5, 10.0), "edge check: runs/demo/bench/report.json")
+
+
+def _zoo_table(tmp_path: Path):
+    from bench.zoo import zoo_rich_table, zoo_table
+
+    cells = [{"batch": b, "compute": {"p50_ms": 12.5 * b, "items_per_s": 80.0}} for b in (1, 8, 32)]
+    row = {"arch": "efficientnet_b4", "device": "cpu", "status": "ok", "params": 19.3e6, "macs": 1.5e9, "imagenet_top1": 83.4}
+    row |= {"input_size": 380, "cells": cells, "peak_rss_mib": 900.0}
+    return zoo_rich_table(*zoo_table([row], [1, 8, 32]))
+
+
 @pytest.mark.parametrize(
     "build",
     [
+        _bench_table,
+        _gate_table,
+        _zoo_table,
         _export_table,
         _engines_table,
         _calibration_table,
