@@ -47,7 +47,9 @@ def test_gate_passes_on_the_real_pipeline(pipeline_report: Path, tmp_path: Path)
     # the evaluation set resolves the budget, and the gate says with what margin
     mdd = min_detectable_drop(EVAL_COUNT, 0.5)
     assert mdd <= 1.0
-    assert f"minimum detectable drop {mdd:.2f} pts on {EVAL_COUNT} images at 95%: resolves the 0.5 pt budget" in proc.stdout
+    figure = f"minimum detectable drop {mdd:.2f} pts on {EVAL_COUNT} images at 95%: resolves the 0.5 pt budget"
+    assert figure in junit.read_text()  # a passing testcase carries its figures
+    assert "resolution int8-cpu@cpu" in proc.stdout  # and the table shows the check (its detail folded at 80 columns)
 
 
 def test_gate_fails_when_int8_is_degraded(pipeline_report: Path, tmp_path: Path):
@@ -132,10 +134,12 @@ def test_the_worker_records_cells_outside_the_profile_as_skipped(pipeline_run: P
 def test_report_rows_cells_and_accuracy(pipeline_report: Path):
     report = json.loads(pipeline_report.read_text())
     rows = _rows(report)
-    assert set(rows) == {f"{a}@{d}" for a in ("torch-fp32", "onnx-fp32", "int8-cpu") for d in ("cpu", "cuda")}
-    for device_row in ("torch-fp32@cuda", "onnx-fp32@cuda", "int8-cpu@cuda"):
-        assert rows[device_row]["status"] == "skipped" and rows[device_row]["reason"]
-    for name in ("torch-fp32@cpu", "onnx-fp32@cpu", "int8-cpu@cpu"):
+    names = ("torch-fp32", "onnx-fp32", "int8-cpu", "openvino-fp32", "openvino-int8")  # OpenVINO: in the default extras
+    assert set(rows) == {f"{a}@{d}" for a in names for d in ("cpu", "cuda")}
+    for name in names:
+        assert rows[f"{name}@cuda"]["status"] == "skipped" and rows[f"{name}@cuda"]["reason"]
+    assert rows["openvino-int8@cuda"]["reason"] == "OpenVINO runs on the CPU (and Intel GPU/NPU plugins), not on CUDA"
+    for name in (f"{a}@cpu" for a in names):
         row = rows[name]
         assert row["status"] == "ok", row.get("error")
         assert row["threads"] == 1
@@ -155,6 +159,16 @@ def test_report_rows_cells_and_accuracy(pipeline_report: Path):
     assert rows["int8-cpu@cpu"]["manifest_metrics"]["top1"] is not None  # the quantizer's own figures, shown too
     # ONNX Runtime reproduces torch on the same images: the export's agreement is near-total
     assert rows["onnx-fp32@cpu"]["accuracy"]["vs_parent"]["agreement"] >= 98.0
+    # OpenVINO runs the same files: FP32 is an exact conversion of model.onnx; the INT8 row says how
+    # often OpenVINO's kernels agree with ONNX Runtime's on the same QDQ file
+    assert rows["openvino-fp32@cpu"]["accuracy"]["vs_parent"]["agreement"] >= 99.5
+    assert rows["openvino-fp32@cpu"]["runner"]["backend"] == "openvino"
+    same_file = rows["openvino-int8@cpu"]["accuracy"]["vs_same_file"]
+    assert same_file["artifact"] == "int8-cpu" and same_file["n"] == EVAL_COUNT and same_file["agreement"] >= 95.0
+    # rounds: each cell's p50 has its interval, and INT8 its ratio to the float parent from the same rounds
+    cell = rows["int8-cpu@cpu"]["cells"][0]
+    assert len(cell["compute"]["rounds"]) == 5
+    assert cell["vs_parent_latency"]["parent"] == "onnx-fp32" and cell["vs_parent_latency"]["n"] == 5
 
 
 def test_report_files_and_manifest(pipeline_report: Path):
@@ -165,7 +179,7 @@ def test_report_files_and_manifest(pipeline_report: Path):
     assert manifest.kind == "bench-report"
     assert set(manifest.extra_files) == {"report.md", "report.csv", "report.png"}
     report = json.loads(pipeline_report.read_text())
-    assert report["schema_version"] == 2 and report["environment"]["machine_fingerprint"]
+    assert report["schema_version"] == 3 and report["environment"]["machine_fingerprint"]
     with open(bench_dir / "report.csv") as handle:
         lines = list(csv.DictReader(handle))
     assert {(line["artifact"], line["batch"]) for line in lines if line["status"] == "ok"} >= {
@@ -178,5 +192,11 @@ def test_report_files_and_manifest(pipeline_report: Path):
 
 
 def test_bench_against_a_baseline_from_the_same_machine(pipeline_report: Path, tmp_path: Path):
-    proc = edge_cli("check", str(pipeline_report), "--baseline", str(pipeline_report), "--max-latency-regression", "10")
-    assert "p50 int8-cpu@cpu batch 1" in proc.stdout and "INT8/FP32 ratio" in proc.stdout
+    junit = tmp_path / "gate.xml"
+    proc = edge_cli(
+        "check", str(pipeline_report), "--baseline", str(pipeline_report), "--max-latency-regression", "10", "--junit", str(junit)
+    )
+    cases = junit.read_text()
+    assert 'name="p50 int8-cpu@cpu batch 1"' in cases and 'name="latency ratio int8-cpu/onnx-fp32@cpu batch 1"' in cases
+    # the same rounds on both sides can never fail; one call per round is too few to judge (warnings)
+    assert "gate passed" in proc.stdout and 'failures="0"' in cases
