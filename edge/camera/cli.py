@@ -9,8 +9,10 @@ the model's work on the previous frame. Live sources and --realtime files hand t
 newest frame, dropping and counting older ones, so latency stays near one frame instead of growing;
 --every-frame classifies every frame in order (deterministic replay; what a file gets without
 --realtime). At the end it prints achieved FPS, inference-only FPS, grab-to-result latency
-percentiles (from the moment a frame is grabbed, before decode) and dropped frames; --serve shows
-the same live in a browser. Without a display, --show falls back to headless. Ctrl-C ends the run
+percentiles (from the moment a frame is grabbed, before decode), dropped frames and the thread
+setting with how it was chosen (--threads, else measured on the first frames or cached for this
+machine and model: edge.camera.threads); --serve shows the same live in a browser and keeps
+serving the last frame after the source ends, until Ctrl-C. Without a display, --show falls back to headless. Ctrl-C ends the run
 after the current frame: the recording is playable and the JSONL complete (a second Ctrl-C stops at
 once). The exit status follows the first reason to stop: 130 for Ctrl-C, 1 for a source that
 failed (stalled, capture error, nothing decodable), else 0.
@@ -25,30 +27,35 @@ from typing import Any
 from edge.camera.session import CameraOptions, CameraResult, format_figure, run_camera
 from edge.camera.sources import RetryPolicy
 
+UNPACED_NOTE = (
+    "this file was read as fast as the model takes frames, not in real time: its latency is mostly frames "
+    "waiting in the queue (--realtime plays it as a camera would deliver it)"
+)
+
 
 def summary_table(result: CameraResult) -> Any:
-    """The end-of-run figures as a rich table."""
+    """The end-of-run figures as a two-column table: cells wrap, and a word longer than its column (a
+    path) folds onto the next line, so nothing is cut at 80 columns or in a pipe."""
     from rich.table import Table
 
     fig = result.figures
-    table = Table(
-        title=f"edge camera: {result.source} -> {Path(result.model).name} ({result.runner.get('backend')}:{result.runner.get('device')})",
-        caption="latency runs from when each frame was grabbed, before decode (JSONL grabbed_at) to its result",
-    )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    runner = f"{result.runner.get('backend')}:{result.runner.get('device')}"
+    caption = "latency runs from when each frame was grabbed, before decode (JSONL grabbed_at), to its result"
+    if not result.paced:
+        caption += f"; {UNPACED_NOTE}"
+    table = Table(title=f"edge camera: {result.source} -> {Path(result.model).name} ({runner})", caption=caption)
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", overflow="fold")
+    latency_name = "grab-to-result latency p50 / p90 / p99 (ms)" + ("" if result.paced else " (queueing: see below)")
     rows = [
         ("achieved FPS", format_figure(fig["achieved_fps"])),
         ("inference-only FPS", format_figure(fig["inference_fps"])),
-        (
-            "grab-to-result latency p50 / p90 / p99 (ms)",
-            " / ".join(format_figure(fig[f"latency_p{q}_ms"]) for q in (50, 90, 99)),
-        ),
+        (latency_name, " / ".join(format_figure(fig[f"latency_p{q}_ms"]) for q in (50, 90, 99))),
         ("inference p50 / p90 / p99 (ms)", " / ".join(format_figure(fig[f"inference_p{q}_ms"]) for q in (50, 90, 99))),
         ("preprocess p50 (ms)", format_figure(fig["preprocess_p50_ms"], 2)),
         ("frames captured / classified / dropped", f"{result.captured} / {result.classified} / {result.dropped}"),
         ("source retries / reconnects", f"{result.retries} / {result.reconnects}"),
-        ("threads", str(result.runner.get("threads"))),
+        ("threads", thread_summary(result)),
         ("ended because", result.end_reason),
     ]
     rows += [(name, path) for name, path in result.outputs.items()]
@@ -57,8 +64,17 @@ def summary_table(result: CameraResult) -> Any:
     return table
 
 
+def thread_summary(result: CameraResult) -> str:
+    """The thread row: the setting and how it was chosen (with the measured FPS per setting)."""
+    if not result.threads:
+        return str(result.runner.get("threads"))
+    from edge.camera.threads import ThreadChoice
+
+    return ThreadChoice.from_dict(result.threads).describe()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from edge.runners import BACKENDS, DEVICES
+    from edge.runners import BACKENDS, DEVICES, OPENVINO_ONLY_DEVICES
 
     parser.add_argument(
         "model", metavar="RUN|ARTIFACT", help="a run directory (model.onnx, else checkpoint.pt) or an artifact file"
@@ -67,12 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--source", default="0", help="0 | /dev/videoN | file.mp4 | rtsp://... | csi://N | gst:PIPELINE | demo (default 0)"
     )
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=DEVICES + OPENVINO_ONLY_DEVICES,
+        help="cpu | cuda (gpu, npu: Intel's, with --backend openvino)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="inference threads (default on CPU: all physical cores but one, kept for capture and preprocessing)",
+        help="inference threads (default on CPU: all physical cores or all but one, whichever gives more FPS, "
+        "measured on the first frames and cached in ~/.cache/edge-harness for this machine and model)",
     )
     parser.add_argument("--topk", type=int, default=3, help="classes shown per frame (default 3)")
     mode = parser.add_argument_group("frame handling")
@@ -130,13 +152,21 @@ def options_from_args(args: argparse.Namespace) -> CameraOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from edge.console import make_console
 
     options = options_from_args(args)
-    console = Console(stderr=options.jsonl == "-")
-    result = run_camera(args.model, options, console=console)
-    if not options.quiet:
-        console.print(summary_table(result))
+    console = make_console(stderr=options.jsonl == "-")
+    shown: list[CameraResult] = []
+
+    def show_summary(result: CameraResult) -> None:
+        # --serve keeps the page up after the source ends: the figures are printed before that wait
+        if not options.quiet:
+            console.print(summary_table(result))
+        shown.append(result)
+
+    result = run_camera(args.model, options, console=console, on_hold=show_summary)
+    if not shown:
+        show_summary(result)
     if result.interrupted:  # the first reason to stop; nothing recorded after it overwrites it
         return 130
     failed = ("source stalled", "capture error", "no frame could be decoded")

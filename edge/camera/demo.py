@@ -1,7 +1,9 @@
 """The demo video: scikit-image's real photos (cat, coffee, rocket), a few seconds each, as a camera would see them.
 
-``--source demo`` plays it, ``make demo`` records the annotated result, and the tests build a
-small one to check that every backend names the cat and the coffee through the camera path.
+``--source demo`` plays it from the user cache (``$XDG_CACHE_HOME/edge-harness``, see
+:mod:`edge.camera.cache`; never a run directory or a deploy bundle), ``make demo`` records the
+annotated result, and the tests build a small one to check that every backend names the cat and
+the coffee through the camera path.
 Each photo slowly zooms in (a gentle camera move), so consecutive frames differ the way a real
 camera's do while the subject stays in view. The file is written once, atomically, with a
 ``video`` manifest that records the segments (which frames show which photo).

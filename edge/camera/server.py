@@ -4,7 +4,8 @@
     GET /stream.mjpg multipart/x-mixed-replace JPEG stream (what <img src> plays)
     GET /frame.jpg   the newest annotated frame
     GET /stats.json  the live metrics (FPS, latency percentiles, dropped frames, top-k); ``latency_from``
-                     names the frame timestamp the latency starts at (``grabbed_at``)
+                     names the frame timestamp the latency starts at (``grabbed_at``); ``ended`` is
+                     why the run stopped, once it has (the page then keeps the last frame)
 
 It binds 127.0.0.1 unless told otherwise (``--serve 0.0.0.0:8080`` to view a Jetson from a
 laptop). Handlers run on daemon threads, every socket has a timeout, and ``close`` ends the
@@ -47,7 +48,7 @@ img.addEventListener("error", () => { document.getElementById("state").textConte
 const rows = [["top-1", s => s.top1], ["achieved FPS", s => s.achieved_fps], ["inference FPS", s => s.inference_fps],
   ["grab-to-result latency p50 / p90 / p99 (ms)", s => [s.latency_p50_ms, s.latency_p90_ms, s.latency_p99_ms].join(" / ")],
   ["inference p50 (ms)", s => s.inference_p50_ms], ["captured", s => s.captured], ["classified", s => s.classified],
-  ["dropped", s => s.dropped], ["source", s => s.source], ["model", s => s.model]];
+  ["dropped", s => s.dropped], ["source", s => s.source], ["model", s => s.model], ["ended", s => s.ended || "-"]];
 // Labels and the source string come from the model and the user: they go in as text (textContent),
 // never as markup, so a label or source holding markup shows as itself and runs nothing.
 function cell(text) {
@@ -59,6 +60,9 @@ async function poll() {
   try {
     const s = await (await fetch("/stats.json", {cache: "no-store"})).json();
     document.getElementById("frames").textContent = s.classified;
+    if (s.ended) {
+      document.getElementById("state").textContent = "source ended (" + s.ended + "): showing the last frame";
+    }
     document.querySelector("#stats tbody").replaceChildren(...rows.map(([name, f]) => {
       const tr = document.createElement("tr");
       tr.append(cell(name), cell(f(s)));

@@ -4,7 +4,9 @@
 preprocesses (the artifact's own PreprocessSpec) while the model works on the previous frame, and
 returns the figures (:class:`CameraResult`). Live sources and --realtime files hand the model only
 the newest frame, dropping and counting older ones; --every-frame classifies every frame in order.
-The `edge camera` command is :mod:`edge.camera.cli`.
+The model's thread setting is ``--threads``, else chosen on the first frames or read from the cache
+(:mod:`edge.camera.threads`). With --serve a run that ended on its own keeps serving its last frame
+until Ctrl-C. The `edge camera` command is :mod:`edge.camera.cli`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.camera.cache import load_thread_choice, store_thread_choice, thread_choices_path
 from edge.camera.outputs import JsonlLog, Prediction, VideoRecorder, draw_overlay, jsonl_record, open_window, top_k
 from edge.camera.sources import (
     Frame,
@@ -33,6 +36,7 @@ from edge.camera.sources import (
     open_capture,
     parse_source,
 )
+from edge.camera.threads import MEASURED_BACKENDS, ThreadChoice, ThreadProbe, thread_cache_key, thread_candidates
 from edge.errors import UserError, require
 
 LIVE_WINDOW = 300  # results behind the live statistics (the final summary uses all of them)
@@ -62,6 +66,7 @@ class CameraOptions:
     duration: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     quiet: bool = False
+    thread_cache: bool = True  # reuse (and store) the thread choice measured for this machine and model
 
     def validate(self, source: SourceSpec) -> None:
         if self.topk < 1:
@@ -150,6 +155,8 @@ class CameraResult:
     runner: dict[str, Any]
     wall_s: float
     outputs: dict[str, str] = field(default_factory=dict)
+    threads: dict[str, Any] = field(default_factory=dict)  # ThreadChoice.to_dict(): the setting and how it was chosen
+    paced: bool = True  # False: a file read as fast as the model takes frames (its latency is mostly queueing)
 
     @property
     def interrupted(self) -> bool:
@@ -171,6 +178,8 @@ class CameraResult:
             runner=self.runner,
             wall_s=self.wall_s,
             outputs=self.outputs,
+            threads=self.threads,
+            paced=self.paced,
         )
         return data
 
@@ -178,33 +187,73 @@ class CameraResult:
 # ---- the run ----------------------------------------------------------------------------------
 
 
-def resolve_source(options: CameraOptions, model: str | Path) -> tuple[SourceSpec, float | None]:
-    """The parsed source; ``demo`` becomes the demo video beside the model (written on first use)."""
+def resolve_source(options: CameraOptions) -> tuple[SourceSpec, float | None]:
+    """The parsed source; ``demo`` becomes the demo video in the user cache (written once, atomically),
+    never a file in the run directory or a deploy bundle."""
     source = parse_source(options.source)
     if source.kind != "demo":
         return source, None
+    from edge.camera.cache import writable_cache_dir
     from edge.camera.demo import ensure_demo_video
 
-    model_path = Path(model)
-    directory = model_path if model_path.is_dir() else model_path.parent
-    video = ensure_demo_video(directory)
+    video = ensure_demo_video(writable_cache_dir("the demo video"))
     return SourceSpec("demo", "file", str(video.path), live=False), video.fps
 
 
-def inference_threads(options: CameraOptions) -> int | None:
-    """The model's thread count: ``--threads``, else on CPU every physical core but one.
-
-    The capture thread decodes and preprocesses each frame while the model works on the previous
-    one; with a core of its own that work overlaps inference instead of slowing it. Measured on 2
-    cores with Lite0 at 224 px: all cores for the model gave 55% of its batch-1 throughput, a core
-    kept for capture about the same absolute FPS at ~100% of (one-thread) batch-1 throughput.
-    On CUDA the host threads matter little and the backend keeps its own default.
-    """
-    if options.threads is not None or options.device != "cpu":
-        return options.threads
+def inference_threads(options: CameraOptions) -> list[int] | None:
+    """The thread counts the model may get: ``[--threads]``; on CPU the candidates the camera measures
+    (all physical cores, all but one: :func:`edge.camera.threads.thread_candidates`); None elsewhere
+    (on CUDA the host threads matter little and the backend keeps its own default)."""
+    if options.threads is not None:
+        return [options.threads]
+    if options.device != "cpu":
+        return None
     from edge.runners.onnxruntime_runner import physical_cores
 
-    return max(1, physical_cores() - 1)
+    return thread_candidates(physical_cores())
+
+
+def plan_threads(model: str | Path, options: CameraOptions, capture: Any) -> tuple[dict[int | None, Any], ThreadChoice]:
+    """The runner(s) to start with and the choice so far: one runner when the setting is fixed
+    (``--threads``, not CPU, one core, a backend that cannot run two settings side by side, a cached
+    choice), else one runner per candidate and ``how == "measuring"`` (:class:`ThreadProbe` decides)."""
+    from edge.runners import select_runner
+
+    def make(threads: int | None) -> Any:
+        runner = select_runner(model, device=options.device, backend=options.backend, threads=threads)
+        # The capture thread decodes and preprocesses while the model runs: spinning inference threads
+        # would starve it (measured: 40% -> 60% of batch-1 throughput, and no drops below model speed).
+        runner.spin_wait = False
+        return runner
+
+    candidates = inference_threads(options)
+    if candidates is None:
+        return {None: make(None)}, ThreadChoice(None, "backend default")
+    first = make(candidates[0])
+    if options.threads is not None:
+        return {options.threads: first}, ThreadChoice(options.threads, "--threads")
+    if len(candidates) == 1:
+        return {candidates[0]: first}, ThreadChoice(candidates[0], "only one core")
+    if first.backend not in MEASURED_BACKENDS:
+        why = f"every core; not measured: {first.backend} sets threads for the whole process"
+        return {candidates[0]: first}, ThreadChoice(candidates[0], why)
+    key = _thread_key(first, options, capture) if options.thread_cache else None
+    cached = load_thread_choice(key) if key is not None else None
+    if cached is not None and cached["threads"] in candidates:
+        choice = ThreadChoice.from_dict({**cached, "how": "cached", "cache": str(thread_choices_path()), "key": key})
+        runner = first if choice.threads == candidates[0] else make(choice.threads)
+        return {choice.threads: runner}, choice
+    runners: dict[int | None, Any] = {candidates[0]: first}
+    runners.update({t: make(t) for t in candidates[1:]})
+    return runners, ThreadChoice(None, "measuring", key=key)
+
+
+def _thread_key(runner: Any, options: CameraOptions, capture: Any) -> str:
+    from edge.artifacts import manifest_path, read_manifest, sha256_file
+
+    sha = read_manifest(runner.path).sha256 if manifest_path(runner.path).exists() else sha256_file(runner.path)
+    width, height = int(capture.get(3) or 0), int(capture.get(4) or 0)  # CAP_PROP_FRAME_WIDTH / HEIGHT
+    return thread_cache_key(sha, runner.backend, options.device, (width, height) if width and height else None)
 
 
 def run_camera(
@@ -213,24 +262,28 @@ def run_camera(
     stop: threading.Event | None = None,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     console: Any = None,
+    on_hold: Callable[[CameraResult], None] | None = None,
 ) -> CameraResult:
     """Classify ``options.source`` with ``model`` until the source ends, a limit is reached, ``stop``
-    is set, the window is closed or Ctrl-C; returns the figures. ``on_ready`` gets the served URL etc."""
-    from edge.runners import select_runner
+    is set, the window is closed or Ctrl-C; returns the figures. ``on_ready`` gets the served URL etc.
 
+    With ``--serve`` a run whose source ended (or reached a limit) keeps serving the last frame until
+    Ctrl-C or ``stop``; ``on_hold`` gets the finished figures before that wait (``edge camera``
+    prints its summary there), and they are what is returned."""
     stop = stop or threading.Event()
     source = parse_source(options.source)  # validate the source string before any work
     options.validate(source)
     if not Path(model).exists():
         raise UserError(f"{model} does not exist: give a run directory or an artifact file (.pt, .onnx, .engine)")
-    source, _ = resolve_source(options, model)
-    runner = select_runner(model, device=options.device, backend=options.backend, threads=inference_threads(options))
-    # The capture thread decodes and preprocesses while the model runs: spinning inference threads
-    # would starve it (measured: 40% -> 60% of batch-1 throughput, and no drops below model speed).
-    runner.spin_wait = False
+    source, _ = resolve_source(options)
     capture = open_capture(source, read_timeout_s=options.retry.stall_timeout_s / 2)
+    try:
+        runners, choice = plan_threads(model, options, capture)
+    except BaseException:
+        capture.release()
+        raise
 
-    session = _Session(runner, source, options, stop, console)
+    session = _Session(runners, choice, source, options, stop, console)
     session.capture = capture
     # The handler stays through close: a Ctrl-C while the files are finished is recorded (as a later
     # reason, so it changes nothing) instead of cutting the finishing short; a second one still does.
@@ -238,6 +291,11 @@ def run_camera(
         try:
             session.start(capture, on_ready)
             session.loop()
+            if session.holds():
+                session.finish()
+                if on_hold is not None:
+                    on_hold(session.result())
+                session.hold()
         except KeyboardInterrupt:
             session.end(INTERRUPTED)
         finally:
@@ -269,9 +327,20 @@ def _ctrl_c_stops(session: "_Session") -> Iterator[None]:
 class _Session:
     """One run's moving parts; ``close`` always leaves finished files behind."""
 
-    def __init__(self, runner: Any, source: SourceSpec, options: CameraOptions, stop: threading.Event, console: Any):
-        self.runner = runner
-        self.spec = runner.spec
+    def __init__(
+        self,
+        runners: dict[int | None, Any],
+        threads: ThreadChoice,
+        source: SourceSpec,
+        options: CameraOptions,
+        stop: threading.Event,
+        console: Any,
+    ):
+        self.runners = runners  # thread count -> runner: one, or the candidates while they are measured
+        self.runner = next(iter(runners.values()))
+        self.spec = self.runner.spec
+        self.threads = threads
+        self.probe: ThreadProbe | None = None
         self.source = source
         self.options = options
         self.stop = stop
@@ -291,8 +360,13 @@ class _Session:
         self._last_recorded = -1
         self._last_stats = -1.0
         self._stats: dict[str, Any] = {}
-        self._active = False
+        self._last_predictions: list[Prediction] = []
         self._cv2_threads: int | None = None
+        self._count_position = False  # the progress counts the position in the file, not classified frames
+        self._last_index = -1
+        self._finished = False
+        self._source_ended = False
+        self._ended_at: float | None = None
 
     def end(self, reason: str) -> None:
         """Record a reason to stop. The first one is the run's and is never overwritten: a Ctrl-C
@@ -313,10 +387,12 @@ class _Session:
         # would fight them (more threads than cores) and slow both down.
         self._cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
-        self.runner.activate()
-        self._active = True
-        # The first call pays for lazy initialisation (allocations, kernel selection); keep it out of the figures.
-        self.runner.infer(np.zeros((1, *self.spec.input_shape), dtype=np.float32))
+        for runner in self.runners.values():
+            runner.activate()
+            # The first call pays for lazy initialisation (allocations, kernel selection); keep it out of the figures.
+            runner.infer(np.zeros((1, *self.spec.input_shape), dtype=np.float32))
+        if self.threads.how == "measuring":
+            self.probe = ThreadProbe({t: r for t, r in self.runners.items() if t is not None})
         fps_declared = capture_fps(capture)
         every_frame = options.every_frame or (not source.live and not options.realtime)
         realtime_fps = None
@@ -346,7 +422,7 @@ class _Session:
 
             self.server = StreamServer(*parse_address(options.serve))
             self._notice(f"serving the annotated stream on {self.server.url}")
-        self._start_progress(None if source.live or options.loop else capture_frame_count(capture))
+        self._start_progress(self._progress_total(capture, every_frame))
         self.grabber.start(capture)
         if on_ready is not None:
             on_ready({"url": self.server.url if self.server else None})
@@ -357,24 +433,39 @@ class _Session:
 
     def _console(self) -> Any:
         if self.console is None:
-            from rich.console import Console
+            from edge.console import make_console
 
             # With --jsonl - stdout carries the records only; everything else goes to stderr.
-            self.console = Console(stderr=self.options.jsonl == "-")
+            self.console = make_console(stderr=self.options.jsonl == "-")
         return self.console
+
+    def _progress_total(self, capture: Any, every_frame: bool) -> int | None:
+        """The frames this run will process: --max-frames (capped by the file's length when every frame
+        is classified), else a file's length (then a --realtime bar counts the position in the file)."""
+        declared = None if self.source.live or self.options.loop else capture_frame_count(capture)
+        limit = self.options.max_frames
+        if limit is not None:
+            return min(limit, declared) if declared and every_frame else limit
+        self._count_position = declared is not None and not every_frame
+        return declared
 
     def _start_progress(self, total: int | None) -> None:
         if self.options.quiet:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from edge.console import make_progress
 
         columns: list[Any] = [TextColumn("[bold]camera[/bold] {task.description}")]
         if total:
             columns += [BarColumn(), MofNCompleteColumn()]
         columns += [TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
-        self.progress = Progress(*columns, console=self._console(), transient=False)
-        self.progress.start()
-        self._task = self.progress.add_task(self.source.text[-40:], total=total, status="starting")
+        self.progress = make_progress(*columns, console=self._console(), unit="frames", transient=False)
+        self.progress.__enter__()
+        self._task = self.progress.add_task(f"camera {self.source.text[-40:]}", total=total, status="starting")
+
+    def _progress_completed(self) -> int:
+        return self._last_index + 1 if self._count_position else self.metrics.classified
 
     # ---- the loop -------------------------------------------------------------------------
     def loop(self) -> None:
@@ -386,6 +477,7 @@ class _Session:
             frame = grabber.get(timeout=0.05)
             if frame is None:
                 if grabber.finished:
+                    self._source_ended = True
                     self.end(grabber.stats.end_reason or "source ended")
                     return
                 if grabber.stalled_for() > stall_limit:
@@ -396,12 +488,16 @@ class _Session:
                     return
                 continue
             assert frame.tensor is not None  # the grabber preprocesses every frame it delivers
+            runner = self.probe.runner() if self.probe is not None else self.runner
             t1 = time.monotonic()
-            logits = self.runner.infer(frame.tensor[None])
+            logits = runner.infer(frame.tensor[None])
             t2 = time.monotonic()
             predictions = top_k(logits[0], self.spec.labels, options.topk)
             result_at = time.monotonic()
             self.metrics.add(result_at - frame.grabbed_at, t2 - t1, frame.preprocess_s, result_at)
+            self._last_index, self._last_predictions = frame.index, predictions
+            if self.probe is not None and self.probe.record(result_at, result_at - frame.grabbed_at):
+                self._keep_threads(self.probe)
             if not self._emit(frame, predictions, result_at, t2 - t1):
                 self.end("window closed")
                 return
@@ -419,8 +515,7 @@ class _Session:
             self._last_stats = result_at
             self._stats = self.live_stats(predictions)
             if self.progress is not None:
-                completed = None if self.source.live else frame.index + 1
-                self.progress.update(self._task, completed=completed, status=_progress_status(self._stats))
+                self.progress.update(self._task, completed=self._progress_completed(), status=_progress_status(self._stats))
         if self.jsonl is not None:
             fps = self.grabber.stats.fps if self.grabber else None
             source_time = frame.index / fps if (fps and not self.source.live) else None
@@ -471,15 +566,60 @@ class _Session:
         )
         return stats
 
+    # ---- the thread setting ---------------------------------------------------------------
+    def _keep_threads(self, probe: ThreadProbe) -> None:
+        """The measurement is done: keep the chosen runner, release the others, cache the choice."""
+        choice = probe.choice
+        assert choice is not None and choice.threads is not None
+        choice.key = self.threads.key
+        self.runner = self.runners[choice.threads]
+        for runner in self.runners.values():
+            if runner is not self.runner:
+                runner.deactivate()
+        self.runners, self.probe, self.threads = {choice.threads: self.runner}, None, choice
+        if choice.key is not None and choice.how == "measured":
+            entry = {k: v for k, v in choice.to_dict().items() if k not in ("how", "cache", "key")}
+            try:
+                choice.cache = str(store_thread_choice(choice.key, {**entry, "model": str(self.runner.path)}))
+            except (OSError, UserError) as exc:
+                self._notice(f"threads: the choice is not cached ({exc})")
+        self._notice(f"threads: {choice.describe()}")
+
     # ---- tear-down ------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop the reader, finish every output file, stop serving; safe to call after any failure."""
+    def holds(self) -> bool:
+        """A served run that ended on its own (source ended, a limit, a stall) keeps its page up until
+        Ctrl-C, so a browser opened after a short run still finds it."""
+        return self.server is not None and not self.stop.is_set() and self.end_reason != "window closed"
+
+    def hold(self) -> None:
+        """Serve the last frame and the final statistics until Ctrl-C (or ``stop``)."""
+        assert self.server is not None
+        final = {**self.live_stats(self._last_predictions), "ended": self.end_reason}
+        self.server.publish(None, final)
+        # Said even under --quiet: the process does not end by itself from here.
+        self._console().print(
+            f"{'source ended' if self._source_ended else 'stopped'} after "
+            f"{self.metrics.classified} frames ({self.end_reason}); still serving the last frame at "
+            f"{self.server.url} — Ctrl-C to stop",
+            highlight=False,
+            soft_wrap=True,
+        )
+        while not self.stop.wait(0.2):
+            pass
+
+    def finish(self) -> None:
+        """Stop the reader and finish every output file (the server stays up); safe after any failure."""
+        if self._finished:
+            return
+        self._finished, self._ended_at = True, time.monotonic()
         if self.grabber is not None and self.grabber.started:
             self.grabber.stop()
         elif self.capture is not None:
             self.capture.release()
         if self.progress is not None:
-            self.progress.stop()
+            status = _progress_status(self.live_stats(self._last_predictions)) if self.metrics.classified else "no frame"
+            self.progress.update(self._task, completed=self._progress_completed(), status=status)
+            self.progress.__exit__(None, None, None)
         if self.recorder is not None:
             path = self.recorder.close()
             if path is not None:
@@ -487,17 +627,26 @@ class _Session:
         if self.jsonl is not None:
             self.jsonl.close()
             self.outputs["jsonl"] = self.options.jsonl or ""
-        if self.server is not None:
-            self.server.close()
         if self.window is not None:
             self.window.close()
-        if self._active:
-            self.runner.deactivate()
+        if self.probe is not None:
+            self.threads, self.probe = self.probe.unfinished(), None
+        for runner in self.runners.values():
+            runner.deactivate()
+
+    def close(self) -> None:
+        """Finish the outputs, stop serving, restore OpenCV's threads; safe to call after any failure."""
+        self.finish()
+        if self.server is not None:
+            self.server.close()
         if self._cv2_threads is not None:
             require("cv2", "opencv", "The camera classifier").setNumThreads(self._cv2_threads)
 
     def result(self) -> CameraResult:
         grabber = self.grabber.stats if self.grabber else None
+        threads = self.probe.unfinished() if self.probe is not None else self.threads
+        if threads.threads is None and self.runner.threads is not None:  # the backend's default, as it reported it
+            threads = ThreadChoice(self.runner.threads, threads.how)
         return CameraResult(
             figures=self.metrics.figures(),
             captured=grabber.captured if grabber else 0,
@@ -509,8 +658,10 @@ class _Session:
             source=self.source.text,
             model=str(self.runner.path),
             runner=self.runner.describe(),
-            wall_s=time.monotonic() - self.started,
+            wall_s=(self._ended_at or time.monotonic()) - self.started,
             outputs=self.outputs,
+            threads=threads.to_dict(),
+            paced=self.source.live or self.options.realtime,
         )
 
 

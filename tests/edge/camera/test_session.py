@@ -21,23 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.camera.demo import DemoVideo, write_demo_video
 from edge.camera.outputs import JSONL_FIELDS
 from edge.camera.session import CameraOptions, inference_threads, run_camera
 from edge.camera.sources import RetryPolicy
 from edge.errors import UserError
 from edge.photos import PHOTO_CLASSES
-from edge.runners.onnxruntime_runner import physical_cores
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-
-
-@pytest.fixture(scope="module")
-def video(photos, tmp_path_factory) -> DemoVideo:
-    """Cat, coffee, rocket: 3 frames each at 320x240 (small, so every backend's pass takes seconds)."""
-    return write_demo_video(
-        tmp_path_factory.mktemp("camera") / "photos.mp4", size=(320, 240), fps=6, seconds_per_photo=0.5, photos=photos
-    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -106,34 +96,43 @@ def test_jsonl_schema_and_recording(pretrained_onnx_run, video, tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
-def test_demo_source_is_written_once(pretrained_onnx_run, tmp_path):
+def test_demo_source_is_written_once_to_the_cache_never_beside_the_model(pretrained_onnx_run, tmp_path, private_cache):
     run = tmp_path / "run"
     shutil.copytree(pretrained_onnx_run, run)
+    before = sorted(p.name for p in run.iterdir())
     first = run_camera(run, CameraOptions(source="demo", max_frames=2, quiet=True))
-    demo = run / "demo.mp4"
-    assert demo.exists() and (run / "demo.mp4.json").exists()
-    manifest = json.loads((run / "demo.mp4.json").read_text())
+    demo = private_cache / "demo.mp4"
+    assert demo.exists() and (private_cache / "demo.mp4.json").exists()
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written into the run (or a deploy bundle)
+    manifest = json.loads((private_cache / "demo.mp4.json").read_text())
     assert manifest["kind"] == "video" and list(manifest["provenance"]["segments"]) == ["cat", "coffee", "rocket"]
+    assert not [p for p in private_cache.iterdir() if p.name.startswith(".")]  # no temporary left behind
     stamp = demo.stat().st_mtime_ns
     second = run_camera(run, CameraOptions(source="demo", max_frames=2, quiet=True))
     assert demo.stat().st_mtime_ns == stamp
     assert first.classified == second.classified == 2 and first.end_reason == "2 frames classified"
-    # by default on CPU the model leaves a core to the capture thread (but never gets fewer than one)
-    assert first.runner["threads"] == max(1, physical_cores() - 1)
+
+
+def test_demo_source_with_an_unwritable_cache_says_where_to_point_it(pretrained_onnx_run, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(UserError, match="set XDG_CACHE_HOME to a writable directory"):
+        run_camera(pretrained_onnx_run, CameraOptions(source="demo", max_frames=2, quiet=True))
 
 
 @pytest.mark.parametrize(
     ("cores", "options", "expected"),
     [
-        (2, CameraOptions(), 1),
-        (8, CameraOptions(), 7),
-        (1, CameraOptions(), 1),
-        (8, CameraOptions(threads=3), 3),
+        (2, CameraOptions(), [2, 1]),
+        (8, CameraOptions(), [8, 7]),
+        (1, CameraOptions(), [1]),
+        (8, CameraOptions(threads=3), [3]),
         (8, CameraOptions(device="cuda"), None),
-        (8, CameraOptions(device="cuda", threads=2), 2),
+        (8, CameraOptions(device="cuda", threads=2), [2]),
     ],
 )
-def test_inference_threads_keep_a_core_for_capture(monkeypatch, cores, options, expected):
+def test_thread_candidates_all_cores_and_all_but_one_unless_given(monkeypatch, cores, options, expected):
     monkeypatch.setattr("edge.runners.onnxruntime_runner.physical_cores", lambda: cores)
     assert inference_threads(options) == expected
 
@@ -485,9 +484,11 @@ def test_ctrl_c_stays_the_reason_and_exits_130_whatever_ends_the_run_after(pretr
 def test_first_end_reason_wins():
     from edge.camera.session import INTERRUPTED, CameraOptions, _Session
     from edge.camera.sources import SourceSpec
+    from edge.camera.threads import ThreadChoice
 
     runner = type("R", (), {"spec": None})()
-    session = _Session(runner, SourceSpec("clip.mp4", "file", "clip.mp4", live=False), CameraOptions(), threading.Event(), None)
+    source = SourceSpec("clip.mp4", "file", "clip.mp4", live=False)
+    session = _Session({1: runner}, ThreadChoice(1, "--threads"), source, CameraOptions(), threading.Event(), None)
     assert session.end_reason == ""
     session.end(INTERRUPTED)
     session.end("end of file")
