@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:
     from bench.matrix import BenchPlan, run_matrix, select_artifacts
-    from bench.report import build_report, keep_previous, plot_unavailable, rich_headline, write_report
+    from bench.report import build_report, forget, keep_previous, plot_unavailable, rich_headline, write_report
     from edge.run import RunDir
 
     settings = _settings(args)
@@ -215,7 +215,11 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     report["noise"] = noise_figures(rows, load_before, _load_average())
     out_dir = args.out or run_dir.bench
     previous = keep_previous(out_dir)
-    paths = write_report(report, out_dir, spec=_report_spec(artifacts))
+    try:
+        paths = write_report(report, out_dir, spec=_report_spec(artifacts))
+    except BaseException:
+        forget(previous)
+        raise
     console.print(rich_headline(report, title=f"bench: {run_dir.root} ({args.profile})"))
     others = ", ".join(path.name for fmt, path in paths.items() if fmt != "json")
     console.print(f"report: {paths['json']} (also {others})", soft_wrap=True, highlight=False)

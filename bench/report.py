@@ -25,6 +25,7 @@ gets the other three files and the manifest, and ``plot_unavailable()`` says why
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -639,22 +640,36 @@ def _accuracy_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) ->
 
 
 def keep_previous(out_dir: Path) -> Path | None:
-    """Move the report set already in ``out_dir`` (if any) to ``out_dir/history/<its time>/`` so a new
-    bench never silently replaces an earlier one; returns where it went."""
+    """Link the report set already in ``out_dir`` (if any) into ``out_dir/history/<its time>/`` so a
+    new bench never silently replaces an earlier one; returns where, or None. Hard links: the files
+    in place stay until the new set replaces them (a failed write leaves them, and ``forget`` drops
+    the links). Anything that stops the keeping (a read-only folder) leaves it to the write to say."""
     current = report_paths(out_dir)
-    if not current["json"].exists():
+    if not current["json"].is_file():
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(current["json"].stat().st_mtime))
-    target = out_dir / "history" / stamp
-    n = 1
+    target, n = out_dir / "history" / stamp, 1
     while target.exists():
         n += 1
         target = out_dir / "history" / f"{stamp}-{n}"
-    target.mkdir(parents=True)
-    for path in [*current.values(), manifest_path(current["json"])]:
-        if path.exists():
-            path.rename(target / path.name)
+    try:
+        target.mkdir(parents=True)
+        for path in [*current.values(), manifest_path(current["json"])]:
+            if path.is_file():
+                os.link(path, target / path.name)
+    except OSError:
+        forget(target)
+        return None
     return target
+
+
+def forget(kept: Path | None) -> None:
+    """Undo ``keep_previous`` (the write that followed it failed): its folder, and history/ if empty."""
+    if kept is None:
+        return
+    shutil.rmtree(kept, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        kept.parent.rmdir()  # only when empty
 
 
 def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dict[str, Path]:

@@ -23,9 +23,12 @@ def test_every_design_subcommand_is_registered():
         "engine",
         "bench",
         "check",
+        "compare",
         "camera",
         "inspect",
         "pack",
+        "triton",
+        "serve",
         "selftest",
     ]
     assert list(COMMANDS) == expected

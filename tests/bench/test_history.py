@@ -1,0 +1,33 @@
+"""A new bench report never silently replaces the previous one: it is kept under history/."""
+
+from __future__ import annotations
+
+import json
+
+from bench.report import forget, keep_previous, write_report
+from tests.bench.test_gate import make_report
+
+
+def test_the_previous_report_set_is_kept_under_history(tmp_path):
+    first = make_report()
+    first["settings"].update(run="runs/demo", profile="demo", window={"warmup_s": 0, "min_iters": 1, "min_seconds": 0})
+    assert keep_previous(tmp_path) is None  # nothing to keep yet
+    write_report(first, tmp_path)
+    second = json.loads(json.dumps(first))
+    second["settings"]["profile"] = "full"
+    kept = keep_previous(tmp_path)
+    write_report(second, tmp_path)
+    assert kept is not None and kept.parent == tmp_path / "history"
+    assert {p.name for p in kept.iterdir()} >= {"report.json", "report.json.json", "report.csv", "report.md"}
+    assert json.loads((kept / "report.json").read_text())["settings"]["profile"] == "demo"
+    assert json.loads((tmp_path / "report.json").read_text())["settings"]["profile"] == "full"
+
+
+def test_a_failed_write_forgets_what_it_kept(tmp_path):
+    report = make_report()
+    report["settings"].update(run="runs/demo", profile="demo", window={"warmup_s": 0, "min_iters": 1, "min_seconds": 0})
+    write_report(report, tmp_path)
+    kept = keep_previous(tmp_path)
+    forget(kept)
+    assert not (tmp_path / "history").exists()
+    assert (tmp_path / "report.json").is_file()  # the set in place is untouched
