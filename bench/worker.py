@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.host import Skip, peak_memory, unavailable_reason
 from bench.power import PowerMeter
-from bench.timing import RoundTimer, TimingWindow, machine_probe, time_calls
+from bench.timing import MachineProbe, RoundTimer, TimingWindow, time_calls
 from bench.zoo import run_zoo_job
 from edge.artifacts import atomic_write_json
 from edge.errors import MissingDependencyError, UserError
@@ -121,6 +121,8 @@ class ArtifactSession:
         self.skips = {skip["batch"]: skip["reason"] for skip in job.get("cell_skips") or []}
         self.errors: dict[int, str] = {}
         self.cells: dict[int, _CellTiming] = {}
+        # the machine probe runs with the CPU threads the row's runner uses (ONNX Runtime's default otherwise)
+        self.probe = MachineProbe(self.runner.threads if self.device == "cpu" else None)
 
     def __enter__(self) -> ArtifactSession:
         self.runner.__enter__()
@@ -136,7 +138,7 @@ class ArtifactSession:
         cell = self.cells.get(batch)
         if cell is None:
             cell = self.cells[batch] = _CellTiming(
-                self.runner, self.spec, self.frames, batch, self.window, self.job.get("end_to_end", True)
+                self.runner, self.spec, self.frames, batch, self.window, self.job.get("end_to_end", True), self.probe
             )
         try:
             cell.time_round()
@@ -178,9 +180,16 @@ class _CellTiming:
     """The rounds of one batch size: compute-only (with device time where reported) and end-to-end."""
 
     def __init__(
-        self, runner: Any, spec: PreprocessSpec, frames: list[np.ndarray], batch: int, window: TimingWindow, end_to_end: bool
+        self,
+        runner: Any,
+        spec: PreprocessSpec,
+        frames: list[np.ndarray],
+        batch: int,
+        window: TimingWindow,
+        end_to_end: bool,
+        probe: MachineProbe,
     ):
-        self.runner, self.spec, self.batch = runner, spec, batch
+        self.runner, self.spec, self.batch, self.probe = runner, spec, batch, probe
         self.picked = [frames[i % len(frames)] for i in range(batch)]
         self.inputs = spec.apply_batch(self.picked)
         self.compute = RoundTimer(window, batch)
@@ -195,7 +204,7 @@ class _CellTiming:
             runner.infer(inputs)
             return runner.last_device_ms
 
-        probe = machine_probe()
+        probe = self.probe()
         with PowerMeter(runner.device) as meter:
             self.compute.time_round(compute, probe_ms=probe)
         self.watts += meter.readings_w

@@ -5,14 +5,15 @@
 Runs 2N+1 real ``edge bench`` runs of RUN (``onnx-fp32,int8-cpu`` on the CPU at batch 1 and 8, the
 default timing window and rounds; single stream and end-to-end off, since the gate does not read
 them) in the order N0, S1, N1, S2, N2 ... where N is the run as it is and S a copy whose
-``model.int8-cpu.onnx`` is the same INT8 model with *float islands*: two convolutions (the 1st
-and the 41st) run in FP32, their input quantize/dequantize pair removed and their weights
-dequantized, which costs the conversions at their borders: about 1.4x slower at batch 1 under
-the same name (at batch 8 the islands cost only about 10%, inside the tolerance, so that cell
-is not counted). Each (N[i-1], N[i]) pair is gated as identical benches, each (N[i-1], S[i]) as a
-slowdown, with ``edge check``'s own latency checks and the default --max-latency-regression.
+``model.int8-cpu.onnx`` is the same INT8 model with a *float island*: its 41st convolution runs
+in FP32 (the quantize/dequantize pair in front of its input removed, its weights dequantized),
+which costs that convolution and the conversions at its borders: 1.45x slower at batch 1 and
+1.33x at batch 8 on the demo model (quiet machine, 200 calls each), under the same name and at
+the same accuracy. Each (N[i-1], N[i]) pair is gated as identical benches, each (N[i-1], S[i]) as
+a slowdown, with ``edge check``'s own latency checks and the default --max-latency-regression.
 Prints a table: false failures (an identical pair with any failed latency check, any cell) and
-detected slowdowns (a slowed pair whose int8-cpu p50 check at batch 1 fails), and the "too noisy
+detected slowdowns (a slowed pair where the gate fails int8-cpu: its p50 against the baseline, or
+its p50 over onnx-fp32's from the same rounds against the baseline's ratio), and the "too noisy
 to judge" warnings of each kind.
 """
 
@@ -27,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+ISLANDS = (40,)  # the 41st convolution: about 1.4x slower at batch 1 and 8 on the demo model (see the docstring)
 BENCH_ARGS = [
     "--artifacts",
     "onnx-fp32,int8-cpu",
@@ -40,8 +42,8 @@ BENCH_ARGS = [
 ]
 
 
-def float_islands(source: Path, target: Path, every: int = 40) -> int:
-    """Copy a QDQ model with every ``every``-th Conv in FP32: the quantize/dequantize pair in front
+def float_islands(source: Path, target: Path, convs: tuple[int, ...] = ISLANDS) -> int:
+    """Copy a QDQ model with the Convs numbered ``convs`` (graph order) in FP32: the quantize/dequantize pair in front
     of its input removed and its weight and bias dequantized into float initializers, so ONNX
     Runtime runs it as a float convolution; returns how many convolutions were floated."""
     import onnx
@@ -54,7 +56,7 @@ def float_islands(source: Path, target: Path, every: int = 40) -> int:
     for i, conv in enumerate(n for n in list(graph.node) if n.op_type == "Conv"):
         dq = producers.get(conv.input[0])
         q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if i % every != 0 or q is None or q.op_type != "QuantizeLinear":
+        if i not in convs or q is None or q.op_type != "QuantizeLinear":
             continue
         conv.input[0] = q.input[0]
         for slot in range(1, len(conv.input)):
@@ -116,7 +118,9 @@ def latency_outcome(new: Path, old: Path, tolerance: float) -> dict[str, Any]:
     return {
         "fail": [f"{c.name}: {c.detail}" for c in latency if c.status == "fail"],
         "noisy": [c.name for c in latency if c.status == "warn"],
-        "int8_b1_failed": any(c.status == "fail" for c in int8 if c.name.endswith("batch 1")),
+        "int8_failed": any(
+            c.status == "fail" for c in latency if c.name.startswith(("p50 int8-cpu@", "latency ratio int8-cpu/"))
+        ),
         "int8_estimates": [
             f"{c.name.split()[-2]} {c.name.split()[-1]}: {c.detail.split('new/old ')[1].split(' over')[0]}"
             for c in int8
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         same, slower = outcomes["identical"][-1], outcomes["slowed"][-1]
         print(
             f"pair {i}: identical {len(same['fail'])} failed, {len(same['noisy'])} too noisy; "
-            f"slowed int8-cpu {'; '.join(slower['int8_estimates'])} {'detected' if slower['int8_b1_failed'] else 'NOT detected'}",
+            f"slowed int8-cpu {'; '.join(slower['int8_estimates'])} {'detected' if slower['int8_failed'] else 'NOT detected'}",
             flush=True,
         )
     print_table(outcomes, args.pairs, args.tolerance)
@@ -163,7 +167,7 @@ def print_table(outcomes: dict[str, list[dict[str, Any]]], pairs: int, tolerance
         (
             "int8-cpu with float islands",
             "slowdowns detected",
-            sum(o["int8_b1_failed"] for o in slowed),
+            sum(o["int8_failed"] for o in slowed),
             sum(bool(o["noisy"]) for o in slowed),
         ),
     ]
