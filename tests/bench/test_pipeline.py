@@ -167,8 +167,10 @@ def test_report_rows_cells_and_accuracy(pipeline_report: Path):
     assert same_file["artifact"] == "int8-cpu" and same_file["n"] == EVAL_COUNT and same_file["agreement"] >= 95.0
     # rounds: each cell's p50 has its interval, and INT8 its ratio to the float parent from the same rounds
     cell = rows["int8-cpu@cpu"]["cells"][0]
-    assert len(cell["compute"]["rounds"]) == 5
-    assert cell["vs_parent_latency"]["parent"] == "onnx-fp32" and cell["vs_parent_latency"]["n"] == 5
+    rounds = report["settings"]["window"]["rounds"]
+    assert rounds == 10  # the full profile's default
+    assert len(cell["compute"]["rounds"]) == rounds
+    assert cell["vs_parent_latency"]["parent"] == "onnx-fp32" and cell["vs_parent_latency"]["n"] == rounds
 
 
 def test_report_files_and_manifest(pipeline_report: Path):
