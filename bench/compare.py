@@ -323,18 +323,16 @@ def render_png(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.report import bar_panel
+
     timed = [r for r in rows if r.get("p50_b1_ms") is not None or r.get("best_images_per_s") is not None]
     labels = [f"{r['report']} {r['device']} {r['artifact']}" for r in timed]
     fig, axes = plt.subplots(1, 2, figsize=(14, 1.2 + 0.35 * max(1, len(timed))))
     for ax, key, title in (
         (axes[0], "p50_b1_ms", "p50 at batch 1 (ms, lower is better)"),
-        (axes[1], "best_images_per_s", "best images/s"),
+        (axes[1], "best_images_per_s", "best images/s (higher is better)"),
     ):
-        ax.barh(labels, [r.get(key) or 0.0 for r in timed])
-        ax.set_xscale("log")  # devices differ by orders of magnitude
-        ax.set_title(title)
-        ax.invert_yaxis()
-        ax.grid(True, axis="x", alpha=0.3)
+        bar_panel(ax, labels, [r.get(key) for r in timed], title)
     axes[1].set_yticklabels([])
     fig.tight_layout()
     try:

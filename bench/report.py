@@ -558,6 +558,38 @@ def plot_unavailable() -> str | None:
     return None
 
 
+def bar_panel(ax: Any, labels: list[str], values: list[float | None], title: str) -> None:
+    """Bars from zero on a linear axis with each value written (n/a where missing); when the values
+    span more than 30x (a GPU beside a CPU), dots on a log axis instead: a bar on a log axis has
+    no honest length."""
+    from matplotlib.ticker import ScalarFormatter
+
+    y = list(range(len(labels)))
+    present = [v for v in values if v is not None and v > 0]
+    wide = bool(present) and max(present) / min(present) > 30
+    if wide:
+        ax.plot([v if v else float("nan") for v in values], y, "o")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    else:
+        ax.barh(y, [v or 0.0 for v in values])
+        ax.set_xlim(0, max(present or [1.0]) * 1.25)
+    for yi, value in zip(y, values):
+        text = "n/a" if value is None else (f"{value:.3g}" if value < 1000 else f"{value:.0f}")
+        ax.annotate(
+            text,
+            (value or (min(present) if wide and present else 0.0), yi),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(y, labels)
+    ax.set_title(title + (" (log scale)" if wide else ""))
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+
+
 MIN_ACCURACY_SPAN = 5.0  # points: an accuracy axis never spans less, so one image is not a cliff
 
 

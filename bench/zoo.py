@@ -215,19 +215,15 @@ def plot_zoo(path: Path, rows: list[dict[str, Any]], batches: list[int]) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.report import bar_panel
     from edge.artifacts import atomic_path
 
     measured = [r for r in rows if r.get("status") == "ok"]
     labels = [f"{r['arch']} ({r['device']})" for r in measured]
     fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 1.0 + 0.45 * max(len(labels), 1)), squeeze=False)
     for ax, batch in zip(axes[0], batches):
-        values = [next((c["compute"]["p50_ms"] for c in r["cells"] if c["batch"] == batch), float("nan")) for r in measured]
-        ax.barh(labels, values)
-        ax.set_xscale("log")
-        ax.set_title(f"p50 at batch {batch} (ms, log scale)")
-        for y, value in enumerate(values):
-            ax.annotate(f"{value:.1f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-        ax.invert_yaxis()
+        values = [next((c["compute"]["p50_ms"] for c in r["cells"] if c["batch"] == batch), None) for r in measured]
+        bar_panel(ax, labels, values, f"p50 at batch {batch} (ms)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

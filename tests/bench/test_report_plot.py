@@ -45,3 +45,17 @@ def test_point_labels_and_latency_ticks_stay_readable(axes):
         assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1, text.get_text()
     labels = [t.get_text() for t in acc.get_xticklabels() if t.get_text()]
     assert labels and all("times" not in t and "^" not in t for t in labels)  # plain numbers, not 5.4x10^-1
+
+
+def test_bar_panels_start_at_zero_write_values_and_say_n_a():
+    import matplotlib.pyplot as plt
+
+    from bench.report import bar_panel
+
+    fig, (linear, wide) = plt.subplots(1, 2)
+    bar_panel(linear, ["a", "b", "c"], [1.27, None, 0.45], "p50 at batch 1 (ms)")
+    assert linear.get_xlim()[0] == 0.0 and linear.get_xscale() == "linear"
+    assert [t.get_text() for t in linear.texts] == ["1.27", "n/a", "0.45"]
+    bar_panel(wide, ["gpu", "cpu"], [0.5, 120.0], "p50")  # 240x apart: dots on a log axis, no bars
+    assert wide.get_xscale() == "log" and not wide.patches and "log scale" in wide.get_title()
+    plt.close(fig)
