@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import cache
+from statistics import median
 from typing import Any
 
 CONFIDENCE = 0.95
@@ -50,14 +51,8 @@ def spread_pct(values: list[float]) -> float | None:
     """(max - min) / median of round figures, in percent: how much the rounds disagreed."""
     if len(values) < 2:
         return None
-    middle = sorted(values)[len(values) // 2] if len(values) % 2 else _median(values)
+    middle = median(values)
     return (max(values) - min(values)) / middle * 100.0 if middle > 0 else None
-
-
-def _median(values: list[float]) -> float:
-    x = sorted(values)
-    n = len(x)
-    return x[n // 2] if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,7 @@ def paired_ratio(numerators: list[float], denominators: list[float], confidence:
         raise ValueError("paired ratios need the same, non-zero number of rounds on each side")
     ratios = [a / b for a, b in zip(numerators, denominators)]
     low, high, level = median_interval(ratios, confidence)
-    return Ratio(_median(ratios), low, high, level, len(ratios))
+    return Ratio(median(ratios), low, high, level, len(ratios))
 
 
 @cache
@@ -123,7 +118,7 @@ def two_sample_ratio(new: list[float], old: list[float], confidence: float = CON
         z = 1.959963984540054 if confidence == CONFIDENCE else _z(confidence)
         k = max(1, int(n * m / 2 - z * math.sqrt(n * m * (n + m + 1) / 12)))
         level = confidence
-    estimate = math.exp(_median(diffs))
+    estimate = math.exp(median(diffs))
     return Ratio(estimate, math.exp(diffs[k - 1]), math.exp(diffs[n * m - k]), level, n * m)
 
 

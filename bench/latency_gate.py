@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.checks import MEASURED, Check, same_machine
-from bench.intervals import Ratio, spread_pct, two_sample_ratio
+from bench.intervals import spread_pct, two_sample_ratio
 from bench.matrix import float_parent, round_p50s
 
 CONTENDED = 0.25  # other processes used more than this share of the CPUs during a cell's rounds (median)
@@ -225,11 +225,3 @@ def too_noisy(figures: str, new: list[float], old: list[float], what: str, stric
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
-
-
-def ratio_text(ratio: Ratio | dict[str, Any] | None) -> str:
-    """'0.48 [0.45, 0.52]' for a ratio with its interval (a report's ``vs_parent_latency``), else n/a."""
-    if ratio is None:
-        return "n/a"
-    data = ratio.to_dict() if isinstance(ratio, Ratio) else ratio
-    return f"{data['estimate']:.2f} [{data['low']:.2f}, {data['high']:.2f}]"

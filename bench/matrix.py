@@ -66,10 +66,6 @@ def float_parent(name: str) -> str | None:
     return FLOAT_PARENT.get(name)
 
 
-def is_int8(name: str) -> bool:
-    return name.startswith("int8-") or (name.startswith("trt-int8"))
-
-
 @dataclass
 class EvalPlan:
     data: str
@@ -535,6 +531,9 @@ def run_matrix(plan: BenchPlan, eval_labels: list[int] | None, console: Any = No
                 progress.update(overall, description=f"bench matrix: interrupted on {device}")
                 break
     rows = [r for name in plan.artifacts for d in plan.devices for r in by_device.get(d, []) if r["artifact"] == name]
+    stale = {path: stale_reason(path) for path in set(plan.artifacts.values())}  # hashes the chain: once per file
+    for row in rows:
+        row["stale"] = stale[Path(row["path"])]
     attach_latency_ratios(rows)
     if eval_labels is not None and not interrupted:
         attach_parent_comparison(rows, eval_labels, plan.max_drop)
@@ -587,7 +586,7 @@ def run_device_group(plan: BenchPlan, jobs: list[tuple[str, Path, str]], on_step
 
 
 def _assembled(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """A worker's result with what the parent knows: file size, manifest, rejection, staleness."""
+    """A worker's result with what the parent knows: file size, manifest, rejection."""
     path = Path(job["path"])
     result.update(artifact=job["name"], device=job["device"], path=str(path))
     result.setdefault("seconds", None)
@@ -596,7 +595,6 @@ def _assembled(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     result["float_parent"] = float_parent(job["name"])
     result.update(_manifest_info(path))
     mark_rejected(result, _manifest(path))
-    result["stale"] = stale_reason(path)
     return result
 
 

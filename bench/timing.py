@@ -241,9 +241,7 @@ class MachineProbe:
     Never BLAS: its thread pool stalls behind a runtime's spinning threads (0.2 ms or 30 ms at random).
     """
 
-    def __init__(self, threads: int | None = None):
-        self.threads = threads
-        self.kind = "numpy"
+    def __init__(self) -> None:
         self._run = _numpy_probe()
 
     def __call__(self, min_seconds: float = 0.02, min_iters: int = 10) -> float:

@@ -121,8 +121,7 @@ class ArtifactSession:
         self.skips = {skip["batch"]: skip["reason"] for skip in job.get("cell_skips") or []}
         self.errors: dict[int, str] = {}
         self.cells: dict[int, _CellTiming] = {}
-        # the machine probe runs with the CPU threads the row's runner uses (ONNX Runtime's default otherwise)
-        self.probe = MachineProbe(self.runner.threads if self.device == "cpu" else None)
+        self.probe = MachineProbe()
 
     def __enter__(self) -> ArtifactSession:
         self.runner.__enter__()
