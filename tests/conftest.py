@@ -33,6 +33,16 @@ def _camera_available() -> bool:
     return any(Path(f"/dev/video{i}").exists() for i in range(4)) and not os.environ.get("CI")
 
 
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """Name the running test in .pytest_cache/running-test: `make test` prints it when pytest dies by a signal."""
+    path = Path(__file__).resolve().parent.parent / ".pytest_cache" / "running-test"
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(nodeid + "\n")
+    except OSError:
+        pass  # a read-only checkout: the name is a convenience
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {
         "gpu": None if _cuda_available() else "needs a CUDA device: torch.cuda.is_available() is False here",

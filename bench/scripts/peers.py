@@ -8,7 +8,8 @@ NNCF's default would use 300 of them). Both write plain ONNX files without our m
 runners are built directly with the float model's PreprocessSpec.
 
 Timing: :func:`interleaved_rounds` times every runner for ``window_s`` in turn, ``rounds`` times,
-so the load of a shared machine hits all of them alike; speed-ups are medians of per-round ratios
+each round starting one runner later, so the load of a shared machine hits all of them alike and
+no runner always follows the same one; speed-ups are medians of per-round ratios
 (:func:`median_ratio`), with absolute milliseconds beside them.
 """
 
@@ -65,8 +66,13 @@ def interleaved_rounds(
     for _, runner in runners:
         for _ in range(warmup):
             runner.infer(batch)
-    for _ in range(rounds):
-        for label, runner in runners:
+    for round_index in range(rounds):
+        # Each round starts one path later, so no path always follows the same one (an ONNX Runtime
+        # pool still spinning, or a cache another path just filled, would favour or burden it), and
+        # one untimed call per window lets a path's threads wake before its clock starts.
+        shift = round_index % len(runners)
+        for label, runner in [*runners[shift:], *runners[:shift]]:
+            runner.infer(batch)
             calls, start = 0, time.perf_counter()
             while True:
                 t0 = time.perf_counter()

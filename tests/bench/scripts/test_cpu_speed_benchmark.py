@@ -100,3 +100,22 @@ def test_peers_table_has_every_quantizer_and_runtime(fashion_onnx_run: Path, tmp
     assert by_key["ours", "onnxruntime"]["quantize_s_from_manifest"] is True
     assert by_key["onnxruntime-default", "openvino"]["quantize_s"] > 0
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_interleaved_rounds_rotate_the_order_and_settle_each_path_untimed() -> None:
+    calls: list[str] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            calls.append(self.name)
+            return batch
+
+    runners = [(name, Recorder(name)) for name in "abc"]
+    timings = peers.interleaved_rounds(runners, np.zeros((2, 1)), rounds=3, window_s=1e-9, warmup=0)  # type: ignore[arg-type]
+    # each window: one untimed call, then the 3 timed calls the minimum asks for; round r starts at path r
+    windows = [calls[i] for i in range(0, len(calls), 4)]
+    assert windows == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(timings[name].per_round) == 3 and len(timings[name].latencies_ms) == 9 for name in "abc")
