@@ -394,3 +394,67 @@ def test_read_only_capture_is_stamped_around_read():
     assert len(frames) == 3
     assert all(f.grabbed_at <= f.captured_at for f in frames)
     assert all(f.source_ts_ms is None for f in frames)  # a live source reporting 0 reports nothing
+
+
+# ---- just-in-time preprocessing ---------------------------------------------------------------------
+
+
+def _tensor_of(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) / 255.0
+
+
+def test_a_source_faster_than_the_model_preprocesses_mostly_the_frames_the_model_takes():
+    # 240 frames at 400 FPS (2.5 ms apart) for a consumer busy 15 ms per frame: about one frame in
+    # six is taken; the reader preprocesses the ones due within two intervals of the consumer's return.
+    grabber = FrameGrabber(lambda: None, live=False, realtime_fps=400.0, preprocess=_tensor_of)
+    grabber.start(FakeCapture(240, fps=400.0))
+    taken = []
+    deadline = time.monotonic() + 10
+    while not grabber.finished and time.monotonic() < deadline:
+        frame = grabber.get(timeout=0.05)
+        if frame is not None:
+            assert frame.tensor is not None and frame.tensor.dtype == np.float32  # get() never hands out a raw frame
+            np.testing.assert_array_equal(frame.tensor, _tensor_of(frame.image))
+            taken.append(frame.index)
+            time.sleep(0.015)
+    stats = grabber.stats
+    assert stats.captured == 240 and 0 < len(taken) < 120
+    assert stats.dropped == stats.captured - len(taken)
+    assert stats.preprocessed + stats.preprocessed_on_take >= len(taken)
+    assert stats.preprocessed < stats.captured * 0.6  # eager preprocessing would have done all 240
+    assert stats.preprocessed_on_take <= len(taken)
+
+
+def test_every_frame_mode_preprocesses_every_frame_on_the_reader():
+    grabber = FrameGrabber(lambda: None, live=False, every_frame=True, preprocess=_tensor_of).start(FakeCapture(12))
+    frames = []
+    while not grabber.finished:
+        frame = grabber.get(timeout=0.05)
+        if frame is not None:
+            frames.append(frame)
+    assert [f.index for f in frames] == list(range(12)) and all(f.tensor is not None for f in frames)
+    assert grabber.stats.preprocessed == 12 and grabber.stats.preprocessed_on_take == 0
+
+
+@pytest.mark.parametrize(
+    ("waiting", "free_in_s", "expected"),
+    [
+        (True, 0.050, True),  # the consumer is waiting for a frame: this is the one
+        (False, 0.003, True),  # free before the next frame (4 ms away) arrives
+        (False, 0.007, True),  # free within two intervals: worth the work
+        (False, 0.030, False),  # several frames will replace this one first
+    ],
+)
+def test_the_reader_prepares_a_frame_only_when_the_consumer_will_take_it(waiting, free_in_s, expected):
+    grabber = FrameGrabber(lambda: None, live=True, preprocess=_tensor_of)
+    now = 100.0
+    grabber._frame_interval = 0.004  # a 250 FPS source
+    grabber._consumer_busy = 0.010
+    grabber._taken_at = now - 0.010 + free_in_s  # so the consumer is back at now + free_in_s
+    grabber._consumer_waiting = waiting
+    assert grabber._worth_preparing(now) is expected
+
+
+def test_with_nothing_measured_yet_every_frame_is_prepared():
+    grabber = FrameGrabber(lambda: None, live=True, preprocess=_tensor_of)
+    assert grabber._worth_preparing(time.monotonic()) is True
