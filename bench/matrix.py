@@ -3,8 +3,8 @@
 ``run_matrix(plan)`` measures one device at a time. For a device it starts a stepped worker
 (``python -m bench.worker --stepped``) per artifact and keeps them all alive: in each of R rounds
 every batch size is timed by every worker in turn (``LiveWorker.step``; the order rotates each
-round), so the rounds of an INT8 model and of its float parent are back to back and a ratio of the
-two is not a ratio of two moments. Then each worker measures single stream and accuracy alone. It
+round and runs backwards every other round), so the rounds of an INT8 model and of its float parent
+are back to back and a ratio of the two is not a ratio of two moments. Then each worker measures single stream and accuracy alone. It
 shows a progress bar and assembles the report dict (schema in ``bench.report``): timing cells per
 batch size with their rounds and intervals, the latency ratio to the float parent, single stream,
 peak memory, file size, staleness, and accuracy with the paired comparison against the float
@@ -552,7 +552,8 @@ class GroupInterrupted(KeyboardInterrupt):
 
 def run_device_group(plan: BenchPlan, jobs: list[tuple[str, Path, str]], on_step: Any = None) -> list[dict[str, Any]]:
     """Measure the artifacts of one device together: load every worker, then R rounds in which
-    each batch size is timed by every worker in turn (the order rotates each round), then finish.
+    each batch size is timed by every worker in turn (the order rotates each round and runs backwards
+    every other round), then finish.
 
     A worker that fails, hangs past ``plan.timeout_s`` of its own work, or cannot run here loses its
     row only. Ctrl-C stops them all and raises ``GroupInterrupted`` with the rows marked.
@@ -566,6 +567,7 @@ def run_device_group(plan: BenchPlan, jobs: list[tuple[str, Path, str]], on_step
         for r in range(plan.window.rounds):
             live = [w for w in workers if w.alive]
             order = live[r % len(live) :] + live[: r % len(live)] if live else []
+            order = order[::-1] if r % 2 else order  # backwards every other round: each follows both neighbours
             for batch in plan.batch_sizes:
                 for worker in order:
                     step(f"round {r + 1}/{plan.window.rounds} batch {batch} {worker.label}")

@@ -8,8 +8,8 @@ NNCF's default would use 300 of them). Both write plain ONNX files without our m
 runners are built directly with the float model's PreprocessSpec.
 
 Timing: :func:`interleaved_rounds` times every runner for ``window_s`` in turn, ``rounds`` times,
-each round starting one runner later, so the load of a shared machine hits all of them alike and
-no runner always follows the same one; speed-ups are medians of per-round ratios
+each round starting one runner later and every other round backwards, so the load of a shared
+machine hits all of them alike and no runner always follows the same one; speed-ups are medians of per-round ratios
 (:func:`median_ratio`), with absolute milliseconds beside them.
 """
 
@@ -67,11 +67,13 @@ def interleaved_rounds(
         for _ in range(warmup):
             runner.infer(batch)
     for round_index in range(rounds):
-        # Each round starts one path later, so no path always follows the same one (an ONNX Runtime
-        # pool still spinning, or a cache another path just filled, would favour or burden it), and
-        # one untimed call per window lets a path's threads wake before its clock starts.
+        # Each round starts one path later and every other round runs backwards, so each path follows
+        # both of its neighbours in turn, not always the same one (an ONNX Runtime pool still spinning
+        # after its window, or a cache another path just filled, would burden or favour it), and one
+        # untimed call per window lets a path's threads wake before its clock starts.
         shift = round_index % len(runners)
-        for label, runner in [*runners[shift:], *runners[:shift]]:
+        order = [*runners[shift:], *runners[:shift]]
+        for label, runner in order[::-1] if round_index % 2 else order:
             runner.infer(batch)
             calls, start = 0, time.perf_counter()
             while True:

@@ -115,7 +115,8 @@ def test_interleaved_rounds_rotate_the_order_and_settle_each_path_untimed() -> N
 
     runners = [(name, Recorder(name)) for name in "abc"]
     timings = peers.interleaved_rounds(runners, np.zeros((2, 1)), rounds=3, window_s=1e-9, warmup=0)  # type: ignore[arg-type]
-    # each window: one untimed call, then the 3 timed calls the minimum asks for; round r starts at path r
+    # each window: one untimed call, then the 3 timed calls the minimum asks for; round r starts at
+    # path r, odd rounds backwards: b follows a, then c, then a
     windows = [calls[i] for i in range(0, len(calls), 4)]
-    assert windows == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert windows == ["a", "b", "c", "a", "c", "b", "c", "a", "b"]
     assert all(len(timings[name].per_round) == 3 and len(timings[name].latencies_ms) == 9 for name in "abc")
