@@ -54,6 +54,10 @@ def summary_table(result: CameraResult) -> Any:
         ("inference p50 / p90 / p99 (ms)", " / ".join(format_figure(fig[f"inference_p{q}_ms"]) for q in (50, 90, 99))),
         ("preprocess p50 (ms)", format_figure(fig["preprocess_p50_ms"], 2)),
         ("frames captured / classified / dropped", f"{result.captured} / {result.classified} / {result.dropped}"),
+        (
+            "frames preprocessed by the capture thread / left raw but classified",
+            f"{result.preprocessed} / {result.preprocessed_on_take}",
+        ),
         ("source retries / reconnects", f"{result.retries} / {result.reconnects}"),
         ("threads", thread_summary(result)),
         ("ended because", result.end_reason),
