@@ -3,9 +3,9 @@
 ``run_matrix(plan)`` measures one device at a time. For a device it starts a stepped worker
 (``python -m bench.worker --stepped``) per artifact and keeps them all alive: in each of R rounds
 every batch size is timed by every worker in turn (``LiveWorker.step``; the order rotates each
-round and runs backwards every other round), so the rounds of an INT8 model and of its float parent
-are back to back and a ratio of the two is not a ratio of two moments. Then each worker measures single stream and accuracy alone. It
-shows a progress bar and assembles the report dict (schema in ``bench.report``): timing cells per
+round and runs backwards every other round: ``bench.timing.round_order``), so the rounds of an INT8
+model and of its float parent are back to back and a ratio of the two is not a ratio of two moments.
+Then each worker measures single stream and accuracy alone. It shows a progress bar and assembles the report dict (schema in ``bench.report``): timing cells per
 batch size with their rounds and intervals, the latency ratio to the float parent, single stream,
 peak memory, file size, staleness, and accuracy with the paired comparison against the float
 parent. A row that crashes, hangs or cannot run here is kept with its error or reason.
@@ -40,7 +40,7 @@ from typing import Any
 
 from bench.intervals import paired_ratio
 from bench.paired import paired_flips
-from bench.timing import TimingWindow
+from bench.timing import TimingWindow, round_order
 from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest, stale_reason
 from edge.errors import UserError
 from edge.run import RunDir
@@ -565,9 +565,7 @@ def run_device_group(plan: BenchPlan, jobs: list[tuple[str, Path, str]], on_step
             step(f"loading {worker.label}")
             worker.start()
         for r in range(plan.window.rounds):
-            live = [w for w in workers if w.alive]
-            order = live[r % len(live) :] + live[: r % len(live)] if live else []
-            order = order[::-1] if r % 2 else order  # backwards every other round: each follows both neighbours
+            order = round_order([w for w in workers if w.alive], r)
             for batch in plan.batch_sizes:
                 for worker in order:
                     step(f"round {r + 1}/{plan.window.rounds} batch {batch} {worker.label}")

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from edge.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,16 @@ def timed_loop(
 
 
 REWARM_S = 0.05  # before a round other than a cell's first: the caches another process cooled
+
+
+def round_order(items: Sequence[T], round_index: int) -> list[T]:
+    """The order of interleaved round ``round_index``: it starts one item later each round and runs
+    backwards every other round, so each item follows both of its neighbours in turn, not always the
+    same one (an ONNX Runtime pool still spinning after its window, or a cache another item just
+    filled, would burden or favour it)."""
+    shift = round_index % len(items) if items else 0
+    order = [*items[shift:], *items[:shift]]
+    return order[::-1] if round_index % 2 else order
 
 
 def round_window(window: TimingWindow) -> TimingWindow:

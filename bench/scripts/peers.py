@@ -7,10 +7,10 @@ ONNX Runtime's ``quantize_static`` (QDQ, per-tensor weights, MinMax) and NNCF's 
 NNCF's default would use 300 of them). Both write plain ONNX files without our manifest, so their
 runners are built directly with the float model's PreprocessSpec.
 
-Timing: :func:`interleaved_rounds` times every runner for ``window_s`` in turn, ``rounds`` times,
-each round starting one runner later and every other round backwards, so the load of a shared
-machine hits all of them alike and no runner always follows the same one; speed-ups are medians of per-round ratios
-(:func:`median_ratio`), with absolute milliseconds beside them.
+Timing: :func:`interleaved_rounds` times every runner for ``window_s`` in turn, ``rounds`` times
+(in ``bench.timing.round_order``: each round starts one runner later, every other round backwards),
+so the load of a shared machine hits all of them alike and no runner always follows the same one;
+speed-ups are medians of per-round ratios (:func:`median_ratio`), with absolute milliseconds beside them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.timing import round_order
 from edge.errors import MissingDependencyError, UserError
 from edge.runners.base import Runner
 from edge.spec import PreprocessSpec
@@ -67,14 +68,8 @@ def interleaved_rounds(
         for _ in range(warmup):
             runner.infer(batch)
     for round_index in range(rounds):
-        # Each round starts one path later and every other round runs backwards, so each path follows
-        # both of its neighbours in turn, not always the same one (an ONNX Runtime pool still spinning
-        # after its window, or a cache another path just filled, would burden or favour it), and one
-        # untimed call per window lets a path's threads wake before its clock starts.
-        shift = round_index % len(runners)
-        order = [*runners[shift:], *runners[:shift]]
-        for label, runner in order[::-1] if round_index % 2 else order:
-            runner.infer(batch)
+        for label, runner in round_order(runners, round_index):
+            runner.infer(batch)  # untimed: the path's threads wake before its clock starts
             calls, start = 0, time.perf_counter()
             while True:
                 t0 = time.perf_counter()

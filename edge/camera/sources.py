@@ -260,9 +260,9 @@ class FrameGrabber:
     slot only the frame the consumer will take is worth it: when the source is faster than the model
     most frames are replaced unseen, and preprocessing them took CPU from the model (a 224 px centre
     crop of a 640x480 frame costs about 1.7 ms, at 210 FPS a third of a core). The reader keeps
-    running estimates of the frame interval, of the consumer's time between takes and of the
-    preprocessing time, and preprocesses a frame only when the next one would come too late for the
-    consumer (:meth:`_worth_preparing`); a raw frame the consumer takes after all is preprocessed in
+    running estimates of the frame interval and of the consumer's time between takes, and
+    preprocesses a frame only when the consumer will be free within two intervals
+    (:meth:`_worth_preparing`); a raw frame the consumer takes after all is preprocessed in
     :meth:`get`. Every frame :meth:`get` returns has its tensor.
     """
 
@@ -301,7 +301,6 @@ class FrameGrabber:
         self._consumer_busy: float | None = None  # from a take to the consumer's next get()
         self._taken_at: float | None = None
         self._consumer_waiting = False
-        self._preprocess_cost = 0.0
 
     # ---- consumer side ------------------------------------------------------------------
     def start(self, capture: Any = None) -> "FrameGrabber":
@@ -469,7 +468,6 @@ class FrameGrabber:
         started = time.monotonic()
         frame.tensor = self._preprocess(frame.image)
         frame.preprocess_s = time.monotonic() - started
-        self._preprocess_cost = _ema(self._preprocess_cost, frame.preprocess_s)
 
     def _worth_preparing(self, now: float) -> bool:
         """Will the consumer take this frame (one-frame slot)? Yes when it is waiting, when nothing is

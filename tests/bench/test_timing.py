@@ -66,3 +66,13 @@ def test_the_machine_probe_reports_milliseconds():
     from bench.timing import machine_probe
 
     assert 0.0 < machine_probe(min_seconds=0.0, min_iters=3) < 1000.0
+
+
+def test_round_order_rotates_and_reverses_so_each_item_follows_both_neighbours():
+    from bench.timing import round_order
+
+    orders = [round_order("abcd", r) for r in range(4)]
+    assert orders == [list("abcd"), list("adcb"), list("cdab"), list("cbad")]
+    predecessors_of_b = {order[order.index("b") - 1] for order in orders if order.index("b") > 0}
+    assert predecessors_of_b == {"a", "c"}
+    assert round_order([], 3) == []
