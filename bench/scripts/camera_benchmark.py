@@ -8,7 +8,10 @@ the thread setting the camera chooses by itself give the best absolute FPS?
    least N calls and T seconds).
 2. ``--realtime`` on a video at 1.5x the fastest of those (faster than the model) with each fixed
    setting, and with the camera's own choice (measured on the first frames, the cache not used),
-   in ``--rounds`` interleaved rounds (the order rotates each round; figures are medians).
+   in ``--rounds`` interleaved rounds (the order rotates each round; figures are medians). Batch-1
+   is measured again in every round, right before its camera runs, and the camera's share of
+   batch-1 is the median of the rounds' ratios: this VM's speed drifts by tens of percent from one
+   minute to the next, so a ratio is only taken within one round.
    Targets: the choice's achieved FPS within 3% of the best fixed setting's and >= 90% of that
    setting's batch-1 throughput; latency p50 <= inference p50 + one frame interval + 5 ms (a fresh
    frame waits at most one interval for the model).
@@ -103,6 +106,16 @@ class Measured:
     def base_fps(self, setting: Any) -> float:
         return statistics.median(b["images_per_s"] for b in self.base[setting])
 
+    def of_batch1(self, setting: Any) -> float:
+        """The camera's achieved FPS over the batch-1 throughput measured in the same round, median
+        over the rounds (the camera's choice is set against the best fixed setting's batch-1)."""
+        reference = self.best_fixed if setting == AUTO else setting
+        ratios = [
+            (run.figures["achieved_fps"] or 0.0) / base["images_per_s"]
+            for run, base in zip(self.fast[setting], self.base[reference], strict=False)
+        ]
+        return statistics.median(ratios)
+
     def fps(self, setting: Any) -> float:
         return statistics.median(r.figures["achieved_fps"] or 0.0 for r in self.fast[setting])
 
@@ -163,10 +176,13 @@ def measure(args: argparse.Namespace, console: Any) -> Measured:
     settings: list[int | str | None] = [*candidates, AUTO] if len(candidates) > 1 else [*candidates]
     window = TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=3.0)
     base: dict[Any, list[dict[str, Any]]] = {s: [] for s in candidates}
-    for _ in range(args.rounds if len(candidates) > 1 else 1):
+
+    def measure_batch1(round_index: int) -> None:
         for threads in candidates:
-            with console.status(f"batch-1 throughput, {threads} threads"):
+            with console.status(f"round {round_index + 1}/{args.rounds}: batch-1 throughput, {threads} threads"):
                 base[threads].append(batch1_throughput(args.model, args.backend, args.device, threads, window))
+
+    measure_batch1(0)  # the first round's batch-1 figures also set the source rates
     measured = Measured(settings, base, 0.0, {s: [] for s in settings}, 0.0, rounds=args.rounds)
     measured.fast_fps = float(max(1, math.ceil(max(measured.base_fps(t) for t in candidates) * FAST_FACTOR)))
     measured.slow_fps = float(max(1, math.floor(min(measured.base_fps(t) for t in candidates) * SLOW_FACTOR)))
@@ -178,6 +194,10 @@ def measure(args: argparse.Namespace, console: Any) -> Measured:
             for fps in (measured.fast_fps, measured.slow_fps)
         )
         for round_index in range(args.rounds):
+            if round_index > 0:
+                # Batch-1 again in every round, right before its camera runs: this VM's speed drifts by
+                # tens of percent between minutes, so a camera/batch-1 ratio is taken within one round.
+                measure_batch1(round_index)
             order = settings[round_index % len(settings) :] + settings[: round_index % len(settings)]
             measured.order.append(order)
             for setting in order:
@@ -207,14 +227,14 @@ def evaluate(measured: Measured) -> list[dict[str, Any]]:
                 "ok": auto >= BEST_SHARE * best_fps,
             }
         )
-        share, reference = auto / best_base, f"{best_base:.1f} img/s ({best} threads)"
+        share, reference = measured.of_batch1(AUTO), f"{best_base:.1f} img/s ({best} threads)"
     else:
         auto, base_fps = measured.fps(subject), measured.base_fps(subject)
-        share, reference = auto / base_fps, f"{base_fps:.1f} img/s"
+        share, reference = measured.of_batch1(subject), f"{base_fps:.1f} img/s"
     targets.append(
         {
-            "target": f"source {fast_fps:g} FPS: achieved FPS >= {THROUGHPUT_SHARE:.0%} of batch-1 throughput",
-            "measured": f"{auto:.1f} FPS = {share:.1%} of {reference}",
+            "target": f"source {fast_fps:g} FPS: achieved FPS >= {THROUGHPUT_SHARE:.0%} of batch-1 throughput (same round)",
+            "measured": f"{auto:.1f} FPS = {share:.1%} of {reference} (medians; the ratio is the median of the rounds' ratios)",
             "ok": share >= THROUGHPUT_SHARE,
         }
     )
@@ -294,14 +314,13 @@ def figures_table(model: str, device: str, measured: Measured) -> Any:
         )
     for setting in measured.settings:
         runs = measured.fast[setting]
-        reference = best if setting == AUTO else setting
         name = f"camera --realtime {measured.fast_fps:g} FPS, {_label(setting)}"
         if setting == AUTO:
             name += f" (chose {', '.join(str(r.threads.get('threads')) for r in runs)})"
         table.add_row(
             name,
             f"{measured.fps(setting):.1f} ({'; '.join(_fps(r) for r in runs)})",
-            f"{measured.fps(setting) / measured.base_fps(reference):.1%}",
+            f"{measured.of_batch1(setting):.1%}",
             f"{measured.fps(setting) / measured.fps(best):.1%}" if len(measured.fixed) > 1 else "-",
             f"{measured.median(setting, 'inference_p50_ms') or 0:.1f}",
             f"{measured.median(setting, 'latency_p50_ms') or 0:.1f}",

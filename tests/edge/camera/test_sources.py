@@ -388,6 +388,44 @@ def test_video_file_frames_carry_the_container_timestamp(tmp_path):
     assert all(f.grabbed_at <= f.captured_at for f in frames)
 
 
+def test_video_files_are_decoded_on_one_ffmpeg_thread(tmp_path):
+    import cv2
+
+    from edge.camera.demo import write_demo_video
+
+    video = write_demo_video(tmp_path / "clip.mp4", size=(64, 48), fps=8, seconds_per_photo=0.5, photos=_tiny_photos())
+    capture = open_capture(parse_source(str(video.path)))
+    try:
+        assert capture.getBackendName() == "FFMPEG"
+        assert capture.get(cv2.CAP_PROP_N_THREADS) == 1
+        assert capture.read()[1].shape == (48, 64, 3)
+    finally:
+        capture.release()
+
+
+def test_a_file_ffmpeg_cannot_open_falls_back_to_opencvs_choice(monkeypatch):
+    import cv2
+
+    from edge.camera import sources
+
+    calls = []
+
+    class Capture:
+        def __init__(self, *args):
+            calls.append(args)
+
+        def isOpened(self):
+            return len(calls) > 1  # FFmpeg (first call) refuses; the plain open succeeds
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", Capture)
+    capture = sources.open_file(cv2, "frames/%04d.png")
+    assert capture.isOpened()
+    assert calls == [("frames/%04d.png", cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1]), ("frames/%04d.png",)]
+
+
 def test_read_only_capture_is_stamped_around_read():
     grabber = FrameGrabber(lambda: FakeCapture(0), live=True, every_frame=True, retry=RetryPolicy(retries=0))
     frames = take_frames(grabber.start(FakeCapture(3)))
