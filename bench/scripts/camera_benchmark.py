@@ -26,10 +26,12 @@ job can gate on it). Absolute figures depend on the machine and on what else run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from bench.timing import OthersCpu, TimingWindow, time_calls
 from edge.artifacts import atomic_write_json
 from edge.camera.demo import DemoVideo, write_demo_video
 from edge.camera.session import CameraOptions, CameraResult, inference_threads, run_camera
+from edge.camera.threads import Setting, setting_label, streams_of, threads_of
 from edge.errors import UserError
 from edge.photos import photos
 from edge.runners import BACKENDS, DEVICES, select_runner
@@ -51,19 +54,38 @@ CONTENDED = 0.10  # other processes used more than this share of the CPUs: the F
 AUTO = "auto"
 
 
-def batch1_throughput(model: str, backend: str, device: str, threads: int | None, window: TimingWindow) -> dict[str, Any]:
-    """Images/s and per-call latency of batch-1 inference on a preprocessed photo."""
-    runner = select_runner(model, device=device, backend=backend, threads=threads)
-    with runner:
-        batch = runner.spec.apply(photos(["cat"])["cat"])[None]
+def batch1_throughput(model: str, backend: str, device: str, setting: Setting | None, window: TimingWindow) -> dict[str, Any]:
+    """Images/s and per-call latency of batch-1 inference on a preprocessed photo, as ``edge bench``
+    times it (spinning threads). A setting of S streams runs S runners side by side, one thread each
+    calling its own: images/s is their sum over the same window, the p50 the median of theirs."""
+    streams = 1 if setting is None else streams_of(setting)
+    threads = None if setting is None else threads_of(setting)
+    runners = [select_runner(model, device=device, backend=backend, threads=threads) for _ in range(streams)]
+    with contextlib.ExitStack() as stack:
+        for runner in runners:
+            stack.enter_context(runner)
+        batch = runners[0].spec.apply(photos(["cat"])["cat"])[None]
+        results: list[Any] = [None] * streams
+
+        def timed(index: int) -> None:
+            runner = runners[index]
+            results[index], _ = time_calls(lambda _i: runner.infer(batch), window, items_per_call=1)
+
         with OthersCpu() as others:
-            stats, _ = time_calls(lambda _i: runner.infer(batch), window, items_per_call=1)
+            workers = [threading.Thread(target=timed, args=(i,)) for i in range(streams)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        if any(r is None for r in results):
+            raise UserError(f"batch-1 timing of {setting} failed in one of its streams")
         return {
-            "images_per_s": stats.items_per_s,
-            "p50_ms": stats.p50_ms,
-            "samples": stats.samples,
-            "threads": runner.threads,
-            "runner": runner.describe(),
+            "images_per_s": sum(r.items_per_s for r in results),
+            "p50_ms": statistics.median(r.p50_ms for r in results),
+            "samples": sum(r.samples for r in results),
+            "threads": runners[0].threads,
+            "streams": streams,
+            "runner": runners[0].describe(),
             "others_cpu": others.fraction,
         }
 
@@ -73,13 +95,13 @@ def camera_run(
 ) -> tuple[CameraResult, float | None]:
     """``edge camera --realtime`` on ``video`` with a fixed thread setting, or the camera's own choice;
     with the share of the CPUs that other processes used meanwhile."""
-    threads = None if setting == AUTO else setting
-    assert threads is None or isinstance(threads, int)
+    fixed = None if setting == AUTO else setting
     options = CameraOptions(
         source=str(video.path),
         backend=args.backend,
         device=args.device,
-        threads=threads,
+        threads=None if fixed is None else threads_of(fixed),
+        streams=None if fixed is None else streams_of(fixed),
         realtime=True,
         quiet=True,
         thread_cache=False,  # the choice is measured in every run, as on a machine that has not seen the model
@@ -157,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="measure only this thread setting (default: the camera's candidates and its choice)",
     )
+    parser.add_argument("--streams", type=int, default=None, help="measure only this many streams (of --threads threads each; default half the cores)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each camera run (default 10)")
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds of the camera runs; medians are shown (default 3)"
@@ -171,15 +194,15 @@ def measure(args: argparse.Namespace, console: Any) -> Measured:
     width, height = (int(v) for v in args.size.lower().split("x"))  # ValueError: a bad --size
     if args.seconds <= 0 or args.rounds < 1:
         raise UserError(f"--seconds must be positive and --rounds at least 1, got {args.seconds} and {args.rounds}")
-    chosen_from = inference_threads(CameraOptions(device=args.device, threads=args.threads))
-    candidates: list[int | None] = list(chosen_from) if chosen_from else [None]
-    settings: list[int | str | None] = [*candidates, AUTO] if len(candidates) > 1 else [*candidates]
+    chosen_from = inference_threads(CameraOptions(device=args.device, threads=args.threads, streams=args.streams), one_slot=True)
+    candidates: list[Setting | None] = list(chosen_from) if chosen_from else [None]
+    settings: list[Setting | None] = [*candidates, AUTO] if len(candidates) > 1 else [*candidates]
     window = TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=3.0)
     base: dict[Any, list[dict[str, Any]]] = {s: [] for s in candidates}
 
     def measure_batch1(round_index: int) -> None:
         for threads in candidates:
-            with console.status(f"round {round_index + 1}/{args.rounds}: batch-1 throughput, {threads} threads"):
+            with console.status(f"round {round_index + 1}/{args.rounds}: batch-1 throughput, {setting_label(threads)}"):
                 base[threads].append(batch1_throughput(args.model, args.backend, args.device, threads, window))
 
     measure_batch1(0)  # the first round's batch-1 figures also set the source rates
@@ -227,7 +250,7 @@ def evaluate(measured: Measured) -> list[dict[str, Any]]:
                 "ok": auto >= BEST_SHARE * best_fps,
             }
         )
-        share, reference = measured.of_batch1(AUTO), f"{best_base:.1f} img/s ({best} threads)"
+        share, reference = measured.of_batch1(AUTO), f"{best_base:.1f} img/s ({setting_label(best)})"
     else:
         auto, base_fps = measured.fps(subject), measured.base_fps(subject)
         share, reference = measured.of_batch1(subject), f"{base_fps:.1f} img/s"
@@ -278,7 +301,7 @@ def _fps(result: CameraResult) -> str:
 def _label(setting: Any) -> str:
     if setting == AUTO:
         return "camera's choice"
-    return "backend default threads" if setting is None else f"{setting} thread{'s' if setting != 1 else ''}"
+    return setting_label(setting)
 
 
 def figures_table(model: str, device: str, measured: Measured) -> Any:

@@ -53,9 +53,12 @@ def load_thread_choice(key: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     entry = entries.get(key) if isinstance(entries, dict) else None
-    if not isinstance(entry, dict) or not isinstance(entry.get("threads"), int) or entry["threads"] < 1:
+    if not isinstance(entry, dict) or isinstance(entry.get("threads"), bool):
         return None
-    return entry
+    from edge.camera.threads import parse_setting
+
+    setting = parse_setting(entry.get("threads")) if isinstance(entry.get("threads"), (int, str)) else None
+    return None if setting is None else {**entry, "threads": setting}
 
 
 def store_thread_choice(key: str, entry: dict[str, Any]) -> Path:

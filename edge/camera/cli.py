@@ -10,8 +10,10 @@ newest frame, dropping and counting older ones, so latency stays near one frame 
 --every-frame classifies every frame in order (deterministic replay; what a file gets without
 --realtime). At the end it prints achieved FPS, inference-only FPS, grab-to-result latency
 percentiles (from the moment a frame is grabbed, before decode), dropped frames and the thread
-setting with how it was chosen (--threads, else measured on the first frames or cached for this
-machine and model: edge.camera.threads); --serve shows the same live in a browser and keeps
+setting with how it was chosen (--threads/--streams, else measured on the first frames or cached
+for this machine and model: edge.camera.threads). With the newest frame only, two streams can
+classify two frames side by side, each on its own runner (--streams 2, or the measured choice); a
+result that finishes after a newer frame's is logged to the JSONL but not drawn. --serve shows the same live in a browser and keeps
 serving the last frame after the source ends, until Ctrl-C. Without a display, --show falls back to headless. Ctrl-C ends the run
 after the current frame: the recording is playable and the JSONL complete (a second Ctrl-C stops at
 once). The exit status follows the first reason to stop: 130 for Ctrl-C, 1 for a source that
@@ -59,6 +61,11 @@ def summary_table(result: CameraResult) -> Any:
             f"{result.preprocessed} / {result.preprocessed_on_take}",
         ),
         ("source retries / reconnects", f"{result.retries} / {result.reconnects}"),
+        *(
+            [("results after a newer frame's (two streams; logged, not drawn)", str(result.out_of_order))]
+            if result.out_of_order
+            else []
+        ),
         ("threads", thread_summary(result)),
         ("ended because", result.end_reason),
     ]
@@ -97,8 +104,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="inference threads (default on CPU: all physical cores or all but one, whichever gives more FPS, "
-        "measured on the first frames and cached in ~/.cache/edge-harness for this machine and model)",
+        help="inference threads per stream (default on CPU: all physical cores, all but one, or two streams of half "
+        "the cores each, whichever gives more FPS, measured on the first frames and cached in ~/.cache/edge-harness "
+        "for this machine and model)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="classify this many frames side by side, each on its own runner (CPU; a live source or --realtime; "
+        "default: measured with the threads, see --threads)",
     )
     parser.add_argument("--topk", type=int, default=3, help="classes shown per frame (default 3)")
     mode = parser.add_argument_group("frame handling")
@@ -140,6 +155,7 @@ def options_from_args(args: argparse.Namespace) -> CameraOptions:
         backend=args.backend,
         device=args.device,
         threads=args.threads,
+        streams=args.streams,
         topk=args.topk,
         every_frame=args.every_frame,
         realtime=args.realtime,

@@ -4,8 +4,9 @@
 preprocesses (the artifact's own PreprocessSpec) while the model works on the previous frame, and
 returns the figures (:class:`CameraResult`). Live sources and --realtime files hand the model only
 the newest frame, dropping and counting older ones; --every-frame classifies every frame in order.
-The model's thread setting is ``--threads``, else chosen on the first frames or read from the cache
-(:mod:`edge.camera.threads`). With --serve a run that ended on its own keeps serving its last frame
+The model's thread setting is ``--threads``/``--streams``, else chosen on the first frames or read
+from the cache (:mod:`edge.camera.threads`); with two streams the main thread and a second one each
+take the newest frame and classify it on their own runner, and the results are handed on under a lock. With --serve a run that ended on its own keeps serving its last frame
 until Ctrl-C. The `edge camera` command is :mod:`edge.camera.cli`.
 """
 
@@ -36,7 +37,17 @@ from edge.camera.sources import (
     open_capture,
     parse_source,
 )
-from edge.camera.threads import MEASURED_BACKENDS, ThreadChoice, ThreadProbe, thread_cache_key, thread_candidates
+from edge.camera.threads import (
+    MEASURED_BACKENDS,
+    Setting,
+    ThreadChoice,
+    ThreadProbe,
+    setting_of,
+    streams_of,
+    thread_cache_key,
+    thread_candidates,
+    threads_of,
+)
 from edge.errors import UserError, require
 
 LIVE_WINDOW = 300  # results behind the live statistics (the final summary uses all of them)
@@ -54,6 +65,7 @@ class CameraOptions:
     backend: str = "auto"
     device: str = "cpu"
     threads: int | None = None
+    streams: int | None = None  # inference streams side by side (None: measured on CPU with the threads)
     topk: int = 3
     every_frame: bool = False
     realtime: bool = False
@@ -69,6 +81,20 @@ class CameraOptions:
     thread_cache: bool = True  # reuse (and store) the thread choice measured for this machine and model
 
     def validate(self, source: SourceSpec) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.streams is not None and self.streams < 1:
+            raise UserError(f"--streams must be at least 1, got {self.streams}")
+        if self.streams is not None and self.streams > 1:
+            if self.device != "cpu":
+                raise UserError(f"--streams is for --device cpu (got --device {self.device}): use one stream")
+            if self.show:
+                raise UserError("--streams with --show: the window is drawn by one thread; use --serve or --record to watch")
+            if not self.one_slot(source):
+                raise UserError(
+                    f"--streams {self.streams} classifies frames side by side, which needs a live source or --realtime "
+                    "(every frame in order, as a file is read by default or with --every-frame, runs one stream)"
+                )
         if self.topk < 1:
             raise UserError(f"--topk must be at least 1, got {self.topk}")
         if self.max_frames is not None and self.max_frames < 1:
@@ -86,6 +112,10 @@ class CameraOptions:
             from edge.camera.server import parse_address
 
             parse_address(self.serve)
+
+    def one_slot(self, source: SourceSpec) -> bool:
+        """True when the model gets the newest frame only (a live source or --realtime), not every frame in order."""
+        return not self.every_frame and (source.live or self.realtime)
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -159,6 +189,7 @@ class CameraResult:
     paced: bool = True  # False: a file read as fast as the model takes frames (its latency is mostly queueing)
     preprocessed: int = 0  # frames the capture thread preprocessed (the others were replaced before the model was free)
     preprocessed_on_take: int = 0  # of the classified frames, those the capture thread had left raw
+    out_of_order: int = 0  # results (two streams) that came after a newer frame's: counted and logged, not drawn
 
     @property
     def interrupted(self) -> bool:
@@ -184,6 +215,7 @@ class CameraResult:
             paced=self.paced,
             preprocessed=self.preprocessed,
             preprocessed_on_take=self.preprocessed_on_take,
+            out_of_order=self.out_of_order,
         )
         return data
 
@@ -204,23 +236,29 @@ def resolve_source(options: CameraOptions) -> tuple[SourceSpec, float | None]:
     return SourceSpec("demo", "file", str(video.path), live=False), video.fps
 
 
-def inference_threads(options: CameraOptions) -> list[int] | None:
-    """The thread counts the model may get: ``[--threads]``; on CPU the candidates the camera measures
-    (all physical cores, all but one: :func:`edge.camera.threads.thread_candidates`); None elsewhere
-    (on CUDA the host threads matter little and the backend keeps its own default)."""
-    if options.threads is not None:
-        return [options.threads]
-    if options.device != "cpu":
-        return None
+def inference_threads(options: CameraOptions, one_slot: bool = True) -> list[Setting] | None:
+    """The settings the model may get: ``[--threads/--streams]``; on CPU the candidates the camera
+    measures (all physical cores, all but one, and with ``one_slot`` (the newest frame only: a live
+    source or --realtime; not --show) two streams of half the cores each:
+    :func:`edge.camera.threads.thread_candidates`); None elsewhere (on CUDA the host threads matter
+    little and the backend keeps its own default)."""
     from edge.runners.onnxruntime_runner import physical_cores
 
-    return thread_candidates(physical_cores())
+    if options.threads is not None or options.streams is not None:
+        streams = options.streams or 1
+        return [setting_of(streams, options.threads or max(1, physical_cores() // streams))]
+    if options.device != "cpu":
+        return None
+    return thread_candidates(physical_cores(), streams=one_slot and not options.show)
 
 
-def plan_threads(model: str | Path, options: CameraOptions, capture: Any) -> tuple[dict[int | None, Any], ThreadChoice]:
-    """The runner(s) to start with and the choice so far: one runner when the setting is fixed
-    (``--threads``, not CPU, one core, a backend that cannot run two settings side by side, a cached
-    choice), else one runner per candidate and ``how == "measuring"`` (:class:`ThreadProbe` decides)."""
+def plan_threads(
+    model: str | Path, options: CameraOptions, capture: Any, one_slot: bool = True
+) -> tuple[dict[Setting | None, list[Any]], ThreadChoice]:
+    """The runners to start with, per setting (one runner per stream), and the choice so far: one
+    setting when it is fixed (``--threads``/``--streams``, not CPU, one core, a backend that cannot
+    run two settings side by side, a cached choice), else every candidate and ``how == "measuring"``
+    (:class:`ThreadProbe` decides)."""
     from edge.runners import select_runner
 
     def make(threads: int | None) -> Any:
@@ -232,34 +270,49 @@ def plan_threads(model: str | Path, options: CameraOptions, capture: Any) -> tup
         runner.spin_wait = False
         return runner
 
-    candidates = inference_threads(options)
+    def make_setting(setting: Setting, first: Any = None) -> list[Any]:
+        runners = [first] if first is not None else []
+        return runners + [make(threads_of(setting)) for _ in range(streams_of(setting) - len(runners))]
+
+    candidates = inference_threads(options, one_slot)
     if candidates is None:
-        return {None: make(None)}, ThreadChoice(None, "backend default")
-    first = make(candidates[0])
-    if options.threads is not None:
-        return {options.threads: first}, ThreadChoice(options.threads, "--threads")
+        return {None: [make(None)]}, ThreadChoice(None, "backend default")
+    first = make(threads_of(candidates[0]))
+    if first.backend not in MEASURED_BACKENDS and any(streams_of(c) > 1 for c in candidates):
+        if options.streams is not None:
+            first.deactivate()
+            raise UserError(
+                f"--streams needs a backend whose threads belong to one runner (onnxruntime, openvino), not {first.backend}"
+            )
+        candidates = [c for c in candidates if streams_of(c) == 1]
+    if options.threads is not None or options.streams is not None:
+        how = "--threads" if options.streams is None else "--streams" if options.threads is None else "--threads --streams"
+        return {candidates[0]: make_setting(candidates[0], first)}, ThreadChoice(candidates[0], how)
     if len(candidates) == 1:
-        return {candidates[0]: first}, ThreadChoice(candidates[0], "only one core")
+        return {candidates[0]: [first]}, ThreadChoice(candidates[0], "only one core")
     if first.backend not in MEASURED_BACKENDS:
         why = f"every core; not measured: {first.backend} sets threads for the whole process"
-        return {candidates[0]: first}, ThreadChoice(candidates[0], why)
-    key = _thread_key(first, options, capture) if options.thread_cache else None
+        return {candidates[0]: [first]}, ThreadChoice(candidates[0], why)
+    key = _thread_key(first, options, capture, candidates) if options.thread_cache else None
     cached = load_thread_choice(key) if key is not None else None
     if cached is not None and cached["threads"] in candidates:
         choice = ThreadChoice.from_dict({**cached, "how": "cached", "cache": str(thread_choices_path()), "key": key})
-        runner = first if choice.threads == candidates[0] else make(choice.threads)
-        return {choice.threads: runner}, choice
-    runners: dict[int | None, Any] = {candidates[0]: first}
-    runners.update({t: make(t) for t in candidates[1:]})
+        assert choice.threads is not None
+        reuse = first if threads_of(choice.threads) == threads_of(candidates[0]) else None
+        if reuse is None:
+            first.deactivate()
+        return {choice.threads: make_setting(choice.threads, reuse)}, choice
+    runners: dict[Setting | None, list[Any]] = {candidates[0]: make_setting(candidates[0], first)}
+    runners.update({t: make_setting(t) for t in candidates[1:]})
     return runners, ThreadChoice(None, "measuring", key=key)
 
 
-def _thread_key(runner: Any, options: CameraOptions, capture: Any) -> str:
+def _thread_key(runner: Any, options: CameraOptions, capture: Any, candidates: list[Setting]) -> str:
     from edge.artifacts import manifest_path, read_manifest, sha256_file
 
     sha = read_manifest(runner.path).sha256 if manifest_path(runner.path).exists() else sha256_file(runner.path)
     width, height = int(capture.get(3) or 0), int(capture.get(4) or 0)  # CAP_PROP_FRAME_WIDTH / HEIGHT
-    return thread_cache_key(sha, runner.backend, options.device, (width, height) if width and height else None)
+    return thread_cache_key(sha, runner.backend, options.device, (width, height) if width and height else None, candidates)
 
 
 def run_camera(
@@ -284,7 +337,7 @@ def run_camera(
     source, _ = resolve_source(options)
     capture = open_capture(source, read_timeout_s=options.retry.stall_timeout_s / 2)
     try:
-        runners, choice = plan_threads(model, options, capture)
+        runners, choice = plan_threads(model, options, capture, one_slot=options.one_slot(source))
     except BaseException:
         capture.release()
         raise
@@ -335,15 +388,18 @@ class _Session:
 
     def __init__(
         self,
-        runners: dict[int | None, Any],
+        runners: dict[Setting | None, list[Any]],
         threads: ThreadChoice,
         source: SourceSpec,
         options: CameraOptions,
         stop: threading.Event,
         console: Any,
     ):
-        self.runners = runners  # thread count -> runner: one, or the candidates while they are measured
-        self.runner = next(iter(runners.values()))
+        # setting -> its runners (one per stream): one setting, or the candidates while they are measured
+        self.runners = runners
+        self._all_runners = dict(runners)  # every runner started, released at the end
+        self._kept: Setting | None = next(iter(runners))  # the setting in use once none is being measured
+        self.runner = runners[self._kept][0]
         self.spec = self.runner.spec
         self.threads = threads
         self.probe: ThreadProbe | None = None
@@ -370,6 +426,13 @@ class _Session:
         self._cv2_threads: int | None = None
         self._count_position = False  # the progress counts the position in the file, not classified frames
         self._last_index = -1
+        # Two streams classify frames side by side: the results are handled under this lock, and one
+        # that finishes after a newer frame's is counted (and logged) but not drawn.
+        self._lock = threading.Lock()
+        self._helper: threading.Thread | None = None
+        self._helper_error: BaseException | None = None
+        self._retired: set[Setting | None] = set()  # settings the measurement did not keep
+        self.out_of_order = 0
         self._finished = False
         self._source_ended = False
         self._ended_at: float | None = None
@@ -393,12 +456,13 @@ class _Session:
         # would fight them (more threads than cores) and slow both down.
         self._cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
-        for runner in self.runners.values():
-            runner.activate()
-            # The first call pays for lazy initialisation (allocations, kernel selection); keep it out of the figures.
-            runner.infer(np.zeros((1, *self.spec.input_shape), dtype=np.float32))
+        for runners in self.runners.values():
+            for runner in runners:
+                runner.activate()
+                # The first call pays for lazy initialisation (allocations, kernel selection); keep it out of the figures.
+                runner.infer(np.zeros((1, *self.spec.input_shape), dtype=np.float32))
         if self.threads.how == "measuring":
-            self.probe = ThreadProbe({t: r for t, r in self.runners.items() if t is not None})
+            self.probe = ThreadProbe({t: rs[0] for t, rs in self.runners.items() if t is not None})
         fps_declared = capture_fps(capture)
         every_frame = options.every_frame or (not source.live and not options.realtime)
         realtime_fps = None
@@ -430,6 +494,9 @@ class _Session:
             self._notice(f"serving the annotated stream on {self.server.url}")
         self._start_progress(self._progress_total(capture, every_frame))
         self.grabber.start(capture)
+        if any(t is not None and streams_of(t) > 1 for t in self.runners):
+            self._helper = threading.Thread(target=self._helper_loop, name="edge-camera-stream-2", daemon=True)
+            self._helper.start()
         if on_ready is not None:
             on_ready({"url": self.server.url if self.server else None})
 
@@ -474,49 +541,108 @@ class _Session:
         return self._last_index + 1 if self._count_position else self.metrics.classified
 
     # ---- the loop -------------------------------------------------------------------------
+    def setting(self) -> Setting | None:
+        """The setting that classifies the next frames (the probe's while it measures)."""
+        probe = self.probe
+        return probe.threads if probe is not None else self._kept
+
     def loop(self) -> None:
+        """The main thread's stream: take the newest frame, classify it, hand the result on."""
         assert self.grabber is not None
         options, grabber = self.options, self.grabber
         deadline = self.started + options.duration if options.duration else None
         stall_limit = options.retry.stall_timeout_s
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self._end_reasons:
             frame = grabber.get(timeout=0.05)
             if frame is None:
                 if grabber.finished:
                     self._source_ended = True
                     self.end(grabber.stats.end_reason or "source ended")
-                    return
-                if grabber.stalled_for() > stall_limit:
+                elif grabber.stalled_for() > stall_limit:
                     self.end(f"source stalled: a read blocked for more than {stall_limit:g} s")
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
+                elif deadline is not None and time.monotonic() >= deadline:
                     self.end(f"duration of {options.duration:g} s reached")
-                    return
                 continue
-            assert frame.tensor is not None  # get() returns every frame preprocessed
-            runner = self.probe.runner() if self.probe is not None else self.runner
-            t1 = time.monotonic()
-            logits = runner.infer(frame.tensor[None])
-            t2 = time.monotonic()
-            predictions = top_k(logits[0], self.spec.labels, options.topk)
-            result_at = time.monotonic()
-            self.metrics.add(result_at - frame.grabbed_at, t2 - t1, frame.preprocess_s, result_at)
-            self._last_index, self._last_predictions = frame.index, predictions
-            if self.probe is not None and self.probe.record(result_at, result_at - frame.grabbed_at):
-                self._keep_threads(self.probe)
-            if not self._emit(frame, predictions, result_at, t2 - t1):
-                self.end("window closed")
-                return
-            if options.max_frames is not None and self.metrics.classified >= options.max_frames:
-                self.end(f"{options.max_frames} frames classified")
-                return
-            if deadline is not None and result_at >= deadline:
-                self.end(f"duration of {options.duration:g} s reached")
-                return
+            self._classify(frame, 0, self.setting())
+        self._stop_helper()
+        if self._helper_error is not None:
+            raise self._helper_error
         self.end("stopped")
 
-    def _emit(self, frame: Frame, predictions: list[Prediction], result_at: float, inference_s: float) -> bool:
-        """Hand one result to every output; False when the user closed the window."""
+    def _helper_loop(self) -> None:
+        """The second stream's thread: it takes frames while the setting in use has two streams."""
+        assert self.grabber is not None
+        try:
+            while not self.stop.is_set() and not self._end_reasons:
+                setting = self.setting()
+                if setting is None or streams_of(setting) < 2:
+                    self.grabber.leave()  # while idle, this stream's next free time must not steer the reader
+                    if self.probe is None:
+                        break  # one stream was kept
+                    time.sleep(0.002)  # the measurement is on a one-stream setting
+                    continue
+                frame = self.grabber.get(timeout=0.05)
+                if frame is not None:
+                    self._classify(frame, 1, setting)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self._helper_error = exc
+            self.end(f"inference error in the second stream: {type(exc).__name__}")
+        finally:
+            self.grabber.leave()
+            self._release_retired(1)
+
+    def _stop_helper(self) -> None:
+        """Wait for the second stream to hand on the frame in hand (it stops once a reason to end is recorded)."""
+        if self._helper is not None:
+            if not self._end_reasons:
+                self.end("stopped")
+            self._helper.join(10.0)
+
+    def stop_streams(self) -> None:
+        self._stop_helper()
+
+    def _classify(self, frame: Frame, stream: int, setting: Setting | None) -> None:
+        """Classify ``frame`` on ``stream``'s runner of ``setting``, then hand the result on (under the lock)."""
+        assert frame.tensor is not None  # get() returns every frame preprocessed
+        runner = self._all_runners[setting][stream]
+        t1 = time.monotonic()
+        logits = runner.infer(frame.tensor[None])
+        t2 = time.monotonic()
+        predictions = top_k(logits[0], self.spec.labels, self.options.topk)
+        with self._lock:
+            result_at = time.monotonic()
+            if self.options.max_frames is not None and self.metrics.classified >= self.options.max_frames:
+                return  # the other stream reached the limit while this frame was classified
+            self.metrics.add(result_at - frame.grabbed_at, t2 - t1, frame.preprocess_s, result_at)
+            in_order = frame.index > self._last_index
+            if in_order:
+                self._last_index, self._last_predictions = frame.index, predictions
+            else:
+                self.out_of_order += 1
+            if self.probe is not None and self.probe.record(result_at, result_at - frame.grabbed_at, setting):
+                self._keep_threads(self.probe)
+            if not self._emit(frame, predictions, result_at, t2 - t1, drawn=in_order):
+                self.end("window closed")
+            options = self.options
+            if options.max_frames is not None and self.metrics.classified >= options.max_frames:
+                self.end(f"{options.max_frames} frames classified")
+            if options.duration and result_at >= self.started + options.duration:
+                self.end(f"duration of {options.duration:g} s reached")
+        self._release_retired(stream)
+
+    def _release_retired(self, stream: int) -> None:
+        """Release this stream's runners of the settings the measurement did not keep. Each stream's
+        runners are used by its own thread only, so that thread releases them, between two calls."""
+        for setting in list(self._retired):
+            runners = self._all_runners.get(setting, [])
+            if stream < len(runners):
+                runners[stream].deactivate()
+
+    def _emit(
+        self, frame: Frame, predictions: list[Prediction], result_at: float, inference_s: float, drawn: bool = True
+    ) -> bool:
+        """Hand one result to every output; False when the user closed the window. A result that is
+        not ``drawn`` (older than one already shown) goes to the JSONL log only."""
         if result_at - self._last_stats >= 0.25:  # live figures a few times a second, not per frame
             self._last_stats = result_at
             self._stats = self.live_stats(predictions)
@@ -538,7 +664,7 @@ class _Session:
                     source_ts_ms=frame.source_ts_ms,
                 )
             )
-        if self.recorder is None and self.server is None and self.window is None:
+        if not drawn or (self.recorder is None and self.server is None and self.window is None):
             return True
         annotated = draw_overlay(frame.image, predictions, _status_line(self._stats))
         if self.recorder is not None:
@@ -574,15 +700,15 @@ class _Session:
 
     # ---- the thread setting ---------------------------------------------------------------
     def _keep_threads(self, probe: ThreadProbe) -> None:
-        """The measurement is done: keep the chosen runner, release the others, cache the choice."""
+        """The measurement is done: keep the chosen setting, retire the others (each stream's thread
+        releases its own runners after its current call), cache the choice."""
         choice = probe.choice
         assert choice is not None and choice.threads is not None
         choice.key = self.threads.key
-        self.runner = self.runners[choice.threads]
-        for runner in self.runners.values():
-            if runner is not self.runner:
-                runner.deactivate()
-        self.runners, self.probe, self.threads = {choice.threads: self.runner}, None, choice
+        self._kept = choice.threads
+        self.runner = self._all_runners[choice.threads][0]
+        self._retired = {t for t in self._all_runners if t != choice.threads}
+        self.runners, self.probe, self.threads = {choice.threads: self._all_runners[choice.threads]}, None, choice
         if choice.key is not None and choice.how == "measured":
             entry = {k: v for k, v in choice.to_dict().items() if k not in ("how", "cache", "key")}
             try:
@@ -618,6 +744,7 @@ class _Session:
         if self._finished:
             return
         self._finished, self._ended_at = True, time.monotonic()
+        self.stop_streams()
         if self.grabber is not None and self.grabber.started:
             self.grabber.stop()
         elif self.capture is not None:
@@ -637,8 +764,9 @@ class _Session:
             self.window.close()
         if self.probe is not None:
             self.threads, self.probe = self.probe.unfinished(), None
-        for runner in self.runners.values():
-            runner.deactivate()
+        for runners in self._all_runners.values():
+            for runner in runners:
+                runner.deactivate()
 
     def close(self) -> None:
         """Finish the outputs, stop serving, restore OpenCV's threads; safe to call after any failure."""
@@ -660,12 +788,13 @@ class _Session:
             dropped=grabber.dropped if grabber else 0,
             preprocessed=grabber.preprocessed if grabber else 0,
             preprocessed_on_take=grabber.preprocessed_on_take if grabber else 0,
+            out_of_order=self.out_of_order,
             retries=grabber.retries if grabber else 0,
             reconnects=grabber.reconnects if grabber else 0,
             end_reason=self.end_reason,
             source=self.source.text,
             model=str(self.runner.path),
-            runner=self.runner.describe(),
+            runner={**self.runner.describe(), "streams": len(self.runners.get(self._kept, [])) or 1},
             wall_s=(self._ended_at or time.monotonic()) - self.started,
             outputs=self.outputs,
             threads=threads.to_dict(),

@@ -16,6 +16,14 @@ fingerprint, the model's sha256, the backend, the device and the frame size.
 The candidates run as separate runners, activated together, so switching costs nothing. That needs
 a backend whose thread count belongs to the runner (ONNX Runtime's and OpenVINO's sessions); torch
 sets threads for the whole process, so a torch model gets every core without a measurement.
+
+When the model gets the newest frame only (a live source or --realtime, no window), a third
+candidate is two *streams* of half the cores each: two threads each take the newest frame and run
+it on their own runner, side by side. One multi-threaded call synchronises its threads at every
+operator, and the camera must run them without spinning (the capture thread needs the cores between
+operators); two single-threaded calls need neither. Measured on this 2-core machine, Lite0 at 224 px
+on ONNX Runtime: batch-1 throughput 208-215 img/s for two 1-thread streams against 173-195 img/s for
+one 2-thread stream (CAMERA_FIGURES). Each frame then waits a 1-thread inference instead of a 2-thread one (more latency per frame).
 """
 
 from __future__ import annotations
@@ -33,9 +41,54 @@ PASSES = 2  # A B B A, twice: each candidate gets 4 slices, and a burst of other
 TIE = 0.02  # FPS within this share of the best: the lower latency decides
 
 
-def thread_candidates(cores: int) -> list[int]:
-    """All physical cores and all but one (at least one), most first; one entry on a 1-core CPU."""
-    return sorted({max(1, cores), max(1, cores - 1)}, reverse=True)
+# A setting: an int is one inference stream with that many threads; "SxT" is S streams (threads
+# classifying frames side by side, each with its own runner) of T threads each.
+Setting = int | str
+STREAMS = 2  # the multi-stream candidate's stream count
+
+
+def setting_of(streams: int, threads: int) -> Setting:
+    return threads if streams == 1 else f"{streams}x{threads}"
+
+
+def streams_of(setting: Setting) -> int:
+    return 1 if isinstance(setting, int) else int(setting.split("x")[0])
+
+
+def threads_of(setting: Setting) -> int:
+    """Threads per stream."""
+    return setting if isinstance(setting, int) else int(setting.split("x")[1])
+
+
+def parse_setting(text: Any) -> Setting | None:
+    """A setting from its JSON form (``2``, ``"2"``, ``"2x1"``); None when it is not one."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text if text >= 1 else None
+    parts = str(text).split("x")
+    if not all(p.isdigit() and int(p) >= 1 for p in parts) or len(parts) > 2:
+        return None
+    return int(parts[0]) if len(parts) == 1 else setting_of(int(parts[0]), int(parts[1]))
+
+
+def setting_label(setting: Setting | None) -> str:
+    """``2 threads``, ``1 thread``, ``2 streams x 1 thread``."""
+    if setting is None:
+        return "backend default threads"
+    threads = threads_of(setting)
+    label = f"{threads} thread{'s' if threads != 1 else ''}"
+    return label if streams_of(setting) == 1 else f"{streams_of(setting)} streams x {label}"
+
+
+def thread_candidates(cores: int, streams: bool = False) -> list[Setting]:
+    """All physical cores and all but one (at least one), most first; one entry on a 1-core CPU.
+    With ``streams`` (and 2+ cores) also two streams of half the cores each: two frames classified
+    side by side, each on its own runner, which avoids the per-operator synchronisation of one
+    multi-threaded call (measured on 2 cores, Lite0 224 px: two 1-thread streams 208-215 img/s at
+    batch 1 against 173-195 img/s for one 2-thread stream)."""
+    singles: list[Setting] = list(sorted({max(1, cores), max(1, cores - 1)}, reverse=True))
+    if streams and cores >= STREAMS:
+        singles.append(setting_of(STREAMS, cores // STREAMS))
+    return singles
 
 
 @dataclass
@@ -47,10 +100,10 @@ class ThreadChoice:
     cached choice (achieved FPS and latency p50 per thread count, over ``frames`` results).
     """
 
-    threads: int | None
+    threads: Setting | None
     how: str
-    fps: dict[int, float | None] = field(default_factory=dict)
-    latency_ms: dict[int, float | None] = field(default_factory=dict)
+    fps: dict[Setting, float | None] = field(default_factory=dict)
+    latency_ms: dict[Setting, float | None] = field(default_factory=dict)
     frames: int = 0
     cache: str | None = None  # the file a measured choice was stored in, or a cached one read from
     key: str | None = None  # the cache key (machine, model, backend, device, frame size); None: no cache
@@ -58,12 +111,12 @@ class ThreadChoice:
     def describe(self) -> str:
         """One line for the summary, e.g. ``2 (measured on the first 64 frames: 2 threads 112.3 FPS, 1 thread 101.2 FPS)``."""
         threads = "backend default" if self.threads is None else str(self.threads)
+        if self.threads is not None and streams_of(self.threads) > 1:
+            threads = setting_label(self.threads)
         if not self.fps:
             return threads if self.how == "backend default" else f"{threads} ({self.how})"
-        figures = ", ".join(
-            f"{t} thread{'s' if t != 1 else ''} {'n/a' if fps is None else f'{fps:.1f}'} FPS"
-            for t, fps in sorted(self.fps.items(), reverse=True)
-        )
+        order = sorted(self.fps.items(), key=lambda item: (streams_of(item[0]), -threads_of(item[0])))
+        figures = ", ".join(f"{setting_label(t)} {'n/a' if fps is None else f'{fps:.1f}'} FPS" for t, fps in order)
         if self.how == "cached":
             return f"{threads} (cached measurement of {self.frames} frames: {figures}; delete {self.cache} to measure again)"
         if self.how == "measured":
@@ -86,13 +139,15 @@ class ThreadChoice:
     def from_dict(cls, data: dict[str, Any]) -> "ThreadChoice":
         """The inverse of :meth:`to_dict` (also reads a cache entry, whose figures have string keys)."""
 
-        def figures(name: str) -> dict[int, float | None]:
+        def figures(name: str) -> dict[Setting, float | None]:
             values = data.get(name)
-            return {int(t): v for t, v in values.items()} if isinstance(values, dict) else {}
+            if not isinstance(values, dict):
+                return {}
+            return {setting: v for t, v in values.items() if (setting := parse_setting(t)) is not None}
 
         threads = data.get("threads")
         return cls(
-            None if threads is None else int(threads),
+            None if threads is None else parse_setting(threads),
             str(data.get("how", "")),
             figures("fps"),
             figures("latency_p50_ms"),
@@ -112,7 +167,7 @@ class ThreadProbe:
     achieved FPS a user sees.
     """
 
-    def __init__(self, runners: dict[int, Any], slice_frames: int | None = None, slice_s: float | None = None):
+    def __init__(self, runners: dict[Setting, Any], slice_frames: int | None = None, slice_s: float | None = None):
         order = list(runners)
         self.runners = runners
         self.schedule = (order + order[::-1]) * PASSES
@@ -122,15 +177,15 @@ class ThreadProbe:
         self._slice_count = 0
         self._slice_started: float | None = None
         self._last_result: float | None = None
-        self._intervals: dict[int, list[float]] = {t: [] for t in order}  # the current slice's
-        self._slice_fps: dict[int, list[float]] = {t: [] for t in order}
-        self._latency: dict[int, list[float]] = {t: [] for t in order}
+        self._intervals: dict[Setting, list[float]] = {t: [] for t in order}  # the current slice's
+        self._slice_fps: dict[Setting, list[float]] = {t: [] for t in order}
+        self._latency: dict[Setting, list[float]] = {t: [] for t in order}
         self.frames = 0
         self.choice: ThreadChoice | None = None
 
     @property
-    def threads(self) -> int:
-        """The thread count of the runner that classifies the next frame."""
+    def threads(self) -> Setting:
+        """The setting of the runner(s) that classify the next frames."""
         if self.choice is not None and self.choice.threads is not None:
             return self.choice.threads
         return self.schedule[self._slice]
@@ -138,11 +193,18 @@ class ThreadProbe:
     def runner(self) -> Any:
         return self.runners[self.threads]
 
-    def record(self, result_at: float, latency_s: float) -> bool:
-        """Count one result of :meth:`runner`; True when this result completed the measurement."""
+    def record(self, result_at: float, latency_s: float, setting: Setting | None = None) -> bool:
+        """Count one result of :meth:`runner`; True when this result completed the measurement.
+
+        ``setting``: the setting the frame was taken under. A result of another stream setting's frame
+        that finishes after its slice ended (two streams in flight when the slice switched) does not
+        count for the new slice; it only marks the time the next interval runs from."""
         if self.choice is not None:
             return False
         threads = self.threads
+        if setting is not None and setting != threads:
+            self._last_result = result_at
+            return False
         self.frames += 1
         self._latency[threads].append(latency_s)
         if self._last_result is not None:
@@ -163,7 +225,7 @@ class ThreadProbe:
                 return True
         return False
 
-    def figures(self) -> tuple[dict[int, float | None], dict[int, float | None]]:
+    def figures(self) -> tuple[dict[Setting, float | None], dict[Setting, float | None]]:
         """Achieved FPS (the median over a candidate's finished slices) and latency p50 (ms) per thread count."""
         fps = {t: (float(np.median(v)) if v else None) for t, v in self._slice_fps.items()}
         latency = {t: (float(np.median(v)) * 1000 if v else None) for t, v in self._latency.items()}
@@ -185,10 +247,14 @@ class ThreadProbe:
         return ThreadChoice(self.threads, why, fps, latency, self.frames)
 
 
-def thread_cache_key(model_sha256: str, backend: str, device: str, frame_size: tuple[int, int] | None) -> str:
-    """What decides the choice: this machine, the model file, the backend, the device, the frame size."""
+def thread_cache_key(
+    model_sha256: str, backend: str, device: str, frame_size: tuple[int, int] | None, candidates: list[Setting] | None = None
+) -> str:
+    """What decides the choice: this machine, the model file, the backend, the device, the frame size
+    and the candidates measured (a choice among fewer candidates is not reused for more)."""
     from edge.artifacts import environment_fingerprint
 
     machine = environment_fingerprint()["machine_fingerprint"]
     size = "unknown" if frame_size is None else f"{frame_size[0]}x{frame_size[1]}"
-    return f"machine={machine};model={model_sha256[:16]};backend={backend};device={device};frame={size}"
+    key = f"machine={machine};model={model_sha256[:16]};backend={backend};device={device};frame={size}"
+    return key if candidates is None else key + ";candidates=" + ",".join(str(c) for c in candidates)

@@ -122,19 +122,24 @@ def test_demo_source_with_an_unwritable_cache_says_where_to_point_it(pretrained_
 
 
 @pytest.mark.parametrize(
-    ("cores", "options", "expected"),
+    ("cores", "options", "one_slot", "expected"),
     [
-        (2, CameraOptions(), [2, 1]),
-        (8, CameraOptions(), [8, 7]),
-        (1, CameraOptions(), [1]),
-        (8, CameraOptions(threads=3), [3]),
-        (8, CameraOptions(device="cuda"), None),
-        (8, CameraOptions(device="cuda", threads=2), [2]),
+        (2, CameraOptions(), False, [2, 1]),
+        (8, CameraOptions(), False, [8, 7]),
+        (2, CameraOptions(), True, [2, 1, "2x1"]),  # the newest frame only: two streams are a candidate
+        (8, CameraOptions(), True, [8, 7, "2x4"]),
+        (8, CameraOptions(show=True), True, [8, 7]),  # a window is drawn by one thread
+        (1, CameraOptions(), True, [1]),
+        (8, CameraOptions(threads=3), True, [3]),
+        (8, CameraOptions(streams=2), True, ["2x4"]),
+        (8, CameraOptions(streams=2, threads=1), True, ["2x1"]),
+        (8, CameraOptions(device="cuda"), True, None),
+        (8, CameraOptions(device="cuda", threads=2), True, [2]),
     ],
 )
-def test_thread_candidates_all_cores_and_all_but_one_unless_given(monkeypatch, cores, options, expected):
+def test_thread_candidates_all_cores_and_all_but_one_unless_given(monkeypatch, cores, options, one_slot, expected):
     monkeypatch.setattr("edge.runners.onnxruntime_runner.physical_cores", lambda: cores)
-    assert inference_threads(options) == expected
+    assert inference_threads(options, one_slot=one_slot) == expected
 
 
 def test_show_without_display_runs_headless(pretrained_onnx_run, video, monkeypatch, capsys):
@@ -491,7 +496,7 @@ def test_first_end_reason_wins():
 
     runner = type("R", (), {"spec": None})()
     source = SourceSpec("clip.mp4", "file", "clip.mp4", live=False)
-    session = _Session({1: runner}, ThreadChoice(1, "--threads"), source, CameraOptions(), threading.Event(), None)
+    session = _Session({1: [runner]}, ThreadChoice(1, "--threads"), source, CameraOptions(), threading.Event(), None)
     assert session.end_reason == ""
     session.end(INTERRUPTED)
     session.end("end of file")

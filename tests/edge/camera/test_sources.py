@@ -488,9 +488,36 @@ def test_the_reader_prepares_a_frame_only_when_the_consumer_will_take_it(waiting
     now = 100.0
     grabber._frame_interval = 0.004  # a 250 FPS source
     grabber._consumer_busy = 0.010
-    grabber._taken_at = now - 0.010 + free_in_s  # so the consumer is back at now + free_in_s
-    grabber._consumer_waiting = waiting
+    grabber._taken_at = {1: now - 0.010 + free_in_s}  # so the consumer is back at now + free_in_s
+    grabber._consumers_waiting = int(waiting)
     assert grabber._worth_preparing(now) is expected
+
+
+def test_with_two_consumers_the_first_one_free_decides():
+    grabber = FrameGrabber(lambda: None, live=True, preprocess=_tensor_of)
+    now = 100.0
+    grabber._frame_interval = 0.004
+    grabber._consumer_busy = 0.020
+    grabber._taken_at = {1: now - 0.019, 2: now - 0.001}  # one is free in 1 ms, the other in 19 ms
+    assert grabber._worth_preparing(now) is True
+    grabber._taken_at = {1: now - 0.002, 2: now - 0.001}  # both busy for 18+ ms
+    assert grabber._worth_preparing(now) is False
+
+
+def test_a_consumer_that_leaves_no_longer_counts():
+    grabber = FrameGrabber(lambda: None, live=True, preprocess=_tensor_of)
+    grabber._frame_interval, grabber._consumer_busy = 0.004, 0.020
+    done = threading.Event()
+
+    def other_consumer():
+        grabber._taken_at[threading.get_ident()] = time.monotonic() - 0.019  # free in 1 ms
+        grabber.leave()
+        done.set()
+
+    threading.Thread(target=other_consumer).start()
+    assert done.wait(5)
+    grabber._taken_at[threading.get_ident()] = time.monotonic()  # this one: busy for 20 ms
+    assert grabber._worth_preparing(time.monotonic()) is False
 
 
 def test_with_nothing_measured_yet_every_frame_is_prepared():

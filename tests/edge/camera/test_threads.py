@@ -13,7 +13,17 @@ import pytest
 
 from edge.camera.cache import load_thread_choice, store_thread_choice, thread_choices_path, user_cache_dir
 from edge.camera.session import CameraOptions, run_camera
-from edge.camera.threads import ThreadChoice, ThreadProbe, thread_candidates
+from edge.camera.threads import (
+    ThreadChoice,
+    ThreadProbe,
+    parse_setting,
+    setting_label,
+    setting_of,
+    streams_of,
+    thread_candidates,
+    threads_of,
+)
+from edge.errors import UserError
 
 
 def drive(probe: ThreadProbe, interval_ms: dict[int, float], latency_ms: dict[int, float], limit: int = 1000) -> list[int]:
@@ -31,6 +41,53 @@ def drive(probe: ThreadProbe, interval_ms: dict[int, float], latency_ms: dict[in
 @pytest.mark.parametrize(("cores", "expected"), [(1, [1]), (2, [2, 1]), (16, [16, 15])])
 def test_candidates_are_all_cores_and_all_but_one(cores, expected):
     assert thread_candidates(cores) == expected
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, [1]), (2, [2, 1, "2x1"]), (3, [3, 2, "2x1"]), (16, [16, 15, "2x8"])])
+def test_with_streams_two_streams_of_half_the_cores_are_a_candidate(cores, expected):
+    assert thread_candidates(cores, streams=True) == expected
+
+
+def test_settings_read_and_print():
+    assert setting_of(1, 4) == 4 and setting_of(2, 1) == "2x1"
+    assert (streams_of(4), threads_of(4), streams_of("2x3"), threads_of("2x3")) == (1, 4, 2, 3)
+    assert [parse_setting(v) for v in (2, "2", "2x1", "1x3", "0", "x", "2x", -1, "2x1x1", True)] == [
+        2,
+        2,
+        "2x1",
+        3,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert [setting_label(v) for v in (1, 2, "2x1", None)] == [
+        "1 thread",
+        "2 threads",
+        "2 streams x 1 thread",
+        "backend default threads",
+    ]
+
+
+def test_probe_measures_two_streams_and_ignores_a_result_from_the_previous_slice():
+    probe = ThreadProbe({2: "two", "2x1": "streams"}, slice_frames=3, slice_s=0.0)
+    now = 0.0
+    for _ in range(3):  # the first slice: 2 threads, a result every 10 ms
+        now += 0.010
+        probe.record(now, 0.010, 2)
+    assert probe.threads == "2x1"
+    now += 0.001
+    assert probe.record(now, 0.050, 2) is False  # the other stream's frame from the 2-thread slice
+    while probe.choice is None:
+        setting = probe.threads
+        now += 0.005 if setting == "2x1" else 0.010
+        probe.record(now, 0.010, setting)
+    assert probe.choice.threads == "2x1"
+    assert probe.choice.fps == {2: pytest.approx(100.0), "2x1": pytest.approx(200.0)}
+    # the stray result counted for neither: its latency is in no candidate's figures
+    assert probe.choice.latency_ms == {2: pytest.approx(10.0), "2x1": pytest.approx(10.0)}
 
 
 def test_probe_alternates_a_b_b_a_twice_and_keeps_the_higher_fps():
@@ -97,6 +154,12 @@ def test_choice_round_trips_and_reads_as_one_line():
     assert ThreadChoice(None, "backend default").describe() == "backend default"
     missing = ThreadChoice(2, "measured", {2: 90.0, 1: None}, {}, 3)
     assert "1 thread n/a FPS" in missing.describe()
+    streams = ThreadChoice("2x1", "measured", {1: 101.2, "2x1": 180.5, 2: 112.3}, {1: 12.0, "2x1": 11.0, 2: 10.5}, 96)
+    assert ThreadChoice.from_dict(json.loads(json.dumps(streams.to_dict()))) == streams
+    assert streams.describe() == (
+        "2 streams x 1 thread (measured on the first 96 frames: 2 threads 112.3 FPS, 1 thread 101.2 FPS, "
+        "2 streams x 1 thread 180.5 FPS)"
+    )
 
 
 def test_cache_dir_honours_xdg_cache_home(monkeypatch, tmp_path):
@@ -119,6 +182,8 @@ def test_cache_keeps_other_keys_and_ignores_damaged_files(private_cache):
     assert load_thread_choice("a") is None
     thread_choices_path().write_text(json.dumps({"a": {"threads": 0}}))
     assert load_thread_choice("a") is None  # a nonsense entry is no choice
+    thread_choices_path().write_text(json.dumps({"a": {"threads": "2x1"}, "b": {"threads": "2xx"}}))
+    assert load_thread_choice("a")["threads"] == "2x1" and load_thread_choice("b") is None
 
 
 # ---- through run_camera -------------------------------------------------------------------------
@@ -195,3 +260,68 @@ def test_the_openvino_backend_runs_the_camera_and_is_measured(pretrained_onnx_ru
         start, end = video.segments[name]
         top1 = [records[i]["topk"][0]["class_id"] for i in range(start, end)]
         assert all(c in PHOTO_CLASSES[name] for c in top1), f"{name} segment labelled {top1} by openvino"
+
+
+# ---- two streams ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fast_video(photos, tmp_path_factory):
+    """A paced source at 120 FPS (180 frames): with --realtime the model gets the newest frame only."""
+    from edge.camera.demo import write_demo_video
+
+    return write_demo_video(
+        tmp_path_factory.mktemp("fast") / "fast.mp4", size=(320, 240), fps=120, seconds_per_photo=0.5, photos=photos
+    )
+
+
+def test_two_streams_classify_side_by_side(pretrained_onnx_run, fast_video, tmp_path):
+    jsonl, recording = tmp_path / "frames.jsonl", tmp_path / "out.mp4"
+    options = CameraOptions(
+        source=str(fast_video.path), threads=1, streams=2, realtime=True, quiet=True, jsonl=str(jsonl), record=str(recording)
+    )
+    result = run_camera(pretrained_onnx_run, options)
+    assert result.threads["threads"] == "2x1" and result.threads["how"] == "--threads --streams"
+    assert result.runner["streams"] == 2 and result.runner["threads"] == 1
+    assert result.end_reason == "end of file" and result.classified >= 10
+    assert result.captured == fast_video.frames and result.classified + result.dropped == result.captured
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) == result.classified  # every result is logged, in or out of order
+    indices = [r["frame"] for r in records]
+    late = sum(1 for i, index in enumerate(indices) if index < max(indices[:i], default=-1))
+    assert late == result.out_of_order
+    import cv2
+
+    assert int(cv2.VideoCapture(str(recording)).get(cv2.CAP_PROP_FRAME_COUNT)) >= max(indices)
+
+
+def test_the_measurement_includes_two_streams_for_a_paced_source(pretrained_onnx_run, fast_video, quick_probe):
+    options = CameraOptions(source=str(fast_video.path), realtime=True, quiet=True, thread_cache=False)
+    result = run_camera(pretrained_onnx_run, options)
+    assert result.threads["how"] == "measured"
+    assert set(result.threads["fps"]) == {"2", "1", "2x1"}
+    chosen = result.threads["threads"]
+    assert result.runner["streams"] == (2 if chosen == "2x1" else 1)
+    # every frame in order (a file read without --realtime) is one stream's work: no stream candidate
+    ordered = run_camera(pretrained_onnx_run, CameraOptions(source=str(fast_video.path), quiet=True, thread_cache=False))
+    assert set(ordered.threads["fps"]) == {"2", "1"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"streams": 0, "realtime": True}, "--streams must be at least 1"),
+        ({"streams": 2}, "needs a live source or --realtime"),
+        ({"streams": 2, "realtime": True, "show": True}, "--streams with --show"),
+        ({"streams": 2, "realtime": True, "device": "cuda"}, "--streams is for --device cpu"),
+    ],
+)
+def test_streams_that_cannot_work_are_refused_before_any_work(pretrained_onnx_run, fast_video, options, message):
+    with pytest.raises(UserError, match=message):
+        run_camera(pretrained_onnx_run, CameraOptions(source=str(fast_video.path), quiet=True, **options))
+
+
+def test_a_torch_checkpoint_cannot_run_two_streams(pretrained_run, fast_video):
+    options = CameraOptions(source=str(fast_video.path), streams=2, realtime=True, quiet=True, backend="torch")
+    with pytest.raises(UserError, match="--streams needs a backend whose threads belong to one runner"):
+        run_camera(pretrained_run, options)
