@@ -179,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="measure only this thread setting (default: the camera's candidates and its choice)",
     )
-    parser.add_argument("--streams", type=int, default=None, help="measure only this many streams (of --threads threads each; default half the cores)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="measure only this many streams (of --threads threads each; default half the cores)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each camera run (default 10)")
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds of the camera runs; medians are shown (default 3)"
@@ -246,7 +251,7 @@ def evaluate(measured: Measured) -> list[dict[str, Any]]:
         targets.append(
             {
                 "target": f"camera's own choice: achieved FPS >= {BEST_SHARE:.0%} of the best fixed setting's",
-                "measured": f"{auto:.1f} FPS = {auto / best_fps:.1%} of {best_fps:.1f} FPS ({best} threads)",
+                "measured": f"{auto:.1f} FPS = {auto / best_fps:.1%} of {best_fps:.1f} FPS ({setting_label(best)})",
                 "ok": auto >= BEST_SHARE * best_fps,
             }
         )

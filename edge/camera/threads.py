@@ -1,17 +1,18 @@
-"""How many threads the camera's model gets: ``--threads``, a choice cached for this machine and
-model, or a short measurement on the first frames.
+"""How many threads (and streams) the camera's model gets: ``--threads``/``--streams``, a choice
+cached for this machine and model, or a short measurement on the first frames.
 
 On a CPU the model's threads share the cores with the capture thread, which decodes and
 preprocesses the next frame. Giving the model every core can win (the model is most of the work)
 or lose (capture is starved and the model waits for frames); which one depends on the CPU, the
 model and the source. Measured on 2 cores with Lite0 at 224 px, keeping a core for capture gave
 about 101 FPS where both cores gave 110-114 FPS, and on a busier moment the reverse. So no fixed
-rule: the camera runs the candidates (all physical cores, all but one) side by side on the first
-frames, in slices A B B A A B B A (a load that drifts during the measurement weighs on both alike;
+rule: the camera runs the candidates (all physical cores, all but one, two streams: below) side by
+side on the first frames, in slices A B B A A B B A (A B C C B A twice with three; a load that
+drifts during the measurement weighs on all alike;
 each candidate's figure is the median of its slices, so a burst of other work spoils one slice, not
 the choice), keeps the one with the highest achieved FPS (within 2% of it, the lower latency: a source
 slower than the model gives every setting the same FPS) and caches it under the machine
-fingerprint, the model's sha256, the backend, the device and the frame size.
+fingerprint, the model's sha256, the backend, the device, the frame size and the candidates.
 
 The candidates run as separate runners, activated together, so switching costs nothing. That needs
 a backend whose thread count belongs to the runner (ONNX Runtime's and OpenVINO's sessions); torch
@@ -22,8 +23,12 @@ candidate is two *streams* of half the cores each: two threads each take the new
 it on their own runner, side by side. One multi-threaded call synchronises its threads at every
 operator, and the camera must run them without spinning (the capture thread needs the cores between
 operators); two single-threaded calls need neither. Measured on this 2-core machine, Lite0 at 224 px
-on ONNX Runtime: batch-1 throughput 208-215 img/s for two 1-thread streams against 173-195 img/s for
-one 2-thread stream (CAMERA_FIGURES). Each frame then waits a 1-thread inference instead of a 2-thread one (more latency per frame).
+on ONNX Runtime, 5 interleaved rounds (``python -m bench.scripts.camera_benchmark runs/imagenet-lite0
+--rounds 5 --seconds 8``): batch-1 throughput 208.6-211.8 img/s for two 1-thread streams against
+123.8-206.2 img/s for one 2-thread stream; the camera at a 313 FPS source 137.1-141.7 FPS with two
+streams against 109.9-131.4 FPS with 2 threads and 93.1-106.4 FPS with 1. Each frame then waits a
+1-thread inference instead of a 2-thread one (inference p50 10.8 against 7.2 ms, latency p50 17.7
+against 12.9 ms).
 """
 
 from __future__ import annotations
@@ -186,9 +191,10 @@ class ThreadProbe:
     @property
     def threads(self) -> Setting:
         """The setting of the runner(s) that classify the next frames."""
-        if self.choice is not None and self.choice.threads is not None:
-            return self.choice.threads
-        return self.schedule[self._slice]
+        choice = self.choice
+        if choice is not None and choice.threads is not None:
+            return choice.threads
+        return self.schedule[min(self._slice, len(self.schedule) - 1)]
 
     def runner(self) -> Any:
         return self.runners[self.threads]
@@ -218,11 +224,14 @@ class ThreadProbe:
             if intervals and sum(intervals) > 0:
                 self._slice_fps[threads].append(len(intervals) / sum(intervals))
             intervals.clear()
-            self._slice += 1
             self._slice_count, self._slice_started = 0, result_at
-            if self._slice == len(self.schedule):
+            if self._slice + 1 == len(self.schedule):
+                # The choice is in place before the schedule runs out: the second stream's thread
+                # reads :attr:`threads` without the session's lock.
                 self.choice = self.decide()
+                self._slice += 1
                 return True
+            self._slice += 1
         return False
 
     def figures(self) -> tuple[dict[Setting, float | None], dict[Setting, float | None]]:

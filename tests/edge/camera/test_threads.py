@@ -102,6 +102,20 @@ def test_probe_alternates_a_b_b_a_twice_and_keeps_the_higher_fps():
     assert probe.choice.frames == 40
 
 
+def test_the_setting_is_readable_at_every_step_of_the_last_slice():
+    """The second stream's thread reads ``threads`` without the session's lock, at any moment."""
+    probe = ThreadProbe({2: "two", "2x1": "streams"}, slice_frames=1, slice_s=0.0)
+    seen = []
+    now = 0.0
+    while probe.choice is None:
+        now += 0.01
+        probe.record(now, 0.01, probe.threads)
+        seen.append(probe.threads)
+    assert probe.threads == probe.choice.threads and seen[-1] == probe.choice.threads
+    probe.choice, probe._slice = None, len(probe.schedule)  # the state a reader could meet mid-update
+    assert probe.threads == probe.schedule[-1]
+
+
 def test_one_slice_spoilt_by_other_work_does_not_decide():
     """2 threads are faster, but other work slowed the first of their slices to a crawl: the median
     over the slices still sees them as faster (a total over all intervals would not)."""
