@@ -339,3 +339,18 @@ def test_a_torch_checkpoint_cannot_run_two_streams(pretrained_run, fast_video):
     options = CameraOptions(source=str(fast_video.path), streams=2, realtime=True, quiet=True, backend="torch")
     with pytest.raises(UserError, match="--streams needs a backend whose threads belong to one runner"):
         run_camera(pretrained_run, options)
+
+
+def test_stopping_a_two_stream_run_ends_both_streams(pretrained_onnx_run, fast_video):
+    import threading
+
+    stop = threading.Event()
+    timer = threading.Timer(0.8, stop.set)
+    timer.start()
+    try:
+        options = CameraOptions(source=str(fast_video.path), threads=1, streams=2, realtime=True, loop=True, quiet=True)
+        result = run_camera(pretrained_onnx_run, options, stop=stop)
+    finally:
+        timer.cancel()
+    assert result.end_reason == "stopped" and result.classified > 0
+    assert not [t for t in threading.enumerate() if t.name == "edge-camera-stream-2"]
