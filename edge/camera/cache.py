@@ -53,11 +53,11 @@ def load_thread_choice(key: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     entry = entries.get(key) if isinstance(entries, dict) else None
-    if not isinstance(entry, dict) or isinstance(entry.get("threads"), bool):
+    if not isinstance(entry, dict):
         return None
     from edge.camera.threads import parse_setting
 
-    setting = parse_setting(entry.get("threads")) if isinstance(entry.get("threads"), (int, str)) else None
+    setting = parse_setting(entry.get("threads"))  # None for anything that is not a setting
     return None if setting is None else {**entry, "threads": setting}
 
 

@@ -598,9 +598,6 @@ class _Session:
                 self.end("stopped")
             self._helper.join(10.0)
 
-    def stop_streams(self) -> None:
-        self._stop_helper()
-
     def _classify(self, frame: Frame, stream: int, setting: Setting | None) -> None:
         """Classify ``frame`` on ``stream``'s runner of ``setting``, then hand the result on (under the lock)."""
         assert frame.tensor is not None  # get() returns every frame preprocessed
@@ -608,10 +605,11 @@ class _Session:
         t1 = time.monotonic()
         logits = runner.infer(frame.tensor[None])
         t2 = time.monotonic()
-        predictions = top_k(logits[0], self.spec.labels, self.options.topk)
+        options = self.options
+        predictions = top_k(logits[0], self.spec.labels, options.topk)
         with self._lock:
             result_at = time.monotonic()
-            if self.options.max_frames is not None and self.metrics.classified >= self.options.max_frames:
+            if options.max_frames is not None and self.metrics.classified >= options.max_frames:
                 return  # the other stream reached the limit while this frame was classified
             self.metrics.add(result_at - frame.grabbed_at, t2 - t1, frame.preprocess_s, result_at)
             in_order = frame.index > self._last_index
@@ -623,7 +621,6 @@ class _Session:
                 self._keep_threads(self.probe)
             if not self._emit(frame, predictions, result_at, t2 - t1, drawn=in_order):
                 self.end("window closed")
-            options = self.options
             if options.max_frames is not None and self.metrics.classified >= options.max_frames:
                 self.end(f"{options.max_frames} frames classified")
             if options.duration and result_at >= self.started + options.duration:
@@ -744,7 +741,7 @@ class _Session:
         if self._finished:
             return
         self._finished, self._ended_at = True, time.monotonic()
-        self.stop_streams()
+        self._stop_helper()
         if self.grabber is not None and self.grabber.started:
             self.grabber.stop()
         elif self.capture is not None:
