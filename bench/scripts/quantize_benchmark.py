@@ -15,12 +15,14 @@
 4. Accuracy of that INT8 model against its float parent on the full test split: top-1 and top-1
    agreement in percent (as the manifest holds them), the drop in points.
 
---compare-rounding prints only this instead: GPTQ against nearest weight rounding. RUN's float
-model is quantized twice for target cpu with one method (--rounding-method, every layer in INT8,
-no search), from the same calibration set (RUN/calibration, else one drawn from the run's training
-split) and evaluated on the same test images (--eval-limit of the run's test split; 0 = all of it):
-top-1, the drop in points, the agreement in percent and the flips against the float model, with
-the number of images. Nothing in RUN is changed.
+--compare-rounding prints only this instead: what the weight rounding and the bias correction each
+bring. RUN's float model is quantized three times for target cpu with one method (--rounding-method,
+every layer in INT8, no search): GPTQ weights with corrected biases (the default), GPTQ weights
+alone, round-to-nearest weights alone; from the same calibration set (RUN/calibration, else one
+drawn from the run's training split) and evaluated on the same test images (--eval-limit of the
+run's test split; 0 = all of it): top-1, the drop in points, the agreement in percent and the flips
+against the float model, with the number of images, on ONNX Runtime and (the same files, where the
+openvino extra is installed) on OpenVINO. Nothing in RUN is changed.
 
 --peers prints only this instead: our RUN/model.int8-cpu.onnx beside the peers a user would reach
 for, each with its defaults, on the same calibration images (RUN/calibration, the set our model's
@@ -124,14 +126,17 @@ def calibrate_and_quantize(run: Path, data: str, work: Path) -> dict[str, Any]:
     return {"calibration_set_s": drawn, **metrics, "path": path}
 
 
-ROUNDINGS = ("gptq", "nearest")
+# (weight rounding, bias correction): the default, then each step taken away
+VARIANTS = (("gptq", True), ("gptq", False), ("nearest", False))
 
 
 def compare_rounding(
     run: RunDir, data: str | None, work: Path, method: str, eval_limit: int, calib_size: int = RSS_IMAGES
 ) -> list[dict[str, Any]]:
-    """Quantize RUN (target cpu, one method, no layers in float) once per weight rounding, from one
-    calibration set, each evaluated against the float model on the same test images; one row each."""
+    """Quantize RUN (target cpu, one method, no layers in float) once per (weight rounding, bias
+    correction) variant, from one calibration set, each evaluated against the float model on the
+    same test images, on ONNX Runtime (the manifest's figures) and, where installed, on OpenVINO
+    (the same file, against ONNX Runtime's float logits); one row each."""
     from calibration.sets import build_calibration_set
     from edge.artifacts import read_manifest
     from edge.quantize.cli import quantize_run
@@ -140,7 +145,7 @@ def compare_rounding(
     if not calibration.exists():
         calibration = build_calibration_set(run.root, data, size=calib_size, seed=0, out=work / "calibration.npy").path
     rows = []
-    for rounding in ROUNDINGS:
+    for rounding, bias in VARIANTS:
         path = quantize_run(
             run.root,
             target="cpu",
@@ -149,13 +154,17 @@ def compare_rounding(
             eval_limit=eval_limit,
             calibration=calibration,
             max_excluded=0,
-            out=work / f"model.int8-cpu.{rounding}.onnx",
+            out=work / f"model.int8-cpu.{rounding}{'.bias' if bias else ''}.onnx",
             weight_rounding=rounding,
+            bias_correction=bias,
         )
         manifest = read_manifest(path)
+        corrected = manifest.provenance["bias_correction"]
         rows.append(
             {
                 "rounding": rounding,
+                "bias_correction": corrected is not None,
+                "bias_layers": corrected["layers"] if corrected else None,
                 "method": method,
                 "calibration": str(calibration),
                 "calibration_count": manifest.provenance["calibration"]["count"],
@@ -164,9 +173,35 @@ def compare_rounding(
                     k: manifest.metrics[k]
                     for k in ("top1", "parent_top1", "drop_points", "agreement", "flips", "eval_count", "eval_source")
                 },
+                "path": path,
             }
         )
+    openvino = _openvino_figures(run, data, eval_limit, [row.pop("path") for row in rows])
+    for row, figures in zip(rows, openvino):
+        row["openvino"] = figures
     return rows
+
+
+def _openvino_figures(run: RunDir, data: str | None, eval_limit: int, paths: list[Path]) -> list[dict[str, Any] | None]:
+    """Each INT8 file on OpenVINO over the test images acceptance used (the same seeded subset):
+    top-1, drop in points and flips against ONNX Runtime's float model; None without openvino."""
+    import importlib.util
+
+    from bench.scripts.peers import accuracy_row, logits_over, make_runner
+    from edge.artifacts import artifact_spec
+    from edge.quantize.evaluate import eval_set_from_data
+
+    if importlib.util.find_spec("openvino") is None:
+        return [None for _ in paths]
+    spec = artifact_spec(run.onnx)
+    test = eval_set_from_data(run.root, data, "test", eval_limit or None, spec)
+    with make_runner("onnxruntime", run.onnx, spec, None) as runner:
+        reference = logits_over(runner, test.tensor)
+    figures: list[dict[str, Any] | None] = []
+    for path in paths:
+        with make_runner("openvino", path, spec, None) as runner:
+            figures.append(accuracy_row(logits_over(runner, test.tensor), reference, test.labels))
+    return figures
 
 
 def _print_rounding(console: Any, run: RunDir, rows: list[dict[str, Any]]) -> None:
@@ -174,29 +209,32 @@ def _print_rounding(console: Any, run: RunDir, rows: list[dict[str, Any]]) -> No
 
     first = rows[0]
     table = Table(
-        title=f"GPTQ vs nearest weight rounding on {run.root}: target cpu, {first['method']}, all layers INT8; "
+        title=f"Weight rounding and bias correction on {run.root}: target cpu, {first['method']}, all layers INT8; "
         f"{first['calibration_count']} calibration images, {first['eval_count']} test images ({first['eval_source']})"
     )
     for column in (
         "weight rounding",
+        "biases",
         "top-1",
         "float top-1",
         "drop (points)",
-        "agreement",
-        "flips",
-        "images",
+        "agreement (flips)",
+        "OpenVINO drop",
+        "OpenVINO agreement (flips)",
         "layer output gain dB",
     ):
         table.add_column(column)
     for row in rows:
+        ov = row["openvino"]
         table.add_row(
             row["rounding"],
+            f"corrected ({row['bias_layers']} layers)" if row["bias_correction"] else "as quantized",
             _fmt(row["top1"], "{:.2f}%"),
             _fmt(row["parent_top1"], "{:.2f}%"),
             _fmt(row["drop_points"], "{:.2f}"),
-            f"{row['agreement']:.2f}%",
-            str(row["flips"]),
-            str(row["eval_count"]),
+            f"{row['agreement']:.2f}% ({row['flips']})",
+            _fmt(ov["drop"] if ov else None, "{:.2f}"),
+            f"{ov['agreement']:.2f}% ({ov['flips']})" if ov else "n/a (openvino not installed)",
             _fmt(row["output_error_gain_db"], "{:.1f}"),
         )
     console.print(table)
@@ -253,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-rounding",
         action="store_true",
-        help="only compare GPTQ with nearest weight rounding (same calibration set, same test images)",
+        help="only compare GPTQ and nearest weight rounding, with and without bias correction (same calibration set, same test images)",
     )
     parser.add_argument(
         "--rounding-method",

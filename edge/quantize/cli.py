@@ -2,7 +2,8 @@
 
     edge quantize RUN --target cpu|trt --method minmax|entropy|percentile|auto --data DATA
                       [--max-drop 0.5] [--min-agreement 99] [--reduce-range]
-                      [--weight-rounding gptq|nearest] [--val-limit N] [--min-val-images N] [--eval-limit N]
+                      [--weight-rounding gptq|nearest] [--no-bias-correction]
+                      [--val-limit N] [--min-val-images N] [--eval-limit N]
 
 Writes RUN/model.int8-cpu.onnx or RUN/model.int8-trt.onnx (QDQ) with a manifest and a per-layer
 error report (RUN/model.int8-<target>.layers.json). Calibration uses RUN/calibration (from
@@ -12,7 +13,11 @@ inputs that GPTQ rounds the int8 weights with (``--weight-rounding``, edge/quant
 the best drop exceeds --max-drop (or agreement falls short of --min-agreement) keeps the layers
 with the worst quantization error in float until the budget holds. On target cpu it then times
 the tries that fit against the float model (ONNX Runtime, batch 8) and takes the fastest: a float
-layer costs conversions at its borders, so full INT8 is usually the one to beat. auto refuses to
+layer costs conversions at its borders, so full INT8 is usually the one to beat. The choice then
+gets its biases corrected (each layer's per-channel mean output put back where the float model has
+it, measured on calibration images: edge/quantize/bias.py; the graph and its speed do not change);
+auto keeps the correction when the val split scores it at least as well, a named --method takes it
+(--no-bias-correction: never). auto refuses to
 choose on fewer labelled val images than --min-val-images (default 200): on 5 images one flip is
 20 points. Without labelled data it chooses on 24 unlabelled photos (agreement only).
 
@@ -77,6 +82,7 @@ def quantize_run(
     out: str | os.PathLike[str] | None = None,
     weight_rounding: str = "gptq",
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES,
+    bias_correction: bool = True,
 ) -> Path:
     """Quantize RUN/model.onnx for ``target``, evaluate it against the float parent and write
     RUN/model.int8-<target>.onnx with its manifest; returns the path.
@@ -87,7 +93,9 @@ def quantize_run(
     percent: auto's budget on the val split and the acceptance rule on the test split
     (``edge.quantize.search.judge``); a result that misses is written with ``accepted: false``
     (read its manifest). ``val_limit``/``eval_limit``: 0 = the whole split. ``weight_rounding``: ``gptq``
-    (output-aware, the default) or ``nearest`` (quantize_static's own). ``min_val_images``: auto
+    (output-aware, the default) or ``nearest`` (quantize_static's own). ``bias_correction``: correct
+    the chosen model's biases (``edge.quantize.bias``; auto keeps it when val scores it at least as
+    well). ``min_val_images``: auto
     refuses (UserError) to choose on fewer labelled val images (0: no floor). The search itself is
     :class:`edge.quantize.search.QuantizeSearch`.
     """
@@ -105,6 +113,7 @@ def quantize_run(
         max_excluded=max_excluded,
         weight_rounding=weight_rounding,
         min_val_images=min_val_images,
+        bias_correction=bias_correction,
     )
     options.validate()
     run_dir = RunDir.open(run)
@@ -182,6 +191,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="gptq",
         help="int8 weights: gptq rounds them to keep each layer's output close (default); nearest: plain rounding",
     )
+    parser.add_argument(
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="put each layer's mean output back where the float model has it, on calibration images "
+        "(default: on; auto keeps it when the val split scores it at least as well)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
 
@@ -210,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         weight_rounding=args.weight_rounding,
         min_val_images=args.min_val_images,
+        bias_correction=args.bias_correction,
     )
     manifest = read_manifest(path)
     console = make_console()
@@ -235,18 +252,25 @@ def tries_table(prov: dict[str, Any]) -> Any:
         "#",
         "method",
         "nodes in float",
+        "biases",
         "val top-1",
         "drop (points)",
         "agreement",
         "speed vs float",
         title=f"auto: tries on {prov['val_set']}" + (f" ({count} images)" if count is not None else ""),
     )
+    corrected = prov.get("bias_correction") is not None
     for i, row in enumerate(prov["tries"]):
-        chosen = row["method"] == prov["chosen_method"] and row["excluded"] == prov["nodes_excluded"]
+        chosen = (row["method"], row["excluded"], row.get("bias_corrected", False)) == (
+            prov["chosen_method"],
+            prov["nodes_excluded"],
+            corrected,
+        )
         tries.add_row(
             f"{i}{'*' if chosen else ''}",
             row["method"],
             str(len(row["excluded"])),
+            "corrected" if row.get("bias_corrected") else "quantized",
             na(row.get("top1"), "{:.2f}%"),
             na(row.get("drop_points"), "{:.2f}"),
             f"{row['agreement']:.2f}%",
@@ -294,7 +318,9 @@ def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> A
         title=f"{path} ({'simulated on ONNX Runtime CPU' if metrics['simulated'] else 'ONNX Runtime CPU'})",
     )
     result.add_row(
-        prov["chosen_method"] + (f" +{len(prov['nodes_excluded'])} float" if prov["nodes_excluded"] else ""),
+        prov["chosen_method"]
+        + (f" +{len(prov['nodes_excluded'])} float" if prov["nodes_excluded"] else "")
+        + (" +bias" if prov.get("bias_correction") else ""),
         na(metrics["top1"], "{:.2f}%"),
         na(metrics["parent_top1"], "{:.2f}%"),
         na(metrics["drop_points"], "{:.2f}"),

@@ -10,7 +10,10 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
 3. while no try fits the :class:`Budget` (a drop in points, an agreement in percent), the most
    sensitive layers stay in float, their number doubling up to ``max_excluded``;
 4. on target cpu the tries are timed against the float model and the fastest that fits is taken;
-5. the choice is judged on the test split (:func:`judge`), and the model, its per-layer error
+5. the choice gets its biases corrected (``edge.quantize.bias``: each layer's mean output put back
+   where the float model has it) and, under auto, keeps the correction when the val split scores it
+   at least as well (:meth:`Budget.best`);
+6. the choice is judged on the test split (:func:`judge`), and the model, its per-layer error
    report and its manifest (``accepted``, and the ``reason`` when not) are written either way.
 
 :class:`QuantizeOptions` holds what the user asked for and checks it. ``quantize_run`` and
@@ -35,6 +38,7 @@ import onnx
 from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, verify_artifact, write_manifest
 from edge.errors import UserError
 from edge.export import load_onnx_checked
+from edge.quantize.bias import bias_images, correct_biases
 from edge.quantize.evaluate import (
     EvalSet,
     compare,
@@ -96,11 +100,13 @@ class Try:
     val: dict[str, Any] = field(default_factory=dict)  # compare() on the val split: percent, drop in points
     speedup: float | None = None  # throughput against the float model (auto, target cpu)
     rounding: dict[str, Any] = field(default_factory=lambda: {"rounding": "nearest"})
+    bias: dict[str, Any] | None = None  # correct_biases()'s summary; None: biases as quantized
 
     def row(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "excluded": list(self.excluded),
+            "bias_corrected": self.bias is not None,
             **{k: self.val[k] for k in ("top1", "drop_points", "agreement", "eval_count") if k in self.val},
             **({"speedup": round(self.speedup, 3)} if self.speedup is not None else {}),
         }
@@ -223,6 +229,7 @@ class QuantizeOptions:
     max_excluded: int = DEFAULT_MAX_EXCLUDED
     weight_rounding: str = "gptq"
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES
+    bias_correction: bool = True
 
     @property
     def auto(self) -> bool:
@@ -376,13 +383,32 @@ class QuantizeSearch:
         result = Try(method, excluded, path)
         if self.rounding is not None:
             result.rounding = self.rounding.apply(path)
+        return self._scored(result)
+
+    def corrected(self, chosen: Try) -> Try:
+        """A copy of ``chosen`` with its biases corrected on the first calibration images
+        (``edge.quantize.bias``), scored on the val split like every try."""
+        path = self.work / f"try-{len(self.tries)}.onnx"
+        count = bias_images(self.spec.input_size)
+        bias = correct_biases(self.prepared, chosen.path, np.asarray(self.calib.tensor[:count]), out=path)
+        log.info(
+            "bias correction: %d layers on %d calibration images, largest mean shift %s",
+            bias["layers"],
+            bias["images"],
+            bias["largest_shift"],
+        )
+        return self._scored(dataclasses.replace(chosen, excluded=list(chosen.excluded), path=path, val={}, bias=bias))
+
+    def _scored(self, result: Try) -> Try:
+        """``result`` scored on the val split (auto) and added to the tries."""
         if self.val is not None and self.val_parent is not None:
-            result.val = compare(self.val_parent, predict(path, self.spec, self.val.tensor), self.val.labels)
+            result.val = compare(self.val_parent, predict(result.path, self.spec, self.val.tensor), self.val.labels)
             log.info(
-                "try %d: %s, %d node(s) in float: val top-1 %s, drop %s points, agreement %.2f%%",
-                index,
-                method,
-                len(excluded),
+                "try %d: %s, %d node(s) in float%s: val top-1 %s, drop %s points, agreement %.2f%%",
+                len(self.tries),
+                result.method,
+                len(result.excluded),
+                ", biases corrected" if result.bias is not None else "",
                 na(result.val["top1"], "{:.2f}%"),
                 na(result.val["drop_points"], "{:.2f}"),
                 result.val["agreement"],
@@ -406,6 +432,12 @@ class QuantizeSearch:
             fastest = self.budget.fastest(self.tries)
             if fastest is not best:
                 best, layers = fastest, self.layer_errors(fastest)
+        if self.options.bias_correction:
+            corrected = self.corrected(best)
+            # auto: kept when val scores it at least as well (ties keep the uncorrected); a named
+            # method has no val split to ask, and takes it.
+            if not self.options.auto or self.budget.best([best, corrected]) is corrected:
+                best, layers = corrected, self.layer_errors(corrected)
         return best, layers
 
     def layer_errors(self, chosen: Try) -> list[dict[str, Any]]:
@@ -540,6 +572,7 @@ class QuantizeSearch:
             "method": self.options.method,
             "chosen_method": best.method,
             "nodes_excluded": best.excluded,
+            "bias_correction": best.bias,
             "reduce_range": self.reduce_range,
             "weight_rounding": best.rounding,
             "reduce_range_default": default_reduce_range(env["cpu_flags"]) if target == "cpu" else False,

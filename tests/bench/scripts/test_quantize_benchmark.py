@@ -42,14 +42,18 @@ def test_compare_rounding_uses_one_calibration_set_and_the_same_test_images(fash
     assert main(argv) == 0
     out = capsys.readouterr().out
     rows = json.loads(out.strip().splitlines()[-1])["compare_rounding"]
-    assert [r["rounding"] for r in rows] == ["gptq", "nearest"]
-    gptq, nearest = rows
-    for key in ("calibration", "calibration_count", "eval_count", "eval_source", "parent_top1", "method"):
-        assert gptq[key] == nearest[key], key
+    assert [(r["rounding"], r["bias_correction"]) for r in rows] == [("gptq", True), ("gptq", False), ("nearest", False)]
+    corrected, gptq, nearest = rows
+    for row in (gptq, nearest):
+        for key in ("calibration", "calibration_count", "eval_count", "eval_source", "parent_top1", "method"):
+            assert corrected[key] == row[key], key
     assert gptq["eval_count"] == 60 and gptq["eval_source"] == "fashion-mnist:test" and gptq["method"] == "minmax"
     for row in rows:
         assert row["agreement"] == pytest.approx(100 * (60 - row["flips"]) / 60)
         assert row["drop_points"] == pytest.approx(row["parent_top1"] - row["top1"], abs=1e-3)
-    assert gptq["output_error_gain_db"] > 0 and nearest["output_error_gain_db"] is None
-    assert "GPTQ vs nearest weight rounding" in out and "60 test images" in " ".join(out.split())
+        ov = row["openvino"]  # the openvino extra is in make install's defaults
+        assert ov["agreement"] == pytest.approx(100 * (60 - ov["flips"]) / 60)
+    assert corrected["bias_layers"] > 40 and gptq["bias_layers"] is None and nearest["bias_layers"] is None
+    assert corrected["output_error_gain_db"] > 0 and gptq["output_error_gain_db"] > 0 and nearest["output_error_gain_db"] is None
+    assert "Weight rounding and bias correction" in out and "60 test images" in " ".join(out.split())
     assert sorted(p.name for p in run.iterdir() if p.name != "splits.json") == [n for n in before if n != "splits.json"]

@@ -136,12 +136,30 @@ def test_auto_records_its_tries_and_a_layer_report(fashion_quant_run: Path) -> N
     assert manifest.provenance["speed"]["batch"] == 8
     assert manifest.provenance["val_set"] == "fashion-mnist:val"
     assert manifest.provenance["val_count"] == manifest.metrics["val_count"] == 100  # the n behind the choice
+    bias = manifest.provenance["bias_correction"]
     chosen = [
         t
         for t in tries
-        if t["method"] == manifest.provenance["chosen_method"] and t["excluded"] == manifest.provenance["nodes_excluded"]
+        if (t["method"], t["excluded"], t["bias_corrected"])
+        == (manifest.provenance["chosen_method"], manifest.provenance["nodes_excluded"], bias is not None)
     ]
-    assert chosen
+    assert len(chosen) == 1
+    # the last try is the choice before it with its biases corrected, scored on the same val images
+    *before, corrected = tries
+    assert corrected["bias_corrected"] and not any(t["bias_corrected"] for t in before)
+    assert any(
+        (t["method"], t["excluded"], t["speedup"]) == (corrected["method"], corrected["excluded"], corrected["speedup"])
+        for t in before
+    )
+    if bias is not None:  # kept only when val scores it at least as well
+        assert (
+            bias["layers"] > 40
+            and bias["images"] == 64
+            and corrected["agreement"]
+            >= max(
+                t["agreement"] for t in before if t["method"] == corrected["method"] and t["excluded"] == corrected["excluded"]
+            )
+        )
     fitting = [t for t in tries[:3] if t["drop_points"] <= 0.5 and t["agreement"] >= 99.0]
     assert fitting or len(tries) > 3, "auto must try keeping layers in float when no method fits the budget"
     report = json.loads((fashion_quant_run / "model.int8-cpu.layers.json").read_text())
@@ -158,6 +176,9 @@ def test_trt_target_follows_tensorrt_rules(fashion_quant_run: Path) -> None:
     assert manifest.kind == "onnx-int8-trt" and manifest.metrics["simulated"] is True
     assert manifest.provenance["extra_options"]["QuantizeBias"] is False
     assert manifest.provenance["weight_rounding"]["rounding"] == "gptq"
+    # a named method has no val split to ask: its float biases are corrected
+    assert manifest.provenance["bias_correction"]["layers"] > 40
+    assert [t["bias_corrected"] for t in manifest.provenance["tries"]] == [False, True]
     assert manifest.provenance["speed"] is None  # ORT CPU speed says nothing about TensorRT
     model = onnx.load(str(path))
     assert check_tensorrt_rules(model) == []
