@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,12 @@ def correct_biases(
     qdq_path: str | os.PathLike[str],
     batch: np.ndarray,
     out: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Correct the biases of the QDQ model at ``qdq_path`` against the float model it was quantized
     from (layers matched by node name), on ``batch`` (preprocessed NCHW calibration images); writes
-    the result atomically to ``out`` (default: in place). Returns a summary: layers corrected, the
+    the result atomically to ``out`` (default: in place); ``progress(done, total)`` after each layer.
+    Returns a summary: layers corrected, the
     images, and the largest per-channel mean shift found before correction (in the layer's units)."""
     import onnx
     from onnx import numpy_helper
@@ -92,7 +95,9 @@ def correct_biases(
         float_means = _channel_means(float_model, [b.float_output for b in biases], batch)
         largest = 0.0
         session, feed = _feeding_session(model, biases), _input_feed(model, batch)
-        for bias in biases:
+        for done, bias in enumerate(biases, 1):
+            if progress is not None and done > 1:
+                progress(done - 1, len(biases))
             (output,) = session.run([bias.output], {**feed, **{b.tensor: b.values for b in biases}})
             delta = _channel_mean(output) - float_means[bias.float_output]
             if delta.shape != bias.values.shape:  # a broadcast bias: not one value per output channel
@@ -100,6 +105,8 @@ def correct_biases(
                 continue
             largest = max(largest, float(np.abs(delta).max()))
             bias.shift(delta)
+        if progress is not None:
+            progress(len(biases), len(biases))
         initializers = {init.name: init for init in model.graph.initializer}
         for bias in biases:
             initializers[bias.tensor].CopyFrom(numpy_helper.from_array(bias.values, bias.tensor))

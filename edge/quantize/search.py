@@ -390,7 +390,17 @@ class QuantizeSearch:
         (``edge.quantize.bias``), scored on the val split like every try."""
         path = self.work / f"try-{len(self.tries)}.onnx"
         count = bias_images(self.spec.input_size)
-        bias = correct_biases(self.prepared, chosen.path, np.asarray(self.calib.tensor[:count]), out=path)
+        from edge.console import make_progress
+
+        with make_progress(transient=True, unit="layers") as progress:
+            task = progress.add_task("correcting biases", total=None)
+            bias = correct_biases(
+                self.prepared,
+                chosen.path,
+                np.asarray(self.calib.tensor[:count]),
+                out=path,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
         log.info(
             "bias correction: %d layers on %d calibration images, largest mean shift %s",
             bias["layers"],

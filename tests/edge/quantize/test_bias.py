@@ -78,8 +78,12 @@ def test_float_bias_offsets_are_taken_back_exactly(tmp_path: Path) -> None:
     shifted_path, out = tmp_path / "shifted.onnx", tmp_path / "corrected.onnx"
     onnx.save(shifted, str(shifted_path))
 
-    summary = correct_biases(float_path, shifted_path, _batch(), out=out)
+    calls: list[tuple[int, int]] = []
+    summary = correct_biases(
+        float_path, shifted_path, _batch(), out=out, progress=lambda done, total: calls.append((done, total))
+    )
 
+    assert calls == [(1, 3), (2, 3), (3, 3)]
     assert summary == {"bias_correction": True, "layers": 3, "images": 32, "largest_shift": pytest.approx(0.4, abs=1e-4)}
     corrected, original = _initializers(onnx.load(str(out))), _initializers(float_model)
     assert corrected.keys() == original.keys()
