@@ -107,3 +107,52 @@ def test_spec_from_a_corrupt_onnx_file_is_a_user_error(tmp_path):
     bad.write_bytes(b"\xff\xfe not protobuf")
     with pytest.raises(UserError, match="not a readable ONNX model"):
         spec_from_onnx(bad)
+
+
+def _resize_then_crop(image: np.ndarray, size: int = 224, resize: int = 256) -> np.ndarray:
+    """The definition: INTER_AREA to the short side ``resize``, then the centred ``size`` crop."""
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = resize / min(height, width)
+    new_w, new_h = max(size, int(round(width * scale))), max(size, int(round(height * scale)))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return resized[top : top + size, left : left + size]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "window"),
+    [
+        (640, 480, "rows"),  # rows 30-450 of the source
+        (480, 640, "cols"),
+        (1280, 720, "rows"),
+        (1920, 1080, None),  # the window falls between source pixels: the whole resize
+        (1024, 768, None),  # an integer vertical scale: OpenCV's box path, kept
+        (512, 512, None),
+        (2560, 1440, "gray"),  # in colour the float32 window (39 MB) is over AREA_CROP_MAX_BYTES; gray's 13 MB
+        (801, 601, None),
+    ],
+)
+@pytest.mark.parametrize("gray", [False, True])
+def test_center_crop_computes_the_crop_alone_with_the_same_values(photos, width, height, window, gray):
+    """Resizing only the crop's window gives the very values of resizing the whole frame and
+    cropping, on noisy photos, colour and gray; the window is taken exactly where it can be."""
+    import cv2
+
+    from edge.spec import _area_crop
+
+    rng = np.random.default_rng(width + height)
+    photo = cv2.resize(next(iter(photos.values())), (width, height), interpolation=cv2.INTER_LINEAR)
+    frame = np.clip(photo.astype(np.int16) + rng.integers(-30, 31, photo.shape), 0, 255).astype(np.uint8)
+    if gray:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    spec = PreprocessSpec(labels=["a", "b"], input_size=224, resize_size=256, crop="center", color="gray" if gray else "rgb")
+    np.testing.assert_array_equal(spec._resize_and_crop(cv2, frame), _resize_then_crop(frame))
+    scale = 256 / min(height, width)
+    new_w, new_h = round(width * scale), round(height * scale)
+    corner = (round((new_h - 224) / 2), round((new_w - 224) / 2))
+    windowed = _area_crop(cv2, frame, (new_w, new_h), corner, 224)
+    assert (windowed is not None) == (window in ("rows", "cols") or (window == "gray" and gray))
+    if windowed is not None:
+        np.testing.assert_array_equal(windowed, _resize_then_crop(frame))
