@@ -307,6 +307,7 @@ def test_cli_quantize_prints_and_writes(
                 "50",
                 "--weight-rounding",
                 "nearest",
+                "--no-bias-correction",
                 "--out",
                 str(out),
             ]
@@ -315,6 +316,8 @@ def test_cli_quantize_prints_and_writes(
     assert code == (0 if manifest.metrics["accepted"] else 1)  # 1: written, not accepted (test_acceptance.py)
     assert manifest.metrics["eval_count"] == 50
     assert manifest.provenance["weight_rounding"] == {"rounding": "nearest"}
+    assert manifest.provenance["bias_correction"] is None
+    assert [t["bias_corrected"] for t in manifest.provenance["tries"]] == [False]  # no corrected try at all
     printed = capsys.readouterr().out
     assert f"{manifest.metrics['top1']:.2f}%" in printed and f"{manifest.metrics['agreement']:.2f}%" in printed
     assert main(["quantize", str(fashion_quant_run), "--target", "cpu", "--max-drop", "-1"]) == 2
