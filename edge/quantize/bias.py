@@ -123,10 +123,13 @@ def _biases(model: Any, float_model: Any) -> list[_Bias]:
 
     initializers = {init.name: init for init in model.graph.initializer}
     producers = {output: node for node in model.graph.node for output in node.output}
-    float_outputs = {node.name: node.output[0] for node in float_model.graph.node if node.op_type in BIASED_OPS}
+    float_outputs = _by_unique_name(float_model)
+    names = _by_unique_name(model)
     found = []
     for node in model.graph.node:
-        if node.op_type not in BIASED_OPS or len(node.input) < 3 or not node.input[2] or node.name not in float_outputs:
+        if node.op_type not in BIASED_OPS or len(node.input) < 3 or not node.input[2]:
+            continue
+        if node.name not in float_outputs or node.name not in names:  # unnamed, or a name two nodes share
             continue
         name = node.input[2]
         if name in initializers:
@@ -149,6 +152,19 @@ def _biases(model: Any, float_model: Any) -> list[_Bias]:
             _Bias(node.name, node.output[0], float_outputs[node.name], dq.input[0], values, np.broadcast_to(scale, values.shape))
         )
     return found
+
+
+def _by_unique_name(model: Any) -> dict[str, str]:
+    """Conv/Gemm output by node name, for names that are set and name one node only: layers are
+    matched across the two models by name, and a missing or shared name matches nothing."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.name] = counts.get(node.name, 0) + 1
+    return {
+        node.name: node.output[0]
+        for node in model.graph.node
+        if node.op_type in BIASED_OPS and node.name and counts[node.name] == 1
+    }
 
 
 def _session(model: Any) -> Any:

@@ -174,3 +174,17 @@ def test_a_model_without_biased_layers_is_written_unchanged(tmp_path: Path) -> N
 @pytest.mark.parametrize(("size", "images"), [(64, 128), (224, 10), (16, 256), (1024, 8)])
 def test_bias_images_bound_the_work_at_any_size(size: int, images: int) -> None:
     assert bias_images(size) == images
+
+
+def test_unnamed_or_shared_layer_names_match_nothing(tmp_path: Path) -> None:
+    """Layers are matched across the two models by node name: an empty name, or one two nodes share,
+    is left alone rather than corrected against the wrong layer."""
+    model = _float_model()
+    names = {"conv_a": "", "conv_b": "fc"}  # conv_a unnamed; conv_b and the Gemm share "fc"
+    for node in model.graph.node:
+        node.name = names.get(node.name, node.name)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    summary = correct_biases(path, path, _batch(4), out=tmp_path / "out.onnx")
+    assert summary["layers"] == 0
+    assert _initializers(onnx.load(str(tmp_path / "out.onnx"))).keys() == _initializers(model).keys()
