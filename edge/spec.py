@@ -207,15 +207,19 @@ class PreprocessSpec:
             return np.zeros((0, *self.input_shape), dtype=np.float32)
         return np.stack([self.apply(f) for f in frames]).astype(np.float32, copy=False)
 
+    def center_crop_geometry(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Where a centre crop comes from in a ``height`` x ``width`` image: the resized size
+        ``(new_w, new_h)`` (short side ``resize_size``) and the crop's corner ``(top, left)`` in it."""
+        scale = self.resize_size / min(height, width)
+        new_w = max(self.input_size, int(round(width * scale)))
+        new_h = max(self.input_size, int(round(height * scale)))
+        return (new_w, new_h), (int(round((new_h - self.input_size) / 2.0)), int(round((new_w - self.input_size) / 2.0)))
+
     def _resize_and_crop(self, cv2: Any, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
         if self.crop == "resize":
             return self.resize(cv2, image, self.input_size, self.input_size)
-        scale = self.resize_size / min(height, width)
-        new_w = max(self.input_size, int(round(width * scale)))
-        new_h = max(self.input_size, int(round(height * scale)))
-        top = int(round((new_h - self.input_size) / 2.0))
-        left = int(round((new_w - self.input_size) / 2.0))
+        (new_w, new_h), (top, left) = self.center_crop_geometry(height, width)
         if new_w < width and new_h < height:
             cropped = _area_crop(cv2, image, (new_w, new_h), (top, left), self.input_size)
             if cropped is not None:
@@ -258,11 +262,12 @@ def _area_crop(cv2: Any, image: np.ndarray, resized: tuple[int, int], corner: tu
     and end on whole source pixels, the same two passes over that window alone, horizontal then
     vertical, in float32, with the same scales and so the same weights, give the same values: the
     other axis is resized in full and then cropped. A 640x480 frame for a 224 crop of a 256 resize
-    (rows 30-450 of the source) takes 1.06 ms this way against 1.67 ms for the whole resize, 1280x720
-    (rows 45-675) 3.26 against 3.95 ms. The whole resize is kept where the window falls between
-    source pixels (1920x1080), where a scale is an integer (OpenCV then averages boxes, faster and
-    with other arithmetic) and where the float32 window outgrows the caches (2560x1440: 13.9 against
-    12.4 ms), AREA_CROP_MAX_BYTES.
+    (rows 30-450 of the source) takes 1.00 ms this way against 1.58 ms for the whole resize, 1280x720
+    (rows 45-675) 2.83 against 3.78 ms (``python -m bench.scripts.preprocess_benchmark``). The whole
+    resize is kept where the window falls between source pixels (1920x1080), where a scale is an
+    integer (OpenCV then averages boxes, faster and with other arithmetic) and where the float32
+    window outgrows the caches (2560x1440: 13.9 against 12.4 ms, a session measurement),
+    AREA_CROP_MAX_BYTES.
     """
     height, width = image.shape[:2]
     (new_w, new_h), (top, left) = resized, corner
@@ -276,9 +281,8 @@ def _area_crop(cv2: Any, image: np.ndarray, resized: tuple[int, int], corner: tu
     if window_bytes > AREA_CROP_MAX_BYTES:
         return None
     window = image[slice(*rows) if rows else slice(None), slice(*cols) if cols else slice(None)].astype(np.float32)
-    window_h, window_w = window.shape[:2]
     # horizontal pass (vertical scale 1): the crop's columns when they are a whole window, else all
-    across = cv2.resize(window, (size if cols else new_w, window_h), interpolation=cv2.INTER_AREA)
+    across = cv2.resize(window, (size if cols else new_w, window.shape[0]), interpolation=cv2.INTER_AREA)
     if not cols:
         across = across[:, left : left + size]
     # vertical pass (horizontal scale 1): the crop's rows when they are a whole window, else all

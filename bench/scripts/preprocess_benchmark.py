@@ -41,11 +41,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def whole_resize_then_crop(cv2: Any, spec: Any, image: np.ndarray) -> np.ndarray:
     """The definition: the whole frame resized (``spec.resize``), then the centred crop."""
-    height, width = image.shape[:2]
-    scale = spec.resize_size / min(height, width)
-    new_w = max(spec.input_size, int(round(width * scale)))
-    new_h = max(spec.input_size, int(round(height * scale)))
-    top, left = int(round((new_h - spec.input_size) / 2.0)), int(round((new_w - spec.input_size) / 2.0))
+    (new_w, new_h), (top, left) = spec.center_crop_geometry(*image.shape[:2])
     return spec.resize(cv2, image, new_w, new_h)[top : top + spec.input_size, left : left + spec.input_size]
 
 
@@ -55,11 +51,9 @@ def window_of(spec: Any, width: int, height: int) -> str:
 
     from edge.spec import _area_crop, _source_window
 
-    scale = spec.resize_size / min(height, width)
-    new_w, new_h = max(spec.input_size, round(width * scale)), max(spec.input_size, round(height * scale))
+    (new_w, new_h), corner = spec.center_crop_geometry(height, width)
     if spec.crop != "center" or not (new_w < width and new_h < height):
         return "whole (no centre-crop downscale)"
-    corner = (round((new_h - spec.input_size) / 2), round((new_w - spec.input_size) / 2))
     probe = np.zeros((height, width) if spec.color == "gray" else (height, width, 3), np.uint8)
     if _area_crop(cv2, probe, (new_w, new_h), corner, spec.input_size) is None:
         return "whole"

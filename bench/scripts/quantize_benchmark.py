@@ -144,7 +144,7 @@ def compare_rounding(
     calibration = run.calibration_file
     if not calibration.exists():
         calibration = build_calibration_set(run.root, data, size=calib_size, seed=0, out=work / "calibration.npy").path
-    rows = []
+    rows, paths = [], []
     for rounding, bias in VARIANTS:
         path = quantize_run(
             run.root,
@@ -158,6 +158,7 @@ def compare_rounding(
             weight_rounding=rounding,
             bias_correction=bias,
         )
+        paths.append(path)
         manifest = read_manifest(path)
         corrected = manifest.provenance["bias_correction"]
         rows.append(
@@ -173,11 +174,9 @@ def compare_rounding(
                     k: manifest.metrics[k]
                     for k in ("top1", "parent_top1", "drop_points", "agreement", "flips", "eval_count", "eval_source")
                 },
-                "path": path,
             }
         )
-    openvino = _openvino_figures(run, data, eval_limit, [row.pop("path") for row in rows])
-    for row, figures in zip(rows, openvino):
+    for row, figures in zip(rows, _openvino_figures(run, data, eval_limit, paths)):
         row["openvino"] = figures
     return rows
 

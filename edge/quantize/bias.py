@@ -82,8 +82,8 @@ def correct_biases(
     """Correct the biases of the QDQ model at ``qdq_path`` against the float model it was quantized
     from (layers matched by node name), on ``batch`` (preprocessed NCHW calibration images); writes
     the result atomically to ``out`` (default: in place); ``progress(done, total)`` after each layer.
-    Returns a summary: layers corrected, the
-    images, and the largest per-channel mean shift found before correction (in the layer's units)."""
+    Returns a summary: layers corrected, the images, and the largest per-channel mean shift found
+    before correction (in the layer's units)."""
     import onnx
     from onnx import numpy_helper
 
@@ -93,24 +93,23 @@ def correct_biases(
     summary: dict[str, Any] = {"bias_correction": True, "layers": 0, "images": int(len(batch)), "largest_shift": None}
     if biases:
         float_means = _channel_means(float_model, [b.float_output for b in biases], batch)
-        largest = 0.0
+        largest, corrected = 0.0, 0
         session, feed = _feeding_session(model, biases), _input_feed(model, batch)
         for done, bias in enumerate(biases, 1):
-            if progress is not None and done > 1:
-                progress(done - 1, len(biases))
             (output,) = session.run([bias.output], {**feed, **{b.tensor: b.values for b in biases}})
             delta = _channel_mean(output) - float_means[bias.float_output]
-            if delta.shape != bias.values.shape:  # a broadcast bias: not one value per output channel
+            if delta.shape == bias.values.shape:
+                largest = max(largest, float(np.abs(delta).max()))
+                bias.shift(delta)
+                corrected += 1
+            else:  # a broadcast bias: not one value per output channel
                 log.debug("%s: bias shape %s, output channels %s: left as it is", bias.node, bias.values.shape, delta.shape)
-                continue
-            largest = max(largest, float(np.abs(delta).max()))
-            bias.shift(delta)
-        if progress is not None:
-            progress(len(biases), len(biases))
+            if progress is not None:
+                progress(done, len(biases))
         initializers = {init.name: init for init in model.graph.initializer}
         for bias in biases:
             initializers[bias.tensor].CopyFrom(numpy_helper.from_array(bias.values, bias.tensor))
-        summary.update(layers=len(biases), largest_shift=round(largest, 6))
+        summary.update(layers=corrected, largest_shift=round(largest, 6))
     with atomic_path(Path(out or qdq_path)) as staged:
         onnx.save(model, str(staged))
     return summary
