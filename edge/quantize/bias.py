@@ -16,8 +16,9 @@ Only bias values change: the graph, its kernels and its speed stay the same.
 
     summary = correct_biases(float_path, qdq_path, batch)   # rewrites qdq_path (or writes ``out``)
 
-One ONNX Runtime session serves every layer: the biases become graph inputs, fed their current
-values on each run, so correcting 50 layers costs 50 runs of the batch, not 50 session builds.
+The biases become graph inputs, fed their current values on each run, and the model is cut after
+every corrected layer: each segment runs over the tensors the segments before it left, so
+correcting 50 layers costs about two passes of the batch, not 50.
 """
 
 from __future__ import annotations
@@ -94,16 +95,16 @@ def correct_biases(
     if biases:
         float_means = _channel_means(float_model, [b.float_output for b in biases], batch)
         largest, corrected = 0.0, 0
-        session, feed = _feeding_session(model, biases), _input_feed(model, batch)
+        layers = _Segments.of(model, biases, batch) or _WholeModel(model, biases, batch)
         for done, bias in enumerate(biases, 1):
-            (output,) = session.run([bias.output], {**feed, **{b.tensor: b.values for b in biases}})
-            delta = _channel_mean(output) - float_means[bias.float_output]
+            delta = _channel_mean(layers.output(bias)) - float_means[bias.float_output]
             if delta.shape == bias.values.shape:
                 largest = max(largest, float(np.abs(delta).max()))
                 bias.shift(delta)
                 corrected += 1
             else:  # a broadcast bias: not one value per output channel
                 log.debug("%s: bias shape %s, output channels %s: left as it is", bias.node, bias.values.shape, delta.shape)
+            layers.settle(bias)
             if progress is not None:
                 progress(done, len(biases))
         initializers = {init.name: init for init in model.graph.initializer}
@@ -187,9 +188,10 @@ def _with_outputs(model: Any, names: list[str]) -> Any:
     return copy
 
 
-def _feeding_session(model: Any, biases: list[_Bias]) -> Any:
-    """A session over ``model`` whose bias tensors are graph inputs (fed on each run) and whose
-    layer outputs can be fetched."""
+def _feeding_model(model: Any, biases: list[_Bias]) -> Any:
+    """``model`` with its bias tensors as graph inputs (fed on each run) and its layer outputs
+    fetchable; a bias's DequantizeLinear moves next to its layer (its inputs are a graph input and
+    initializers, so the order stays topological), where a run of that layer alone recomputes it."""
     from onnx import helper
 
     copy = _with_outputs(model, [b.output for b in biases])
@@ -200,7 +202,140 @@ def _feeding_session(model: Any, biases: list[_Bias]) -> Any:
         copy.graph.input.append(helper.make_tensor_value_info(bias.tensor, elem, list(bias.values.shape)))
     del copy.graph.initializer[:]
     copy.graph.initializer.extend(kept)
-    return _session(copy)
+    layer_of = {b.node: b for b in biases}
+    moved = {id(n): n for n in copy.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in fed}
+    order: list[Any] = []
+    for node in copy.graph.node:
+        if id(node) in moved:
+            continue
+        if node.name in layer_of:
+            order.extend(m for m in moved.values() if m.output[0] == node.input[2])
+        order.append(node)
+    placed = {id(n) for n in order}
+    order[:0] = [n for n in moved.values() if id(n) not in placed]  # feeding no layer found: first
+    nodes = [type(n)() for n in order]
+    for target, node in zip(nodes, order):
+        target.CopyFrom(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
+
+
+class _WholeModel:
+    """Every layer's output from a run of the whole model (one session, biases fed): the fallback
+    where the graph cannot be cut into segments (a node with a subgraph, a tensor of unknown type)."""
+
+    def __init__(self, model: Any, biases: list[_Bias], batch: np.ndarray) -> None:
+        self.session = _session(_feeding_model(model, biases))
+        self.feed = _input_feed(model, batch)
+        self.biases = biases
+
+    def output(self, bias: _Bias) -> np.ndarray:
+        (output,) = self.session.run([bias.output], {**self.feed, **{b.tensor: b.values for b in self.biases}})
+        return np.asarray(output)
+
+    def settle(self, bias: _Bias) -> None:
+        """Nothing is kept between runs."""
+
+
+class _Segments:
+    """The model cut after every corrected layer, run one segment at a time over cached tensors.
+
+    Layers are corrected in graph order, and once a layer's bias is settled nothing before the next
+    layer changes again; so segment ``i`` (the nodes after layer ``i - 1`` up to layer ``i``) runs
+    once to measure layer ``i`` and once more after its bias moved, reading what earlier segments
+    left in the cache (dropped after its last reader). The whole correction then costs about two
+    passes of the batch instead of one pass per layer (50 on Lite0), with the same values: the same
+    nodes compute on the same inputs."""
+
+    def __init__(self, model: Any, types: dict[str, Any], biases: list[_Bias], feed: dict[str, np.ndarray]) -> None:
+        self.model, self.nodes, self.types, self.biases = model, list(model.graph.node), types, biases
+        self.initializers = {init.name: init for init in model.graph.initializer}
+        self.cache = dict(feed)
+        nodes = self.nodes
+        self.last_read = {name: i for i, node in enumerate(nodes) for name in node.input if name}
+        self.end = {node.name: i for i, node in enumerate(nodes) if node.name in {b.node for b in biases}}
+        self.start = 0
+        self.pending: tuple[_Segment, np.ndarray, dict[str, np.ndarray]] | None = None
+
+    @classmethod
+    def of(cls, model: Any, biases: list[_Bias], batch: np.ndarray) -> "_Segments | None":
+        """Segments over ``model``, or None where it cannot be cut (the caller runs it whole)."""
+        import onnx
+
+        feeding = _feeding_model(model, biases)
+        if any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in feeding.graph.node for a in n.attribute
+        ):
+            return None
+        try:
+            inferred = onnx.shape_inference.infer_shapes(feeding)
+        except Exception as exc:  # an op shape inference does not know: run the model whole
+            log.debug("bias correction: shape inference failed (%s); running the whole model per layer", exc)
+            return None
+        values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+        types = {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
+        if any(name and name not in types for node in feeding.graph.node for name in node.output):
+            return None
+        return cls(feeding, types, biases, _input_feed(model, batch))
+
+    def output(self, bias: _Bias) -> np.ndarray:
+        end = self.end[bias.node]
+        segment = _Segment.build(self, self.nodes[self.start : end + 1], bias.output, end)
+        values = segment.bias_values()
+        outputs = segment.run(self.cache, values)
+        self.pending = (segment, np.array(bias.values), outputs)
+        return outputs[bias.output]
+
+    def settle(self, bias: _Bias) -> None:
+        """``bias`` is final: keep its segment's outputs (run again if the bias moved) for the rest."""
+        assert self.pending is not None
+        segment, measured_with, outputs = self.pending
+        if not np.array_equal(measured_with, bias.values):
+            outputs = segment.run(self.cache, segment.bias_values())
+        end = self.end[bias.node]
+        self.cache.update(outputs)
+        self.cache = {name: value for name, value in self.cache.items() if self.last_read.get(name, -1) > end}
+        self.start, self.pending = end + 1, None
+
+
+@dataclass
+class _Segment:
+    """One run of consecutive nodes: a session, the cached tensors it reads and the ones it leaves."""
+
+    session: Any
+    inputs: list[str]
+    outputs: list[str]
+    fed: dict[str, _Bias]
+
+    @classmethod
+    def build(cls, owner: _Segments, nodes: list[Any], layer_output: str, end: int) -> "_Segment":
+        from onnx import helper
+
+        produced = {name for node in nodes for name in node.output if name}
+        inputs = list(
+            dict.fromkeys(n for node in nodes for n in node.input if n and n not in produced and n not in owner.initializers)
+        )
+        outputs = list(dict.fromkeys(n for node in nodes for n in node.output if n and owner.last_read.get(n, -1) > end))
+        outputs = outputs if layer_output in outputs else [*outputs, layer_output]
+        used = {n for node in nodes for n in node.input}
+        graph = helper.make_graph(
+            nodes,
+            "segment",
+            [helper.make_tensor_value_info(n, owner.types[n], None) for n in inputs],
+            [helper.make_tensor_value_info(n, owner.types[n], None) for n in outputs],
+            [init for name, init in owner.initializers.items() if name in used],
+        )
+        model = helper.make_model(graph, opset_imports=owner.model.opset_import, ir_version=owner.model.ir_version)
+        fed = {b.tensor: b for b in owner.biases if b.tensor in inputs}
+        return cls(_session(model), inputs, outputs, fed)
+
+    def bias_values(self) -> dict[str, np.ndarray]:
+        return {name: bias.values for name, bias in self.fed.items()}
+
+    def run(self, cache: dict[str, np.ndarray], biases: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {name: biases[name] if name in biases else cache[name] for name in self.inputs}
+        return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
 
 
 def _input_feed(model: Any, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -188,3 +188,50 @@ def test_unnamed_or_shared_layer_names_match_nothing(tmp_path: Path) -> None:
     summary = correct_biases(path, path, _batch(4), out=tmp_path / "out.onnx")
     assert summary["layers"] == 0
     assert _initializers(onnx.load(str(tmp_path / "out.onnx"))).keys() == _initializers(model).keys()
+
+
+def _skip_model() -> onnx.ModelProto:
+    """input -> Conv a -> Relu -> Conv b -> Add(Relu's output, b) -> pool -> Gemm: the Relu's output is
+    read across a layer boundary, after conv_b."""
+    model = _float_model()
+    rng = np.random.default_rng(5)
+    for init in model.graph.initializer:
+        if init.name in ("wb", "bb", "wfc"):
+            shape = {"wb": (4, 4, 1, 1), "bb": (4,), "wfc": (5, 4)}[init.name]
+            init.CopyFrom(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.5, init.name))
+    nodes = list(model.graph.node)
+    nodes.insert(3, helper.make_node("Add", ["a_relu", "b"], ["skip"], name="skip"))
+    nodes[4].input[0] = "skip"  # the pool reads the sum
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+@pytest.mark.parametrize("make", [_float_model, _skip_model], ids=["chain", "skip"])
+def test_segments_give_the_same_biases_as_whole_model_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make) -> None:
+    """The model is run one segment per layer over cached tensors; the corrected file is byte for
+    byte what running the whole model for every layer gives (the fallback where a graph cannot be
+    cut: here shape inference is made to fail)."""
+    from edge.quantize import bias as module
+
+    float_path = tmp_path / "float.onnx"
+    onnx.save(make(), str(float_path))
+    qdq_path = _qdq_model(float_path, tmp_path / "qdq.onnx")
+    batch = _batch(48, seed=7)
+    built: list[str] = []
+    build = module._Segment.build
+    monkeypatch.setattr(
+        module._Segment, "build", lambda owner, nodes, out, end: built.append(out) or build(owner, nodes, out, end)
+    )
+
+    segmented = correct_biases(float_path, qdq_path, batch, out=tmp_path / "segmented.onnx")
+
+    assert len(built) == 3  # one segment per layer: conv_a, conv_b, fc
+    monkeypatch.setattr("onnx.shape_inference.infer_shapes", lambda model: (_ for _ in ()).throw(RuntimeError("unknown op")))
+    whole = correct_biases(float_path, qdq_path, batch, out=tmp_path / "whole.onnx")
+
+    assert len(built) == 3  # the fallback built no segment
+    assert segmented == whole and segmented["layers"] == 3
+    assert (tmp_path / "segmented.onnx").read_bytes() == (tmp_path / "whole.onnx").read_bytes()
+    old, new = _initializers(onnx.load(str(qdq_path))), _initializers(onnx.load(str(tmp_path / "segmented.onnx")))
+    assert any(not np.array_equal(old[k], new[k]) for k in old)  # something was corrected
