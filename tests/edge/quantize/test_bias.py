@@ -235,3 +235,29 @@ def test_segments_give_the_same_biases_as_whole_model_runs(tmp_path: Path, monke
     assert (tmp_path / "segmented.onnx").read_bytes() == (tmp_path / "whole.onnx").read_bytes()
     old, new = _initializers(onnx.load(str(qdq_path))), _initializers(onnx.load(str(tmp_path / "segmented.onnx")))
     assert any(not np.array_equal(old[k], new[k]) for k in old)  # something was corrected
+
+
+def test_a_bias_two_layers_share_is_left_alone(tmp_path: Path) -> None:
+    """conv_a and conv_b read the same bias tensor: a correction for one would shift the other, so
+    neither is corrected; the Gemm still is, and the model stays valid."""
+    model = _skip_model()
+    for node in model.graph.node:
+        if node.name == "conv_b":
+            node.input[2] = "ba"
+    path = tmp_path / "shared.onnx"
+    onnx.save(model, str(path))
+    shifted = onnx.ModelProto.FromString(model.SerializeToString())
+    for init in shifted.graph.initializer:
+        if init.name in ("ba", "bfc"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.2), init.name))
+    shifted_path = tmp_path / "shifted.onnx"
+    onnx.save(shifted, str(shifted_path))
+
+    summary = correct_biases(path, shifted_path, _batch(16), out=tmp_path / "out.onnx")
+
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    onnx.checker.check_model(out)
+    assert summary["layers"] == 1
+    corrected, before = _initializers(out), _initializers(shifted)
+    np.testing.assert_array_equal(corrected["ba"], before["ba"])
+    assert not np.array_equal(corrected["bfc"], before["bfc"])
