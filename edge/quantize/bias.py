@@ -222,7 +222,8 @@ def _feeding_model(model: Any, biases: list[_Bias]) -> Any:
 
 class _WholeModel:
     """Every layer's output from a run of the whole model (one session, biases fed): the fallback
-    where the graph cannot be cut into segments (a node with a subgraph, a tensor of unknown type)."""
+    where the graph cannot be cut into segments (a node with a subgraph, a tensor of unknown type, a
+    bias two nodes read)."""
 
     def __init__(self, model: Any, biases: list[_Bias], batch: np.ndarray) -> None:
         self.session = _session(_feeding_model(model, biases))
@@ -251,9 +252,8 @@ class _Segments:
         self.model, self.nodes, self.types, self.biases = model, list(model.graph.node), types, biases
         self.initializers = {init.name: init for init in model.graph.initializer}
         self.cache = dict(feed)
-        nodes = self.nodes
-        self.last_read = {name: i for i, node in enumerate(nodes) for name in node.input if name}
-        self.end = {node.name: i for i, node in enumerate(nodes) if node.name in {b.node for b in biases}}
+        self.last_read = {name: i for i, node in enumerate(self.nodes) for name in node.input if name}
+        self.end = {node.name: i for i, node in enumerate(self.nodes) if node.name in {b.node for b in biases}}
         self.start = 0
         self.pending: tuple[_Segment, np.ndarray, dict[str, np.ndarray]] | None = None
 
@@ -286,8 +286,7 @@ class _Segments:
     def output(self, bias: _Bias) -> np.ndarray:
         end = self.end[bias.node]
         segment = _Segment.build(self, self.nodes[self.start : end + 1], bias.output, end)
-        values = segment.bias_values()
-        outputs = segment.run(self.cache, values)
+        outputs = segment.run(self.cache, segment.bias_values())
         self.pending = (segment, np.array(bias.values), outputs)
         return outputs[bias.output]
 
