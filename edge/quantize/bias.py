@@ -159,9 +159,7 @@ def _biases(model: Any, float_model: Any) -> list[_Bias]:
 def _by_unique_name(model: Any) -> dict[str, str]:
     """Conv/Gemm output by node name, for names that are set and name one node only: layers are
     matched across the two models by name, and a missing or shared name matches nothing."""
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.name] = counts.get(node.name, 0) + 1
+    counts = Counter(node.name for node in model.graph.node)
     return {
         node.name: node.output[0]
         for node in model.graph.node
@@ -206,9 +204,8 @@ def _feeding_model(model: Any, biases: list[_Bias]) -> Any:
     del copy.graph.initializer[:]
     copy.graph.initializer.extend(kept)
     moved = {n.output[0]: n for n in copy.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in fed}
-    kept_nodes = [n for n in copy.graph.node if not (n.op_type == "DequantizeLinear" and n.input[0] in fed)]
     order: list[Any] = []
-    for node in kept_nodes:  # each bias's DequantizeLinear just before its first reader
+    for node in (n for n in copy.graph.node if not (n.output and n.output[0] in moved)):  # each bias DQ before its first reader
         order.extend(moved.pop(name) for name in node.input if name in moved)
         order.append(node)
     order.extend(moved.values())  # read by no node
