@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-MEASURED = ("ok", "rejected")  # row statuses with numbers in them
-
 
 @dataclass
 class Check:

@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.timing import TimingWindow, percentile_samples_needed
 from edge.artifacts import artifact_spec, verify_artifact
 from edge.errors import UserError
+from edge.measure.timing import TimingWindow, percentile_samples_needed
 
 if TYPE_CHECKING:
     from bench.matrix import EvalPlan
@@ -253,7 +253,7 @@ def _load_average() -> float | None:
 def noise_figures(rows: list[dict[str, Any]], load_before: float | None, load_after: float | None) -> dict[str, Any]:
     """How noisy the machine was: the 1-minute load average around the run, the machine probe's
     spread over every round, and the median spread of a cell's round p50s (all in percent)."""
-    from bench.intervals import spread_pct
+    from edge.measure.intervals import spread_pct
 
     probes, spreads, others = [], [], []
     for row in rows:

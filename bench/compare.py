@@ -24,9 +24,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.report import plot_unavailable, read_report
+from bench.report import plot_unavailable
 from edge.artifacts import atomic_paths
 from edge.errors import UserError
+from edge.measure.report import read_report
 
 DIFFERENT_EVAL = "different eval set"
 NO_EVAL = "no eval"

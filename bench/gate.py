@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from bench.checks import MEASURED, Check, same_machine
+from bench.checks import Check, same_machine
 from bench.latency_gate import check_latency
-from bench.matrix import float_parent
-from bench.paired import (
+from edge.artifacts import atomic_write_text
+from edge.errors import UserError
+from edge.measure.paired import (
     CONFIDENCE,
     RESOLUTION,
     PairedFlips,
@@ -52,9 +53,8 @@ from bench.paired import (
     paired_flips,
     resolves,
 )
-from bench.report import read_report
-from edge.artifacts import atomic_write_text
-from edge.errors import UserError
+from edge.measure.report import MEASURED, read_report
+from edge.measure.rows import float_parent, is_exact_conversion
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -289,12 +289,6 @@ def check_baseline_coverage(report: dict[str, Any], baseline: dict[str, Any]) ->
 
 
 # ---- stale and exact ----------------------------------------------------------------------------
-
-
-def is_exact_conversion(name: str) -> bool:
-    """Conversions that should not change a prediction: torch -> ONNX FP32, ONNX -> TensorRT FP32/FP16
-    or OpenVINO FP32."""
-    return name in ("onnx-fp32", "openvino-fp32") or name.startswith(("trt-fp32", "trt-fp16"))
 
 
 def check_stale(report: dict[str, Any], allow_stale: bool = False) -> list[Check]:

@@ -1,7 +1,7 @@
 """The latency half of ``edge check --baseline``: judged by intervals, so noise cannot fail it.
 
-Every cell of a report carries R timing rounds (``bench.timing.RoundTimer``). A cell of the new
-report is compared with the same cell of the baseline through ``bench.intervals.two_sample_ratio``
+Every cell of a report carries R timing rounds (``edge.measure.timing.RoundTimer``). A cell of the new
+report is compared with the same cell of the baseline through ``edge.measure.intervals.two_sample_ratio``
 on their round p50s:
 
 - the whole interval of new/old above ``1 + tolerance``: a real slowdown, **fail**;
@@ -18,7 +18,7 @@ the packages differ between the reports, that excuse is not taken. The INT8/floa
 within each report's own interleaved rounds, are compared on any machine.
 
 Each round also records the share of the CPUs other processes used while it ran
-(``bench.timing.OthersCpu``). A slowdown measured while, for either report, other processes held
+(``edge.measure.timing.OthersCpu``). A slowdown measured while, for either report, other processes held
 more than ``CONTENDED`` of the CPUs (median over the cell's rounds) is not evidence against the
 model: it is "too noisy to judge" and names the share (a failure with ``--strict-latency``).
 
@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.checks import MEASURED, Check, same_machine
-from bench.intervals import spread_pct, two_sample_ratio
-from bench.matrix import float_parent, round_p50s
+from bench.checks import Check, same_machine
+from edge.measure.intervals import spread_pct, two_sample_ratio
+from edge.measure.report import MEASURED
+from edge.measure.rows import float_parent, round_p50s
 
 CONTENDED = 0.25  # other processes used more than this share of the CPUs during a cell's rounds (median)
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "openvino", "numpy", "opencv-python")

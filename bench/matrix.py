@@ -3,7 +3,7 @@
 ``run_matrix(plan)`` measures one device at a time. For a device it starts a stepped worker
 (``python -m bench.worker --stepped``) per artifact and keeps them all alive: in each of R rounds
 every batch size is timed by every worker in turn (``LiveWorker.step``; the order rotates each
-round and runs backwards every other round: ``bench.timing.round_order``), so the rounds of an INT8
+round and runs backwards every other round: ``edge.measure.timing.round_order``), so the rounds of an INT8
 model and of its float parent are back to back and a ratio of the two is not a ratio of two moments.
 Then each worker measures single stream and accuracy alone. It shows a progress bar and assembles the report dict (schema in ``bench.report``): timing cells per
 batch size with their rounds and intervals, the latency ratio to the float parent, single stream,
@@ -38,32 +38,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.intervals import paired_ratio
-from bench.paired import paired_flips
-from bench.timing import TimingWindow, round_order
 from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest, stale_reason
 from edge.errors import UserError
+from edge.measure.intervals import paired_ratio
+from edge.measure.paired import paired_flips
+from edge.measure.rows import OTHER_BACKEND, SIMULATED, float_parent, round_p50s, run_artifacts
+from edge.measure.timing import TimingWindow, round_order
 from edge.run import RunDir
-
-# Which artifact an artifact's accuracy is compared against: INT8 and engines against the ONNX
-# float model they were made from, the ONNX float model against the checkpoint it was exported from.
-FLOAT_PARENT = {
-    "onnx-fp32": "torch-fp32",
-    "int8-cpu": "onnx-fp32",
-    "int8-trt": "onnx-fp32",
-    "openvino-fp32": "onnx-fp32",
-    "openvino-int8": "onnx-fp32",
-}
-# Rows that run another row's file on another backend: name -> (the file's own row, backend).
-OTHER_BACKEND = {"openvino-fp32": ("onnx-fp32", "openvino"), "openvino-int8": ("int8-cpu", "openvino")}
-SIMULATED = {"int8-trt"}  # TensorRT's INT8 arithmetic, evaluated with ONNX Runtime's CPU kernels
-
-
-def float_parent(name: str) -> str | None:
-    """The float reference of an artifact (engines ``trt-*`` compare against ``onnx-fp32``)."""
-    if name.startswith("trt-"):
-        return "onnx-fp32"
-    return FLOAT_PARENT.get(name)
 
 
 @dataclass
@@ -600,7 +581,7 @@ def _assembled(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
 
 def attach_latency_ratios(rows: list[dict[str, Any]]) -> None:
     """Per cell, p50 over the float parent's p50 on the same device from the same rounds (stepped
-    back to back): the median of per-round ratios with its interval (``bench.intervals``)."""
+    back to back): the median of per-round ratios with its interval (``edge.measure.intervals``)."""
     by_key = {(r["artifact"], r["device"]): r for r in rows if r.get("status") in ("ok", "rejected")}
     for row in by_key.values():
         parent = by_key.get((float_parent(row["artifact"]) or "", row["device"]))
@@ -617,18 +598,13 @@ def attach_latency_ratios(rows: list[dict[str, Any]]) -> None:
                 cell["vs_parent_latency"] = {"parent": parent["artifact"], **ratio.to_dict()}
 
 
-def round_p50s(cell: dict[str, Any]) -> list[float]:
-    """The p50 of each timing round of a cell (empty for a cell timed before rounds existed)."""
-    return [r["p50_ms"] for r in (cell.get("compute") or {}).get("rounds") or []]
-
-
 def select_artifacts(run: RunDir, wanted: str) -> dict[str, Path]:
     """``all`` or a comma list of bench names -> {name: path}; unknown names are a user error.
 
     ``openvino-fp32`` / ``openvino-int8`` run ``model.onnx`` / ``model.int8-cpu.onnx`` on OpenVINO:
     part of ``all`` where OpenVINO is installed; named explicitly without it, they are skipped rows
     that say how to install it."""
-    available = run.artifacts()
+    available = run_artifacts(run)
     if not available:
         raise UserError(f"{run.root} has no artifacts: run `edge train` / `edge pretrained`, then `edge export`")
     backend_rows = {name: available[own] for name, (own, _) in OTHER_BACKEND.items() if own in available}

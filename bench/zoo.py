@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from bench.host import Skip, peak_memory, unavailable_reason
-from bench.timing import TimingWindow, time_calls
 from edge.errors import UserError
+from edge.measure.timing import TimingWindow, time_calls
 from edge.run import ZOO_REPORT
 
 ZOO_BATCHES = (1, 32)

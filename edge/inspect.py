@@ -99,10 +99,11 @@ def print_artifact(path: str | Path, as_json: bool = False) -> None:
 
 
 def print_run(root: Path, as_json: bool = False) -> None:
+    from edge.measure.rows import run_artifacts
     from edge.run import RunDir
 
     run_dir = RunDir.open(root)
-    artifacts = run_dir.artifacts()
+    artifacts = run_artifacts(run_dir)
     if not artifacts:
         raise UserError(f"{root} holds no artifacts: create them with `edge pretrained` or `edge train`")
     if as_json:

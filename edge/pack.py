@@ -27,6 +27,7 @@ from typing import Any
 
 from edge.artifacts import Manifest, atomic_path, is_rejected, manifest_path, read_manifest, verify_file, write_manifest
 from edge.errors import UserError
+from edge.measure.rows import TORCH_FP32, run_artifacts
 from edge.run import RunDir
 from edge.runners import compatible_backends
 
@@ -54,8 +55,8 @@ def not_accepted(manifest: Manifest) -> str | None:
 def deployable_files(run: RunDir) -> list[Path]:
     """Artifacts (with manifests and external data) that a device needs; never checkpoints or calibration."""
     files: list[Path] = []
-    for name, path in run.artifacts().items():
-        if name == "torch-fp32":
+    for name, path in run_artifacts(run).items():
+        if name == TORCH_FP32:
             continue
         if not manifest_path(path).exists():
             raise UserError(f"{path} has no manifest: rebuild it before packing")

@@ -159,18 +159,3 @@ class RunDir:
 
     def engine_files(self) -> list[Path]:
         return sorted(self.engines.glob("*/*.engine")) if self.engines.is_dir() else []
-
-    def artifacts(self) -> dict[str, Path]:
-        """The deployable artifacts present, by bench name."""
-        found: dict[str, Path] = {}
-        for name, path in (
-            ("torch-fp32", self.checkpoint),
-            ("onnx-fp32", self.onnx),
-            ("int8-cpu", self.int8_cpu),
-            ("int8-trt", self.int8_trt),
-        ):
-            if path.exists():
-                found[name] = path
-        for engine in self.engine_files():
-            found[f"trt-{engine_precision(engine)}@{engine.parent.name}"] = engine
-        return found

@@ -110,7 +110,7 @@ def bench(run: Path, out: Path, extra: list[str]) -> Path:
 def latency_outcome(new: Path, old: Path, tolerance: float) -> dict[str, Any]:
     """The latency checks of ``edge check NEW --baseline OLD``, by status, and int8-cpu's p50 checks."""
     from bench.gate import evaluate_gate
-    from bench.report import read_report
+    from edge.measure.report import read_report
 
     checks = evaluate_gate(read_report(new), read_report(old), 0.5, tolerance, allow_unmeasured=True)
     latency = [c for c in checks if c.name.startswith(("p50 ", "latency ratio "))]

@@ -4,7 +4,7 @@
 
 Times the same model on the same input two ways, interleaved in rounds so that machine noise
 hits both alike: (a) a bare ``InferenceSession.run`` loop with ``perf_counter`` around each call,
-(b) bench's own path (``select_runner`` -> ``Runner.infer`` -> ``bench.timing.time_calls``).
+(b) bench's own path (``select_runner`` -> ``Runner.infer`` -> ``edge.measure.timing.time_calls``).
 Prints both medians per round and the ratio; the target is bench within 3% of the bare loop.
 """
 
@@ -42,8 +42,8 @@ def bare_block(session: Any, name: str, batch: np.ndarray, iters: int) -> float:
 
 
 def bench_block(runner: Any, batch: np.ndarray, iters: int) -> float:
-    """p50 ms through ``Runner.infer`` and bench's timing loop (``bench.timing.time_calls``)."""
-    from bench.timing import TimingWindow, time_calls
+    """p50 ms through ``Runner.infer`` and bench's timing loop (``edge.measure.timing.time_calls``)."""
+    from edge.measure.timing import TimingWindow, time_calls
 
     def call(_: int) -> None:
         runner.infer(batch)

@@ -8,7 +8,7 @@ NNCF's default would use 300 of them). Both write plain ONNX files without our m
 runners are built directly with the float model's PreprocessSpec.
 
 Timing: :func:`interleaved_rounds` times every runner for ``window_s`` in turn, ``rounds`` times
-(in ``bench.timing.round_order``: each round starts one runner later, every other round backwards),
+(in ``edge.measure.timing.round_order``: each round starts one runner later, every other round backwards),
 so the load of a shared machine hits all of them alike and no runner always follows the same one;
 speed-ups are medians of per-round ratios (:func:`median_ratio`), with absolute milliseconds beside them.
 """
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.timing import round_order
 from edge.errors import MissingDependencyError, UserError
+from edge.measure.timing import round_order
 from edge.runners.base import Runner
 from edge.spec import PreprocessSpec
 

@@ -1,8 +1,9 @@
 """One Triton model's ``config.pbtxt``: dynamic batching tuned by the run's bench report, instance
 groups, warm-up, the label file, and the preprocessing spec as a model parameter.
 
-The bench report is read here as plain JSON (``edge`` does not import ``bench``), defensively: a
-report this code cannot use is only a reason to fall back to the defaults, never an error.
+The bench report is read through :func:`edge.measure.report.read_report` (the schema's own reader and
+version check): a report this code cannot use is a note and a reason to fall back to the defaults,
+never an error.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge.errors import UserError
+from edge.measure.report import MEASURED, read_report
 from edge.triton.models import (
     DEFAULT_PREFERRED_BATCH_SIZES,
     LABELS,
@@ -24,25 +27,23 @@ from edge.triton.pbtxt import Enum
 Throughputs = dict[tuple[str, str], dict[int, float]]  # (artifact, device) -> batch -> images/s
 
 
-def read_throughputs(report: Path) -> Throughputs:
-    """images/s per batch of every measured row of a bench report ({} where there is none)."""
+def read_throughputs(report: Path) -> tuple[Throughputs, str | None]:
+    """images/s per batch of every measured row of a bench report ({} where there is none), and a
+    note when a report exists but cannot be read (unknown version, malformed)."""
+    if not report.is_file():
+        return {}, None
     try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError):
-        return {}
+        data = read_report(report)
+    except UserError as exc:
+        return {}, f"{exc}: dynamic batching uses the default preferred sizes"
     found: Throughputs = {}
-    for row in data.get("rows") or [] if isinstance(data, dict) else []:
-        if not isinstance(row, dict) or row.get("status") not in ("ok", "rejected"):
+    for row in data["rows"]:
+        if row["status"] not in MEASURED:
             continue
-        per_batch = {}
-        for cell in row.get("cells") or []:
-            compute = cell.get("compute") if isinstance(cell, dict) else None
-            rate = compute.get("items_per_s") if isinstance(compute, dict) else None
-            if cell.get("status") == "ok" and isinstance(cell.get("batch"), int) and isinstance(rate, (int, float)):
-                per_batch[cell["batch"]] = float(rate)
+        per_batch = {c["batch"]: float(c["compute"]["items_per_s"]) for c in row.get("cells") or [] if c["status"] == "ok"}
         if per_batch:
-            found[(str(row.get("artifact")), str(row.get("device")))] = per_batch
-    return found
+            found[(row["artifact"], row["device"])] = per_batch
+    return found, None
 
 
 def choose_preferred(plan: ModelPlan, names: list[str], throughputs: Throughputs, source: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge.artifacts import Manifest, read_manifest
 from edge.errors import UserError
+from edge.measure import rows
 from edge.run import RunDir, engine_precision, trt_version_tuple
 from edge.triton.models import ModelPlan, Options, TensorIO, _checked, onnx_io
 
@@ -86,10 +87,10 @@ def engine_plans(run: RunDir, options: Options, prefix: str) -> tuple[list[Model
     for precision, _ in groups:
         versions[precision] = versions.get(precision, 0) + 1
     for (precision, version), members in sorted(groups.items()):
-        if options.artifacts is not None and not any(f"trt-{precision}" in a for a in options.artifacts):
+        if options.artifacts is not None and not any(f"{rows.ENGINE_PREFIX}{precision}" in a for a in options.artifacts):
             continue
         suffix = f"-trt{'.'.join(map(str, version))}" if versions[precision] > 1 else ""
-        plan = _engine_plan(run, f"{prefix}-trt-{precision}{suffix}", members, options, notes)
+        plan = _engine_plan(run, f"{prefix}-{rows.ENGINE_PREFIX}{precision}{suffix}", members, options, notes)
         if plan is not None:
             plans.append(plan)
     return plans, notes
@@ -115,7 +116,7 @@ def _engine_plan(
     batch_max = min(io[2][1] for io in ios.values())  # every architecture's plan must take the batch
     plan = ModelPlan(
         name=name,
-        artifact=f"trt-{engine_precision(first_engine)}",
+        artifact=f"{rows.ENGINE_PREFIX}{engine_precision(first_engine)}",
         platform="tensorrt_plan",
         inputs=inputs,
         outputs=outputs,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edge.artifacts import artifact_spec, is_rejected, verify_artifact
 from edge.errors import UserError
+from edge.measure import rows
 from edge.run import ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_TRT, RunDir
 from edge.spec import PreprocessSpec
 
@@ -46,7 +47,7 @@ ONNX_TO_TRITON = {
     10: "TYPE_FP16",
     16: "TYPE_BF16",
 }
-ONNX_MODELS = (("onnx-fp32", ONNX_FP32), ("int8-cpu", ONNX_INT8_CPU), ("int8-trt", ONNX_INT8_TRT))
+ONNX_MODELS = ((rows.ONNX_FP32, ONNX_FP32), (rows.INT8_CPU, ONNX_INT8_CPU), (rows.INT8_TRT, ONNX_INT8_TRT))
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ def _checked(path: Path, force: bool) -> tuple[str | None, str | None]:
 def plan_onnx(run: RunDir, artifact: str, path: Path, options: Options, prefix: str) -> ModelPlan:
     """The Triton model of one of the run's ONNX models."""
     inputs, outputs, dynamic = onnx_io(path)
-    on_gpu = options.gpu and artifact != "int8-cpu"  # int8-cpu's uint8 QDQ is ONNX Runtime CPU's format
-    precision = {"int8-trt": "int8"}.get(artifact, options.trt_precision) if on_gpu else None
+    on_gpu = options.gpu and artifact != rows.INT8_CPU  # int8-cpu's uint8 QDQ is ONNX Runtime CPU's format
+    precision = {rows.INT8_TRT: "int8"}.get(artifact, options.trt_precision) if on_gpu else None
     plan = ModelPlan(
         name=f"{prefix}-{artifact}",
         artifact=artifact,
@@ -173,7 +174,7 @@ def onnx_plans(run: RunDir, options: Options, prefix: str) -> tuple[list[ModelPl
         path = run.root / name
         if not path.exists() or (options.artifacts is not None and artifact not in options.artifacts):
             continue
-        if artifact == "int8-trt" and not options.gpu:
+        if artifact == rows.INT8_TRT and not options.gpu:
             notes.append(
                 f"{name} left out: its symmetric INT8 is for TensorRT (add --gpu to serve it through ORT's TensorRT accelerator)"
             )

@@ -49,7 +49,9 @@ def plan_models(run_dir: str | os.PathLike[str], options: Options) -> tuple[list
     if not plans:
         raise UserError(f"{run.root} has no artifact to serve: make one with `edge export {run.root}` (or `edge engine`)")
     report = run.root / BENCH_DIR / f"{REPORT}.json"
-    throughputs = read_throughputs(report)
+    throughputs, unreadable = read_throughputs(report)
+    if unreadable:
+        notes.append(unreadable)
     for plan in plans:
         names = (
             [plan.artifact]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import UserError
+from edge.measure import rows
 from edge.triton.config import model_config
 from edge.triton.models import CONFIG, LABELS, VERSION, ModelPlan, Options
 from edge.triton.pbtxt import to_pbtxt
@@ -49,6 +50,9 @@ class ServerFiles:
     backends: Path  # holds python/libtriton_python.so
     stub: Path  # triton_python_backend_stub for this Python
     libs: Path  # the wheel's bundled shared libraries
+
+
+SERVABLE = (rows.ONNX_FP32, rows.INT8_CPU)  # the ONNX models the CPU server runs
 
 
 def server_files() -> ServerFiles:
@@ -208,7 +212,7 @@ def _log_tail(log: Path, lines: int = 3) -> str:
 def serve_plan(run_dir: str | os.PathLike[str], artifact: str) -> tuple[ModelPlan, Options]:
     from edge.triton.repository import plan_models
 
-    if artifact not in ("onnx-fp32", "int8-cpu"):
+    if artifact not in SERVABLE:
         raise UserError(f"--artifact {artifact}: edge serve runs ONNX Runtime on the CPU: onnx-fp32 or int8-cpu")
     options = Options(artifacts=(artifact,))
     plans, _ = plan_models(run_dir, options)
@@ -219,7 +223,7 @@ def serve_plan(run_dir: str | os.PathLike[str], artifact: str) -> tuple[ModelPla
 
 
 def start_server(
-    run_dir: str | os.PathLike[str], artifact: str = "onnx-fp32", http_port: int = 8000, workdir: Path | None = None
+    run_dir: str | os.PathLike[str], artifact: str = rows.ONNX_FP32, http_port: int = 8000, workdir: Path | None = None
 ) -> Server:
     """Write the Python-backend repository for ``artifact`` and start tritonserver on it (HTTP on
     ``http_port``, gRPC on the next port, metrics on the one after); not yet waited for."""
@@ -252,7 +256,7 @@ def start_server(
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("run", help="run directory")
-    parser.add_argument("--artifact", default="onnx-fp32", choices=("onnx-fp32", "int8-cpu"), help="the model to serve")
+    parser.add_argument("--artifact", default=rows.ONNX_FP32, choices=SERVABLE, help="the model to serve")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port; gRPC on PORT+1, metrics on PORT+2 (default 8000)")
 
 

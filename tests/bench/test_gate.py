@@ -12,8 +12,8 @@ import pytest
 
 from bench.gate import evaluate_gate
 from bench.matrix import attach_parent_comparison
-from bench.report import SCHEMA, SCHEMA_VERSION
 from edge.cli import main
+from edge.measure.report import SCHEMA, SCHEMA_VERSION
 
 N = 2000
 

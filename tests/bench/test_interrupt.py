@@ -19,10 +19,10 @@ import pytest
 from bench import matrix
 from bench.gate import evaluate_gate
 from bench.matrix import BenchPlan, run_matrix, run_worker, stop_process_group
-from bench.report import read_report
-from bench.timing import TimingWindow
 from edge.artifacts import read_manifest
 from edge.cli import main
+from edge.measure.report import read_report
+from edge.measure.timing import TimingWindow
 
 from .conftest import PIPELINE_ENV
 

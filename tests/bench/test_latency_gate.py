@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bench.gate import evaluate_gate
-from bench.intervals import _u_counts, median_interval, paired_ratio, spread_pct, two_sample_ratio
 from bench.matrix import attach_latency_ratios
+from edge.measure.intervals import _u_counts, median_interval, paired_ratio, spread_pct, two_sample_ratio
 from tests.bench.test_gate import _row, make_report
 
 

@@ -19,9 +19,9 @@ from bench.matrix import (
     rejection_reason,
 )
 from bench.report import csv_rows, headline, row_note
-from bench.timing import TimingWindow
 from edge.artifacts import Manifest, write_manifest
 from edge.errors import UserError
+from edge.measure.timing import TimingWindow
 
 
 def _manifest(kind: str = "engine", provenance: dict | None = None, metrics: dict | None = None) -> Manifest:

@@ -12,8 +12,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from bench.report import build_report, plot_unavailable, read_report, write_report
+from bench.report import build_report, plot_unavailable, write_report
 from edge.artifacts import read_manifest, verify_file
+from edge.measure.report import read_report
 
 from .conftest import PIPELINE_ENV
 

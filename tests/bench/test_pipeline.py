@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from bench.matrix import BenchPlan, artifact_job
-from bench.paired import flips_from_counts, min_detectable_drop
-from bench.timing import TimingWindow
 from bench.worker import run_job
 from edge.artifacts import read_manifest, update_metrics
+from edge.measure.paired import flips_from_counts, min_detectable_drop
+from edge.measure.timing import TimingWindow
 
 from .conftest import EVAL_COUNT, edge_cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.matrix import BenchPlan, run_device_group
-from bench.timing import TimingWindow
+from edge.measure.timing import TimingWindow
 
 ROUNDS = 3
 

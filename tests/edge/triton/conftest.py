@@ -28,6 +28,9 @@ def triton_run(fashion_onnx_run: Path, tmp_path: Path) -> Path:
     report = {
         "schema": "edge-bench-report",
         "schema_version": 2,
+        "settings": {},
+        "environment": {},
+        "eval": None,
         "rows": [bench_row("onnx-fp32", "cpu", {1: 100.0, 8: 600.0, 32: 640.0, 64: 700.0})],
     }
     (run / "bench").mkdir()

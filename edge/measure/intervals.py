@@ -6,7 +6,7 @@ the same round, stepped back to back) is the median of per-round ratios with the
 Two runs (a report and its baseline) are independent samples: their ratio is the Hodges-Lehmann
 estimate (median of all pairwise log-ratios) with the exact Mann-Whitney interval, which covers
 at 96.8% with 5 rounds on each side. Rounds may first be divided by the machine probe timed
-beside them (``bench.timing.MachineProbe``), so a slower moment of a shared machine is not
+beside them (``edge.measure.timing.MachineProbe``), so a slower moment of a shared machine is not
 counted as a slower model.
 """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.timing import TimingWindow, percentile_samples_needed, summarize, time_calls
 from edge.errors import UserError
+from edge.measure.timing import TimingWindow, percentile_samples_needed, summarize, time_calls
 
 
 def test_summarize_percentiles_and_throughput():
@@ -41,14 +41,14 @@ def test_p90_needs_a_hundred_samples_for_ten_in_the_tail():
 
 
 def test_a_window_is_split_into_rounds():
-    from bench.timing import round_window
+    from edge.measure.timing import round_window
 
     part = round_window(TimingWindow(warmup_s=1.0, min_iters=50, min_seconds=2.0, max_seconds=60.0, rounds=5))
     assert (part.min_iters, part.min_seconds, part.max_seconds, part.rounds) == (10, 0.4, 12.0, 1)
 
 
 def test_round_timer_gives_the_median_of_round_p50s_with_its_interval():
-    from bench.timing import RoundTimer
+    from edge.measure.timing import RoundTimer
 
     timer = RoundTimer(TimingWindow(warmup_s=0.0, min_iters=15, min_seconds=0.0, max_seconds=10.0, rounds=5), items_per_call=4)
     calls = []
@@ -63,13 +63,13 @@ def test_round_timer_gives_the_median_of_round_p50s_with_its_interval():
 
 
 def test_the_machine_probe_reports_milliseconds():
-    from bench.timing import machine_probe
+    from edge.measure.timing import machine_probe
 
     assert 0.0 < machine_probe(min_seconds=0.0, min_iters=3) < 1000.0
 
 
 def test_round_order_rotates_and_reverses_so_each_item_follows_both_neighbours():
-    from bench.timing import round_order
+    from edge.measure.timing import round_order
 
     orders = [round_order("abcd", r) for r in range(4)]
     assert orders == [list("abcd"), list("adcb"), list("cdab"), list("cbad")]

@@ -6,7 +6,7 @@ clock read after it is the real end of the work. Times are wall-clock ``perf_cou
 A bench cell is timed in ``rounds`` short windows (``RoundTimer``), stepped in turn with the other
 artifacts on the same device, so that noise that moves over minutes lands on every artifact alike.
 Each round also records ``MachineProbe`` (a fixed numpy workload) and the CPU share other processes
-used (``OthersCpu``): noise figures. The statistics of rounds are in ``bench.intervals``.
+used (``OthersCpu``): noise figures. The statistics of rounds are in ``edge.measure.intervals``.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class RoundTimer:
 
     def stats(self) -> dict[str, Any]:
         """Pooled statistics; ``p50_ms`` is the median of round p50s, with its interval and spread."""
-        from bench.intervals import median_interval, spread_pct
+        from edge.measure.intervals import median_interval, spread_pct
 
         out = summarize(self._samples, self._wall, self.items_per_call).to_dict()
         p50s = [r["p50_ms"] for r in self.rounds]
