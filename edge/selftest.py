@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import sys
 import time
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UserError
+from edge.measure.timing import TimingWindow, time_calls
 from edge.photos import NAMED_PHOTOS, PHOTO_CLASSES, SET_PHOTOS, photo_set
 from edge.run import REPORT, RunDir, engine_precision, report_paths
 
@@ -243,13 +245,14 @@ def _check_engine(engine: Path, batch: np.ndarray, expected: np.ndarray, names: 
     precision = engine_precision(engine)
     with select_runner(engine, device="cuda", backend="tensorrt") as runner:
         logits = runner.infer(batch)
-        host_ms: list[float] = []
-        device_ms: list[float | None] = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
+
+        def call(_: int) -> float:
             runner.infer(batch)
-            host_ms.append((time.perf_counter() - t0) * 1e3)
-            device_ms.append(runner.last_device_ms)
+            return runner.last_device_ms if runner.last_device_ms is not None else math.nan
+
+        # exactly ``iters`` timed calls after the one above (no extra warm-up, no time floor)
+        window = TimingWindow(warmup_s=0.0, min_iters=iters, min_seconds=0.0, max_seconds=3600.0)
+        host, device_ms = time_calls(call, window, len(batch))
     top1 = logits.argmax(1)
     agreement = 100.0 * float(np.mean(top1 == expected.argmax(1)))  # percent, like every accuracy figure
     named = all(int(t) in PHOTO_CLASSES[n] for n, t in zip(names, top1))
@@ -264,16 +267,15 @@ def _check_engine(engine: Path, batch: np.ndarray, expected: np.ndarray, names: 
         "top1_agreement_vs_ort": agreement,
         "photos_named": named,
         "top1": {n: int(t) for n, t in zip(names, top1)},
-        "host_p50_ms": statistics.median(host_ms),
+        "host_p50_ms": host.p50_ms,
         "device_p50_ms": _p50(device_ms),
         "batch": int(batch.shape[0]),
     }
 
 
-def _p50(values: list[float | None]) -> float | None:
-    """The median, or None (not measured) when any iteration went unmeasured: never a made-up 0."""
-    measured = [v for v in values if v is not None]
-    return statistics.median(measured) if measured and len(measured) == len(values) else None
+def _p50(values: list[float]) -> float | None:
+    """The median, or None (not measured) when any iteration went unmeasured (NaN): never a made-up 0."""
+    return statistics.median(values) if values and not any(math.isnan(v) for v in values) else None
 
 
 # ---- the report --------------------------------------------------------------------------------

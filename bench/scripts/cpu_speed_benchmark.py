@@ -38,17 +38,15 @@ import numpy as np
 
 from bench.scripts.peers import (
     NNCF_HINT,
-    Timing,
     accuracy_row,
     active,
-    interleaved_rounds,
     logits_over,
     make_runner,
-    median_ratio,
     nncf_default_quantize,
     ort_op_profile,
 )
 from edge.errors import MissingDependencyError, UserError
+from edge.measure.timing import Timing, interleaved_rounds, median_ratio
 from edge.run import RunDir
 from edge.spec import PreprocessSpec
 

@@ -25,24 +25,25 @@ import numpy as np
 def timed(
     fn: Callable[[], Any], sync: Callable[[], None], warmup: int = 10, min_iters: int = 30, min_seconds: float = 0.5
 ) -> dict[str, float]:
-    """Host wall-clock per call (synchronised) over at least ``min_iters`` calls and ``min_seconds``."""
+    """Host wall-clock per call (synchronised) over at least ``min_iters`` calls and ``min_seconds``
+    (``edge.measure.timing.time_calls``, after ``warmup`` calls)."""
+    from edge.measure.timing import TimingWindow, time_calls
+
     for _ in range(warmup):
         fn()
     sync()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - started < min_seconds:
-        t0 = time.perf_counter()
+
+    def call(_: int) -> None:
         fn()
         sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+
+    stats, _ = time_calls(call, TimingWindow(0.0, min_iters, min_seconds, max(60.0, min_seconds)), 1)
     return {
-        "p50_ms": statistics.median(times),
-        "p90_ms": times[int(0.9 * (len(times) - 1))],
-        "p99_ms": times[int(0.99 * (len(times) - 1))],
-        "mean_ms": statistics.fmean(times),
-        "iters": len(times),
+        "p50_ms": stats.p50_ms,
+        "p90_ms": stats.p90_ms,
+        "p99_ms": stats.p99_ms,
+        "mean_ms": stats.mean_ms,
+        "iters": stats.samples,
     }
 
 

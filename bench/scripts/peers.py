@@ -7,10 +7,9 @@ ONNX Runtime's ``quantize_static`` (QDQ, per-tensor weights, MinMax) and NNCF's 
 NNCF's default would use 300 of them). Both write plain ONNX files without our manifest, so their
 runners are built directly with the float model's PreprocessSpec.
 
-Timing: :func:`interleaved_rounds` times every runner for ``window_s`` in turn, ``rounds`` times
-(in ``edge.measure.timing.round_order``: each round starts one runner later, every other round backwards),
-so the load of a shared machine hits all of them alike and no runner always follows the same one;
-speed-ups are medians of per-round ratios (:func:`median_ratio`), with absolute milliseconds beside them.
+Timing is :func:`edge.measure.timing.interleaved_rounds` (every runner for ``window_s`` in turn,
+``rounds`` times, the order rotating and reversing); speed-ups are medians of per-round ratios
+(:func:`edge.measure.timing.median_ratio`), with absolute milliseconds beside them.
 """
 
 from __future__ import annotations
@@ -20,67 +19,16 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.errors import MissingDependencyError, UserError
-from edge.measure.timing import round_order
 from edge.runners.base import Runner
 from edge.spec import PreprocessSpec
 
 NNCF_HINT = "not installed (pip install -e '.[nncf]')"
-
-
-@dataclass
-class Timing:
-    """One runner's interleaved timing: images/s per round, and every call's latency in ms."""
-
-    label: str
-    per_round: list[float] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
-
-    @property
-    def p50_ms(self) -> float:
-        return float(np.median(self.latencies_ms))
-
-    @property
-    def images_per_s(self) -> float:
-        return float(np.median(self.per_round))
-
-
-def median_ratio(mine: Timing, reference: Timing) -> tuple[float, float, float]:
-    """Speed-up of ``mine`` over ``reference``: (median, min, max) of the per-round throughput ratios."""
-    ratios = [a / b for a, b in zip(mine.per_round, reference.per_round)]
-    return float(np.median(ratios)), float(min(ratios)), float(max(ratios))
-
-
-def interleaved_rounds(
-    runners: Sequence[tuple[str, Runner]], batch: np.ndarray, rounds: int, window_s: float, warmup: int = 10
-) -> dict[str, Timing]:
-    """Throughput of active runners on one batch, in interleaved rounds (see the module docstring)."""
-    if rounds < 1 or window_s <= 0:
-        raise UserError(f"timing needs at least one round and a positive window (got {rounds}, {window_s})")
-    timings = {label: Timing(label) for label, _ in runners}
-    for _, runner in runners:
-        for _ in range(warmup):
-            runner.infer(batch)
-    for round_index in range(rounds):
-        for label, runner in round_order(runners, round_index):
-            runner.infer(batch)  # untimed: the path's threads wake before its clock starts
-            calls, start = 0, time.perf_counter()
-            while True:
-                t0 = time.perf_counter()
-                runner.infer(batch)
-                now = time.perf_counter()
-                timings[label].latencies_ms.append((now - t0) * 1000)
-                calls += 1
-                if now - start >= window_s and calls >= 3:
-                    break
-            timings[label].per_round.append(calls * len(batch) / (now - start))
-    return timings
 
 
 def logits_over(runner: Runner, tensor: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -18,10 +18,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from typing import Any
 
 import numpy as np
+
+from edge.measure.timing import TimingWindow, round_order, timed_loop
 
 DEFAULT_SIZES = "640x480,480x640,1280x720,1920x1080"
 
@@ -76,20 +77,18 @@ def measure(spec: Any, width: int, height: int, rounds: int, calls: int, seed: i
         int(np.abs(spec._resize_and_crop(cv2, f).astype(int) - whole_resize_then_crop(cv2, spec, f).astype(int)).max())
         for f in frames
     )
-    windowed_ms, whole_ms, ratios = [], [], []
-    for _ in range(rounds):
-        pair = []
-        for fn in (lambda f: spec._resize_and_crop(cv2, f), lambda f: whole_resize_then_crop(cv2, spec, f)):
-            samples = []
-            for i in range(calls):
-                frame = frames[i % len(frames)]
-                start = time.perf_counter()
-                fn(frame)
-                samples.append((time.perf_counter() - start) * 1000.0)
-            pair.append(statistics.median(samples))
-        windowed_ms.append(pair[0])
-        whole_ms.append(pair[1])
-        ratios.append(pair[0] / pair[1])
+    ways = {
+        "windowed": lambda i: spec._resize_and_crop(cv2, frames[i % len(frames)]),
+        "whole": lambda i: whole_resize_then_crop(cv2, spec, frames[i % len(frames)]),
+    }
+    window = TimingWindow(warmup_s=0.0, min_iters=calls, min_seconds=0.0, max_seconds=600.0)
+    p50s: dict[str, list[float]] = {name: [] for name in ways}
+    for round_index in range(rounds):  # the two ways stepped in turn, the order alternating
+        for name in round_order(list(ways), round_index):
+            samples, _, _ = timed_loop(ways[name], window, 0.0)
+            p50s[name].append(statistics.median(samples))
+    windowed_ms, whole_ms = p50s["windowed"], p50s["whole"]
+    ratios = [a / b for a, b in zip(windowed_ms, whole_ms)]
     return {
         "size": f"{width}x{height}",
         "window": window_of(spec, width, height),

@@ -399,7 +399,8 @@ def _peer_accuracy(paths: list[tuple[str, str, Path]], spec: Any, evaluation: An
 
 
 def _peer_timing(paths: list[tuple[str, str, Path]], spec: Any, tensor: np.ndarray, args: argparse.Namespace) -> dict[Any, Any]:
-    from bench.scripts.peers import active, interleaved_rounds, make_runner
+    from bench.scripts.peers import active, make_runner
+    from edge.measure.timing import interleaved_rounds
 
     batch = np.resize(tensor, (args.batch, *spec.input_shape)).astype(np.float32)
     runners = [(f"{q}/{r}", make_runner(r, path, spec, args.threads)) for q, r, path in paths]
@@ -417,7 +418,7 @@ def _peer_row(
     n_eval: int,
     n_cal: int,
 ) -> dict[str, Any]:
-    from bench.scripts.peers import median_ratio
+    from edge.measure.timing import median_ratio
 
     row: dict[str, Any] = {"quantizer": quantizer, "runtime": runtime, "eval_count": n_eval, "calibration_count": n_cal}
     if model is not None and "error" in model:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -127,6 +127,60 @@ def timed_loop(
             break
     wall = time.perf_counter() - start
     return samples, wall, extras
+
+
+@dataclass
+class Timing:
+    """One runner's interleaved timing: images/s per round, and every call's latency in ms."""
+
+    label: str
+    per_round: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.median(self.latencies_ms))
+
+    @property
+    def images_per_s(self) -> float:
+        return float(np.median(self.per_round))
+
+
+def median_ratio(mine: Timing, reference: Timing) -> tuple[float, float, float]:
+    """Speed-up of ``mine`` over ``reference``: (median, min, max) of the per-round throughput ratios."""
+    ratios = [a / b for a, b in zip(mine.per_round, reference.per_round)]
+    return float(np.median(ratios)), float(min(ratios)), float(max(ratios))
+
+
+def interleaved_rounds(
+    runners: Sequence[tuple[str, Any]], batch: np.ndarray, rounds: int, window_s: float, warmup: int = 10
+) -> dict[str, Timing]:
+    """Throughput of active runners (anything with ``infer(batch)``) on one batch, in interleaved rounds.
+
+    Each round times every runner for at least ``window_s`` (and 3 calls) in turn, in
+    :func:`round_order` (each round starts one runner later, every other round backwards), so the
+    load of a shared machine hits all of them alike and no runner always follows the same one. Each
+    runner's turn starts with one untimed call: its threads wake before its clock starts."""
+    if rounds < 1 or window_s <= 0:
+        raise UserError(f"timing needs at least one round and a positive window (got {rounds}, {window_s})")
+    timings = {label: Timing(label) for label, _ in runners}
+    for _, runner in runners:
+        for _ in range(warmup):
+            runner.infer(batch)
+    for round_index in range(rounds):
+        for label, runner in round_order(runners, round_index):
+            runner.infer(batch)
+            calls, start = 0, time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                runner.infer(batch)
+                now = time.perf_counter()
+                timings[label].latencies_ms.append((now - t0) * 1000)
+                calls += 1
+                if now - start >= window_s and calls >= 3:
+                    break
+            timings[label].per_round.append(calls * len(batch) / (now - start))
+    return timings
 
 
 REWARM_S = 0.05  # before a round other than a cell's first: the caches another process cooled

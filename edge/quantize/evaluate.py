@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UserError, require
+from edge.measure.timing import interleaved_rounds, median_ratio
 from edge.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -101,51 +101,34 @@ def interleaved_throughput(
     window_s: float = 0.2,
     warmup: int = 5,
 ) -> list[dict[str, Any]]:
-    """Throughput of ONNX models at one batch, measured in interleaved rounds: each round times
-    every model for ``window_s`` in turn. Load from other processes drifts over seconds, so the
-    ratio of two models within a round is steadier than the ratio of two separate windows; the
-    result per model is the median over rounds of its images/s relative to the first model
-    (``ratio``), with the rounds' spread. Every model runs in the same ONNX Runtime runner with the
-    same session options."""
+    """Throughput of ONNX models at one batch, in the interleaved rounds of
+    :func:`edge.measure.timing.interleaved_rounds` (each round times every model for ``window_s``,
+    the order rotating and reversing from round to round). The result per model is the median over
+    rounds of its images/s relative to the first model (``ratio``), with the rounds' range. Every
+    model runs in the same ONNX Runtime runner with the same session options."""
     from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
 
-    if rounds < 1 or window_s <= 0:
-        raise UserError(f"throughput needs at least one round and a positive window (got {rounds}, {window_s})")
-    runners = [OnnxRuntimeRunner(path, spec, threads=threads) for path in paths]
-    per_round: list[list[float]] = [[] for _ in runners]
-    latencies: list[list[float]] = [[] for _ in runners]
+    runners = [(str(i), OnnxRuntimeRunner(path, spec, threads=threads)) for i, path in enumerate(paths)]
     with contextlib.ExitStack() as active:
-        for runner in runners:
+        for _, runner in runners:
             active.enter_context(runner)
-            for _ in range(warmup):
-                runner.infer(batch)
-        for _ in range(rounds):
-            for i, runner in enumerate(runners):
-                calls = 0
-                start = time.perf_counter()
-                while True:
-                    t0 = time.perf_counter()
-                    runner.infer(batch)
-                    now = time.perf_counter()
-                    latencies[i].append(now - t0)
-                    calls += 1
-                    if now - start >= window_s and calls >= 3:
-                        break
-                per_round[i].append(calls * len(batch) / (now - start))
+        timings = interleaved_rounds(runners, batch, rounds, window_s, warmup)
+    reference = timings["0"]
     results = []
-    for i, runner in enumerate(runners):
-        ratios = [mine / ref for mine, ref in zip(per_round[i], per_round[0])]
+    for label, runner in runners:
+        timing = timings[label]
+        ratio, low, high = median_ratio(timing, reference)
         results.append(
             {
                 "path": str(runner.path),
                 "threads": runner.threads,
-                "images_per_s": float(np.median(per_round[i])),
-                "p50_ms": 1000 * float(np.median(latencies[i])),
-                "ratio": float(np.median(ratios)),
-                "ratio_min": float(min(ratios)),
-                "ratio_max": float(max(ratios)),
+                "images_per_s": timing.images_per_s,
+                "p50_ms": timing.p50_ms,
+                "ratio": ratio,
+                "ratio_min": low,
+                "ratio_max": high,
                 "rounds": rounds,
-                "calls": len(latencies[i]),
+                "calls": len(timing.latencies_ms),
             }
         )
     return results

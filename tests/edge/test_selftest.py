@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def test_device_time_p50_is_null_when_any_iteration_went_unmeasured():
     from edge import selftest
 
     assert selftest._p50([0.5, 0.7, 0.6]) == 0.6
-    assert selftest._p50([0.5, None, 0.6]) is None and selftest._p50([None]) is None
+    assert selftest._p50([0.5, math.nan, 0.6]) is None and selftest._p50([math.nan]) is None and selftest._p50([]) is None
 
 
 # ---- (b) no INT8 model: the selftest quantizes the run for TensorRT --------------------------------

@@ -37,13 +37,6 @@ def test_without_openvino_the_script_names_the_extra(monkeypatch: pytest.MonkeyP
     assert len(err) == 1 and "needs the Python package 'openvino'" in err[0] and "[openvino]" in err[0]
 
 
-def test_speedup_is_the_median_of_per_round_ratios() -> None:
-    fast = peers.Timing("int8", per_round=[300.0, 200.0, 500.0], latencies_ms=[1.0, 2.0, 3.0])
-    slow = peers.Timing("fp32", per_round=[100.0, 100.0, 100.0], latencies_ms=[4.0, 5.0, 6.0])
-    assert peers.median_ratio(fast, slow) == (3.0, 2.0, 5.0)
-    assert fast.p50_ms == 2.0 and fast.images_per_s == 300.0
-
-
 def test_accuracy_row_against_the_float_model() -> None:
     float_logits = np.eye(4, dtype=np.float32)  # predicts 0, 1, 2, 3
     int8_logits = np.eye(4, dtype=np.float32)[[0, 1, 2, 0]]  # one flip
@@ -100,23 +93,3 @@ def test_peers_table_has_every_quantizer_and_runtime(fashion_onnx_run: Path, tmp
     assert by_key["ours", "onnxruntime"]["quantize_s_from_manifest"] is True
     assert by_key["onnxruntime-default", "openvino"]["quantize_s"] > 0
     assert sorted(p.name for p in run.iterdir()) == before
-
-
-def test_interleaved_rounds_rotate_the_order_and_settle_each_path_untimed() -> None:
-    calls: list[str] = []
-
-    class Recorder:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        def infer(self, batch: np.ndarray) -> np.ndarray:
-            calls.append(self.name)
-            return batch
-
-    runners = [(name, Recorder(name)) for name in "abc"]
-    timings = peers.interleaved_rounds(runners, np.zeros((2, 1)), rounds=3, window_s=1e-9, warmup=0)  # type: ignore[arg-type]
-    # each window: one untimed call, then the 3 timed calls the minimum asks for; round r starts at
-    # path r, odd rounds backwards: b follows a, then c, then a
-    windows = [calls[i] for i in range(0, len(calls), 4)]
-    assert windows == ["a", "b", "c", "a", "c", "b", "c", "a", "b"]
-    assert all(len(timings[name].per_round) == 3 and len(timings[name].latencies_ms) == 9 for name in "abc")

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edge.errors import UserError
-from edge.measure.timing import TimingWindow, percentile_samples_needed, summarize, time_calls
+from edge.measure.timing import (
+    Timing,
+    TimingWindow,
+    interleaved_rounds,
+    median_ratio,
+    percentile_samples_needed,
+    summarize,
+    time_calls,
+)
 
 
 def test_summarize_percentiles_and_throughput():
@@ -76,3 +85,30 @@ def test_round_order_rotates_and_reverses_so_each_item_follows_both_neighbours()
     predecessors_of_b = {order[order.index("b") - 1] for order in orders if order.index("b") > 0}
     assert predecessors_of_b == {"a", "c"}
     assert round_order([], 3) == []
+
+
+def test_speedup_is_the_median_of_per_round_ratios() -> None:
+    fast = Timing("int8", per_round=[300.0, 200.0, 500.0], latencies_ms=[1.0, 2.0, 3.0])
+    slow = Timing("fp32", per_round=[100.0, 100.0, 100.0], latencies_ms=[4.0, 5.0, 6.0])
+    assert median_ratio(fast, slow) == (3.0, 2.0, 5.0)
+    assert fast.p50_ms == 2.0 and fast.images_per_s == 300.0
+
+
+def test_interleaved_rounds_rotate_the_order_and_settle_each_path_untimed() -> None:
+    calls: list[str] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            calls.append(self.name)
+            return batch
+
+    runners = [(name, Recorder(name)) for name in "abc"]
+    timings = interleaved_rounds(runners, np.zeros((2, 1)), rounds=3, window_s=1e-9, warmup=0)  # type: ignore[arg-type]
+    # each window: one untimed call, then the 3 timed calls the minimum asks for; round r starts at
+    # path r, odd rounds backwards: b follows a, then c, then a
+    windows = [calls[i] for i in range(0, len(calls), 4)]
+    assert windows == ["a", "b", "c", "a", "c", "b", "c", "a", "b"]
+    assert all(len(timings[name].per_round) == 3 and len(timings[name].latencies_ms) == 9 for name in "abc")
