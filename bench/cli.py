@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.artifacts import artifact_spec, verify_artifact
 from edge.errors import UserError
+from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.timing import TimingWindow, percentile_samples_needed
 
 if TYPE_CHECKING:
@@ -88,7 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="intra-op CPU threads (recorded; default: the backend's)")
     parser.add_argument("--single-stream", type=int, metavar="N", help="single-stream samples at batch 1 (0: off)")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip end-to-end (preprocessing) timing")
-    parser.add_argument("--max-drop", type=float, default=0.5, help="drop budget in points, to flag too-small eval sets")
+    parser.add_argument(
+        "--max-drop", type=float, default=DEFAULT_MAX_DROP, help="drop budget in points, to flag too-small eval sets"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a row's worker is stopped")
     parser.add_argument("--out", type=Path, help="report directory (default RUN/bench)")
     parser.add_argument("--zoo", help="compare models instead: comma list of architectures (no weights needed)")

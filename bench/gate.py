@@ -43,16 +43,8 @@ from bench.checks import Check, same_machine
 from bench.latency_gate import check_latency
 from edge.artifacts import atomic_write_text
 from edge.errors import UserError
-from edge.measure.paired import (
-    CONFIDENCE,
-    RESOLUTION,
-    PairedFlips,
-    flips_from_counts,
-    min_detectable_drop,
-    min_resolving_count,
-    paired_flips,
-    resolves,
-)
+from edge.measure.acceptance import DEFAULT_MAX_DROP, judge_drop, resolution_line
+from edge.measure.paired import CONFIDENCE, RESOLUTION, PairedFlips, flips_from_counts, paired_flips, resolves
 from edge.measure.report import MEASURED, read_report
 from edge.measure.rows import float_parent, is_exact_conversion
 
@@ -60,7 +52,9 @@ from edge.measure.rows import float_parent, is_exact_conversion
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report", help="bench report.json (or a run directory)")
     parser.add_argument("--baseline", help="an earlier report.json to compare against")
-    parser.add_argument("--max-drop", type=float, default=0.5, help="top-1 drop budget in points (default 0.5)")
+    parser.add_argument(
+        "--max-drop", type=float, default=DEFAULT_MAX_DROP, help=f"top-1 drop budget in points (default {DEFAULT_MAX_DROP:g})"
+    )
     parser.add_argument(
         "--max-latency-regression", type=float, default=10.0, help="p50 latency tolerance in percent (default 10)"
     )
@@ -198,31 +192,17 @@ def check_parent_drops(
 
 def resolution_check(name: str, n: int, max_drop: float, confidence: float, allow_small_eval: bool = False) -> Check:
     """Can ``n`` images fail a drop of RESOLUTION x the budget, every flip a loss?"""
-    mdd = min_detectable_drop(n, max_drop, confidence)
-    shown = "none (not even losing every image fails)" if mdd == float("inf") else f"{mdd:.2f} pts"
-    detail = f"minimum detectable drop {shown} on {n} images at {confidence:.0%}"
+    detail = resolution_line(n, max_drop, confidence)
     if resolves(n, max_drop, confidence):
-        return Check(name, "pass", f"{detail}: resolves the {max_drop:g} pt budget (<= {RESOLUTION:g}x)")
-    needed = min_resolving_count(max_drop, confidence)
-    need = f"at least {needed} images" if needed else "a budget above 0 (a 0 pt budget is never resolved)"
-    detail = f"{detail}: cannot resolve the {max_drop:g} pt budget (needs <= {RESOLUTION:g}x = {RESOLUTION * max_drop:.2f} pts: {need})"
+        return Check(name, "pass", detail)
     if allow_small_eval:
         return Check(name, "warn", f"{detail} (--allow-small-eval)")
     return Check(name, "fail", f"{detail}; evaluate more images (--eval-count) or give --allow-small-eval")
 
 
 def _drop_check(name: str, flips: PairedFlips, max_drop: float, simulated: bool = False) -> Check:
-    # bounds to 3 decimals, so a bound just under the budget does not print as the budget; no "-0.000"
-    drop, lower, upper = (round(v, 3) + 0.0 for v in (flips.drop_points, flips.drop_lower_points, flips.drop_upper_points))
-    detail = (
-        f"drop {drop:+.2f} pts (lower bound {lower:+.3f}, upper {upper:+.3f} at {flips.confidence:.0%}); "
-        f"lost {flips.lost}, gained {flips.gained} of {flips.n}"
-    )
-    if simulated:
-        detail += "; simulated (TensorRT INT8 evaluated on ONNX Runtime CPU)"
-    if flips.drop_lower_points > max_drop:
-        return Check(name, "fail", f"{detail}: significantly above the {max_drop:g} pt budget")
-    return Check(name, "pass", detail)
+    verdict = judge_drop(flips, max_drop, simulated)
+    return Check(name, "fail" if verdict.significant else "pass", verdict.detail)
 
 
 def check_baseline_accuracy(

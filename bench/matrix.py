@@ -40,6 +40,7 @@ from typing import Any
 
 from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest, stale_reason
 from edge.errors import UserError
+from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.intervals import paired_ratio
 from edge.measure.paired import paired_flips
 from edge.measure.rows import OTHER_BACKEND, SIMULATED, float_parent, round_p50s, run_artifacts
@@ -71,7 +72,7 @@ class BenchPlan:
     end_to_end: bool = True
     timeout_s: float = 900.0
     profile: str = "custom"
-    max_drop: float = 0.5
+    max_drop: float = DEFAULT_MAX_DROP
 
 
 EVAL_BATCH = 32  # images per inference call while measuring accuracy

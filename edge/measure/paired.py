@@ -60,7 +60,7 @@ def _log_binom_pmf(k: int, m: int, p: float) -> float:
     return math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1) + k * math.log(p) + (m - k) * math.log1p(-p)
 
 
-def _tail_at_least(k: int, m: int, p: float) -> float:
+def binomial_tail_at_least(k: int, m: int, p: float) -> float:
     """P(X >= k) for X ~ Binomial(m, p)."""
     return float(sum(math.exp(_log_binom_pmf(i, m, p)) for i in range(k, m + 1)))
 
@@ -81,9 +81,9 @@ def binomial_bounds(k: int, m: int, confidence: float = CONFIDENCE) -> tuple[flo
     alpha = 1.0 - confidence
     if m == 0:
         return 0.0, 1.0
-    lower = 0.0 if k == 0 else _bisect(lambda p: _tail_at_least(k, m, p) - alpha)
+    lower = 0.0 if k == 0 else _bisect(lambda p: binomial_tail_at_least(k, m, p) - alpha)
     # upper: P(X <= k | p) = alpha, i.e. 1 - P(X >= k+1) = alpha; P(X >= k+1) rises with p
-    upper = 1.0 if k == m else _bisect(lambda p: _tail_at_least(k + 1, m, p) - (1.0 - alpha))
+    upper = 1.0 if k == m else _bisect(lambda p: binomial_tail_at_least(k + 1, m, p) - (1.0 - alpha))
     return lower, upper
 
 

@@ -16,16 +16,19 @@ the tries that fit against the float model (ONNX Runtime, batch 8) and takes the
 layer costs conversions at its borders, so full INT8 is usually the one to beat. The choice then
 gets its biases corrected (each layer's per-channel mean output put back where the float model has
 it, measured on calibration images: edge/quantize/bias.py; the graph and its speed do not change);
-auto keeps the correction when the val split scores it at least as well, a named --method takes it
+auto keeps the correction when the val split scores it better (a tie keeps the uncorrected model), a named --method takes it
 (--no-bias-correction: never). auto refuses to
 choose on fewer labelled val images than --min-val-images (default 200): on 5 images one flip is
 20 points. Without labelled data it chooses on 24 unlabelled photos (agreement only).
 
-Acceptance then compares the result with its float parent on the test split (a subset of
---eval-limit images; 0 = the whole split), which no choice has seen. The result is NOT accepted
-when its measured top-1 drop exceeds --max-drop points, or when its top-1 flips against the float
-parent show, at 95% confidence (exact one-sided binomial test), an agreement below --min-agreement
-percent: 99% tolerates 15 flips on 1000 test images (98.5%), 5 on 200, 1 on 24 photos. Without
+Acceptance then compares the result with its float parent on the test split, which no choice has
+seen: by default as many test images as resolve --max-drop (1100 for 0.5 points: the count `edge check`
+asks for), or the whole split when it is smaller (a warning says what that set can resolve);
+--eval-limit N takes N (0 = the whole split). The rule is `edge check`'s, on the same counts
+(edge.measure.acceptance): the result is NOT accepted when the exact one-sided 95% lower bound of its
+top-1 drop (paired flips: lost and gained images) exceeds --max-drop points, or when its top-1 flips
+against the float parent show, at 95% confidence (exact one-sided binomial test), an agreement below
+--min-agreement percent: 99% tolerates 15 flips on 1000 test images (98.5%), 5 on 200, 1 on 24 photos. Without
 labelled data (scikit-image photos, for a pretrained ImageNet model) only the agreement is
 measured and decides; top-1 and the drop are n/a. A result that is not accepted is still written,
 marked `accepted: false` with the reason in its manifest, and the command exits 1 with that reason
@@ -74,7 +77,7 @@ def quantize_run(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     reduce_range: bool | None = None,
     val_limit: int = DEFAULT_VAL_LIMIT,
-    eval_limit: int = DEFAULT_EVAL_LIMIT,
+    eval_limit: int | None = DEFAULT_EVAL_LIMIT,
     calibration: str | os.PathLike[str] | None = None,
     calib_size: int = DEFAULT_CALIB_SIZE,
     seed: int = 0,
@@ -92,7 +95,7 @@ def quantize_run(
     scikit-image photos (agreement only). ``max_drop`` is in points of top-1, ``min_agreement`` in
     percent: auto's budget on the val split and the acceptance rule on the test split
     (``edge.quantize.search.judge``); a result that misses is written with ``accepted: false``
-    (read its manifest). ``val_limit``/``eval_limit``: 0 = the whole split. ``weight_rounding``: ``gptq``
+    (read its manifest). ``val_limit``/``eval_limit``: 0 = the whole split (``eval_limit`` None: as many as resolve ``max_drop``). ``weight_rounding``: ``gptq``
     (output-aware, the default) or ``nearest`` (quantize_static's own). ``bias_correction``: correct
     the chosen model's biases (``edge.quantize.bias``; auto keeps it when val scores it at least as
     well). ``min_val_images``: auto
@@ -141,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_MAX_DROP,
         help=f"top-1 budget in points against the float model: auto's target on val; not accepted when the "
-        f"measured drop on the test split exceeds it (default {DEFAULT_MAX_DROP:g})",
+        f"drop's 95%% lower bound on the test split exceeds it, as in edge check (default {DEFAULT_MAX_DROP:g})",
     )
     parser.add_argument(
         "--min-agreement",
@@ -170,7 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-limit",
         type=int,
         default=DEFAULT_EVAL_LIMIT,
-        help=f"test images for acceptance (default {DEFAULT_EVAL_LIMIT}; 0 = the full test split)",
+        help="test images for acceptance (default: as many as resolve --max-drop, 1100 for 0.5 points, or the whole "
+        "split when smaller; 0 = the full test split)",
     )
     parser.add_argument("--calibration", help="calibration set .npy (default RUN/calibration/calibration.npy)")
     parser.add_argument(
@@ -196,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="put each layer's mean output back where the float model has it, on calibration images "
-        "(default: on; auto keeps it when the val split scores it at least as well)",
+        "(default: on; auto keeps it when the val split scores it better: a tie keeps the uncorrected model)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")

@@ -161,13 +161,17 @@ def compare(parent_logits: np.ndarray, child_logits: np.ndarray, labels: np.ndar
         "drop_points": None,
         "agreement": percent(total - flips, total),
         "flips": flips,
+        "lost": None,
+        "gained": None,
         "eval_count": total,
         "labelled": labels is not None,
     }
     if labels is not None:
-        correct = int(np.count_nonzero(topk_correct(child_logits, labels, 1)))
-        parent_correct = int(np.count_nonzero(topk_correct(parent_logits, labels, 1)))
+        child_ok, parent_ok = topk_correct(child_logits, labels, 1), topk_correct(parent_logits, labels, 1)
+        correct, parent_correct = int(np.count_nonzero(child_ok)), int(np.count_nonzero(parent_ok))
         figures.update(
+            lost=int(np.count_nonzero(parent_ok & ~child_ok)),  # the paired counts acceptance judges
+            gained=int(np.count_nonzero(~parent_ok & child_ok)),
             top1=percent(correct, total),
             top5=percent(int(np.count_nonzero(topk_correct(child_logits, labels, 5))), total),
             parent_top1=percent(parent_correct, total),

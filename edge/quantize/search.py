@@ -12,8 +12,9 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
 4. on target cpu the tries are timed against the float model and the fastest that fits is taken;
 5. the choice gets its biases corrected (``edge.quantize.bias``: each layer's mean output put back
    where the float model has it) and, under auto, keeps the correction when the val split scores it
-   at least as well (:meth:`Budget.best`);
-6. the choice is judged on the test split (:func:`judge`), and the model, its per-layer error
+   better (:meth:`Budget.best`; a tie keeps the uncorrected model);
+6. the choice is judged on the test split (:func:`judge`: :mod:`edge.measure.acceptance`, the rule
+   `edge check` applies, on as many test images as resolve the budget), and the model, its per-layer error
    report and its manifest (``accepted``, and the ``reason`` when not) are written either way.
 
 :class:`QuantizeOptions` holds what the user asked for and checks it. ``quantize_run`` and
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import time
@@ -38,6 +38,15 @@ import onnx
 from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, verify_artifact, write_manifest
 from edge.errors import UserError
 from edge.export import load_onnx_checked
+from edge.measure.acceptance import (
+    DEFAULT_MAX_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    acceptance_count,
+    judge_agreement,
+    judge_drop,
+    resolution_line,
+)
+from edge.measure.paired import CONFIDENCE, flips_from_counts, resolves
 from edge.quantize.bias import bias_images, correct_biases
 from edge.quantize.evaluate import (
     EvalSet,
@@ -68,19 +77,16 @@ log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
 CHOICES = (*METHODS, "auto")
-DEFAULT_MAX_DROP = 0.5  # points of top-1
-DEFAULT_MIN_AGREEMENT = 99.0  # percent of top-1 agreement with the float parent
 # Agreement is what auto reads closest: on 500 images one flip is 0.2% and the noise about 0.5%,
 # on 2000 about 0.2%. Full INT8 on 2 cores evaluates 2000 images of 64 px in about a second.
 DEFAULT_VAL_LIMIT = 2000
 # auto refuses to choose on fewer labelled val images (one of 200 is half a point of top-1); the
 # same floor as training's small-set warning (train.splits.MIN_VAL_IMAGES).
 DEFAULT_MIN_VAL_IMAGES = 200
-DEFAULT_EVAL_LIMIT = 1000
+DEFAULT_EVAL_LIMIT = None  # acceptance images: as many as resolve --max-drop (edge.measure.acceptance.acceptance_count)
 DEFAULT_MAX_EXCLUDED = 8
 DEFAULT_CALIB_SIZE = 512
 PHOTO_EVAL_COUNT = 24  # unlabelled photo sets: a few dozen images at most
-ACCEPT_CONFIDENCE = 0.95  # agreement is refused on test only when it is short of --min-agreement at this confidence
 DEBUG_PIXELS = 32 * 64 * 64  # per-layer report: 32 images at 64 px, fewer at larger sizes (it keeps every tensor)
 DEBUG_BATCH = 16
 SPEED_BATCH = 8
@@ -169,46 +175,22 @@ class Acceptance:
     max_flips: int  # the most flips --min-agreement tolerates on these test images
 
 
-def allowed_flips(count: int, min_agreement: float, confidence: float = ACCEPT_CONFIDENCE) -> int:
-    """The most top-1 flips among ``count`` test images that do not show, at ``confidence``, an
-    agreement below ``min_agreement`` percent: the largest k with P(X >= k) > 1 - confidence for
-    X ~ Binomial(count, 1 - min_agreement / 100) (an exact one-sided test). 99% on 1000 images
-    allows 15 flips (98.5%); on 24 photos, 1; at 100%, none."""
-    rate = 1.0 - min_agreement / 100.0
-    if count <= 0 or rate <= 0.0:
-        return 0
-    alpha = 1.0 - confidence
-    below = 0.0  # P(X < k)
-    for k in range(count + 1):
-        if 1.0 - below <= alpha:  # P(X >= k) small enough: k flips are evidence of a miss
-            return k - 1
-        below += math.exp(
-            math.lgamma(count + 1)
-            - math.lgamma(k + 1)
-            - math.lgamma(count - k + 1)
-            + k * math.log(rate)
-            + (count - k) * math.log1p(-rate)
-        )
-    return count
-
-
 def judge(figures: dict[str, Any], max_drop: float, min_agreement: float, what: str = "test images") -> tuple[str | None, int]:
-    """The acceptance rule on the test split: why the result is not accepted (None: it is), and the
-    flips it may have. Rejected when the measured top-1 drop exceeds ``max_drop`` points (labelled
-    data only), or when its flips against the float parent show, at ACCEPT_CONFIDENCE, an
-    agreement below ``min_agreement`` percent (:func:`allowed_flips`)."""
+    """The acceptance rule on the test split (:mod:`edge.measure.acceptance`, the gate's own): why
+    the result is not accepted (None: it is), and the flips it may have. Rejected when the drop's
+    exact one-sided lower bound exceeds ``max_drop`` points (labelled data only: the gate's test on
+    the same counts), or when its flips against the float parent show an agreement below
+    ``min_agreement`` percent, both at the gate's confidence."""
     count, flips = int(figures["eval_count"]), int(figures["flips"])
-    limit = allowed_flips(count, min_agreement)
     reasons = []
-    drop = figures.get("drop_points")
-    if drop is not None and drop > max_drop:
-        reasons.append(f"top-1 drop {drop:.2f} points on {count} {what} exceeds --max-drop {max_drop:g}")
-    if flips > limit:
-        most = f"at most {limit} flip{'' if limit == 1 else 's'} at {ACCEPT_CONFIDENCE:.0%}"
-        reasons.append(
-            f"top-1 agreement {figures['agreement']:.2f}% on {count} {what} ({flips} flips) is below "
-            f"--min-agreement {min_agreement:g} beyond sampling noise ({most})"
-        )
+    if figures.get("lost") is not None:
+        paired = flips_from_counts(count, figures["lost"], figures["gained"], count - flips, CONFIDENCE)
+        verdict = judge_drop(paired, max_drop)
+        if verdict.significant:
+            reasons.append(f"top-1 {verdict.detail} (--max-drop) on {count} {what}")
+    disagreement, limit = judge_agreement(count, flips, min_agreement, CONFIDENCE, what)
+    if disagreement:
+        reasons.append(disagreement)
     return ("; ".join(reasons) or None), limit
 
 
@@ -223,7 +205,7 @@ class QuantizeOptions:
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     reduce_range: bool | None = None
     val_limit: int = DEFAULT_VAL_LIMIT
-    eval_limit: int = DEFAULT_EVAL_LIMIT
+    eval_limit: int | None = DEFAULT_EVAL_LIMIT  # None: the count that resolves max_drop
     calib_size: int = DEFAULT_CALIB_SIZE
     seed: int = 0
     max_excluded: int = DEFAULT_MAX_EXCLUDED
@@ -262,7 +244,7 @@ class QuantizeOptions:
         check_agreement_percent(self.min_agreement)
         for name, value in (
             ("--val-limit", self.val_limit),
-            ("--eval-limit", self.eval_limit),
+            ("--eval-limit", self.eval_limit or 0),
             ("--max-excluded", self.max_excluded),
             ("--min-val-images", self.min_val_images),
         ):
@@ -444,7 +426,7 @@ class QuantizeSearch:
                 best, layers = fastest, self.layer_errors(fastest)
         if self.options.bias_correction:
             corrected = self.corrected(best)
-            # auto: kept when val scores it at least as well (ties keep the uncorrected); a named
+            # auto: kept when val scores it better (a tie keeps the uncorrected); a named
             # method has no val split to ask, and takes it.
             if not self.options.auto or self.budget.best([best, corrected]) is corrected:
                 best, layers = corrected, self.layer_errors(corrected)
@@ -511,15 +493,37 @@ class QuantizeSearch:
         """The chosen model against its float parent on the test split (and, target trt, TensorRT's
         Q/DQ rules), judged by :func:`judge`; a result that misses is still written, marked
         ``accepted: false`` with the reason."""
-        test = self.eval_set("test", self.options.eval_limit)
+        test = self.acceptance_set()
         figures = compare(predict(self.parent, self.spec, test.tensor), predict(best.path, self.spec, test.tensor), test.labels)
         if self.options.target == "trt":
             problems = check_tensorrt_rules(best.path)
             if problems:
                 raise RuntimeError(f"target-trt model breaks TensorRT's Q/DQ rules: {problems[:3]}")
+        if figures["lost"] is not None:
+            paired = flips_from_counts(len(test), figures["lost"], figures["gained"], len(test) - figures["flips"], CONFIDENCE)
+            figures.update(
+                drop_lower_points=paired.drop_lower_points,
+                drop_upper_points=paired.drop_upper_points,
+                confidence=CONFIDENCE,
+                resolves_budget=resolves(len(test), self.options.max_drop),
+            )
         what = "test images" if test.labels is not None else "unlabelled test photos"
         reason, limit = judge(figures, self.options.max_drop, self.options.min_agreement, what)
         return Acceptance(test.name, figures, reason is None, reason, limit)
+
+    def acceptance_set(self) -> EvalSet:
+        """The test images acceptance is judged on: --eval-limit, else as many as resolve --max-drop
+        (the gate's own count, :func:`edge.measure.acceptance.acceptance_count`), or the whole split
+        when it is smaller; one line says when the set cannot resolve the budget."""
+        limit = self.options.eval_limit
+        needed = acceptance_count(self.options.max_drop) if limit is None else limit
+        test = self.eval_set("test", needed or 0)
+        if test.labels is not None and not resolves(len(test), self.options.max_drop):
+            short = "the whole test split" if limit is None else f"--eval-limit {limit}"
+            log.warning(
+                "acceptance on %d test images (%s): %s", len(test), short, resolution_line(len(test), self.options.max_drop)
+            )
+        return test
 
     def write_model(self, best: Try, layers: list[dict[str, Any]]) -> Path:
         """The per-layer error report beside the output, then the chosen model; returns the report's path."""
