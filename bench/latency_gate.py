@@ -13,8 +13,14 @@ A shared VM has slower *states* that last a whole bench and hit every artifact a
 here: every cell of one bench 35-40% slower, no other process running). So a failing cell is set
 against the other artifacts of the same report timed in the same rounds (same device and batch):
 when they slowed by as much (its new/old over theirs within the tolerance) the machine was slower,
-not the model, and the check is "too noisy to judge" (a failure with ``--strict-latency``); when
-the packages differ between the reports, that excuse is not taken. The INT8/float ratios, measured
+not the model, and the check is "too noisy to judge" (a failure with ``--strict-latency``). That
+excuse is taken only when the harness (its version and the hash of its source), the packages and the
+machine are the same in both reports: a slower preprocessing or runner slows every artifact too, and
+is a regression; the check then names what differs.
+
+An interval whose exact coverage is below ``CONFIDENCE_FLOOR`` (fewer than 3 rounds on a side: 1+1
+rounds cover 0%, 2+2 66.7%) gives no verdict: the check is "too noisy to judge" and says how many
+rounds to time, never a FAIL from it. The INT8/float ratios, measured
 within each report's own interleaved rounds, are compared on any machine.
 
 Each round also records the share of the CPUs other processes used while it ran
@@ -33,11 +39,11 @@ from __future__ import annotations
 from typing import Any
 
 from bench.checks import Check, same_machine
-from edge.measure.intervals import spread_pct, two_sample_ratio
+from edge.measure.intervals import CONFIDENCE_FLOOR, spread_pct, two_sample_ratio
 from edge.measure.report import MEASURED
 from edge.measure.rows import float_parent, round_p50s
+from edge.measure.timing import CONTENDED
 
-CONTENDED = 0.25  # other processes used more than this share of the CPUs during a cell's rounds (median)
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "openvino", "numpy", "opencv-python")
 
 
@@ -46,11 +52,11 @@ def check_latency(report: dict[str, Any], baseline: dict[str, Any], tolerance: f
     checks = [comparability(report, baseline)]
     if same_machine(report, baseline):
         old, new = _cells(baseline), _cells(report)
-        same_packages = _packages(report) == _packages(baseline)
+        differs = code_differences(report, baseline)
         for key, cell in sorted(new.items()):
             if key in old:
-                peers = machine_factor(key, new, old) if same_packages else None
-                checks.append(_p50_check(key, cell, old[key], tolerance, strict, peers))
+                peers = machine_factor(key, new, old) if not differs else None
+                checks.append(_p50_check(key, cell, old[key], tolerance, strict, peers, differs))
     else:
         known = report["environment"].get("machine_fingerprint") and baseline["environment"].get("machine_fingerprint")
         why = "different machine fingerprints" if known else "a report has no machine fingerprint"
@@ -108,13 +114,12 @@ def comparability(report: dict[str, Any], baseline: dict[str, Any]) -> Check:
     diffs += [
         f"threads of {k} {threads_old[k]} -> {v}" for k, v in threads_new.items() if k in threads_old and threads_old[k] != v
     ]
-    packages_new, packages_old = report["environment"].get("packages") or {}, baseline["environment"].get("packages") or {}
-    diffs += [
-        f"{p} {packages_old.get(p)} -> {packages_new.get(p)}" for p in PACKAGES if packages_old.get(p) != packages_new.get(p)
-    ]
+    diffs += code_differences(report, baseline)
     if not diffs:
         return Check(
-            "comparable reports", "pass", "same profile, window, rounds, threads, batch sizes, evaluation set and packages"
+            "comparable reports",
+            "pass",
+            "same profile, window, rounds, threads, batch sizes, evaluation set, harness source and packages",
         )
     return Check("comparable reports", "warn", "the reports differ in: " + "; ".join(diffs))
 
@@ -129,6 +134,25 @@ def _row_threads(report: dict[str, Any]) -> dict[str, Any]:
 def _packages(report: dict[str, Any]) -> dict[str, Any]:
     packages = report["environment"].get("packages") or {}
     return {p: packages.get(p) for p in PACKAGES}
+
+
+def _harness(report: dict[str, Any]) -> dict[str, Any]:
+    return report["environment"].get("harness") or {}
+
+
+def code_differences(report: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """What differs between the two reports' code: the harness's version and source hash (unknown
+    in a report made before they were recorded: not the same), and the packages that run models."""
+    new, old = _harness(report), _harness(baseline)
+    found = []
+    if new.get("version") != old.get("version"):
+        found.append(f"harness version {old.get('version') or 'unknown'} -> {new.get('version') or 'unknown'}")
+    if not new.get("source_sha256") or new.get("source_sha256") != old.get("source_sha256"):
+        short = [(h.get("source_sha256") or "unknown")[:12] for h in (old, new)]
+        found.append(f"harness source {short[0]} -> {short[1]}")
+    packages_new, packages_old = _packages(report), _packages(baseline)
+    found += [f"{p} {packages_old[p]} -> {packages_new[p]}" for p in PACKAGES if packages_old[p] != packages_new[p]]
+    return found
 
 
 def machine_factor(
@@ -157,6 +181,7 @@ def _p50_check(
     tolerance: float,
     strict: bool,
     peers: tuple[float, str] | None = None,
+    differs: list[str] | None = None,
 ) -> Check:
     name = f"p50 {key[0]}@{key[1]} batch {key[2]}"
     raw = f"p50 {old['compute']['p50_ms']:.3f} -> {cell['compute']['p50_ms']:.3f} ms"
@@ -174,6 +199,9 @@ def _p50_check(
             detail = f"{check.detail.split(': slower beyond')[0]}; {names} at the same batch, timed in the same rounds, "
             detail += f"slowed x{factor:.2f} too (this one x{own / factor:.2f} of that): the machine was slower, not the model"
             return Check(name, "warn", too_noisy(detail, new_rounds, old_rounds, "p50", strict))
+    if check.status == "fail" and differs:
+        detail = f"{check.detail}; not excused as a slower machine, the code differs: {'; '.join(differs)}"
+        return Check(name, "fail", detail)
     return check
 
 
@@ -192,6 +220,13 @@ def _judge(
     ratio = two_sample_ratio(new, old)
     limit = 1.0 + tolerance / 100.0
     figures = f"{raw + '; ' if raw else ''}new/old {ratio.text()} over {len(new)}+{len(old)} rounds, limit {limit:.2f}"
+    if ratio.level is None or ratio.level < CONFIDENCE_FLOOR:
+        level = "no" if ratio.level is None else f"{ratio.level * 100:.1f}%"
+        floor = (
+            f"{figures}; the interval has {level} confidence, below the {CONFIDENCE_FLOOR:.0%} floor a verdict needs: "
+            "time at least 3 rounds on each side (--rounds)"
+        )
+        return Check(name, "fail" if strict else "warn", too_noisy(floor, new, old, what, strict))
     if ratio.low > limit and busy is None:
         return Check(name, "fail", f"{figures}: slower beyond the {tolerance:g}% tolerance (the whole interval is above it)")
     if ratio.low > limit:

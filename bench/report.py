@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.artifacts import atomic_paths, environment_fingerprint, manifest_path, write_manifest
-from edge.measure.report import SCHEMA, SCHEMA_VERSION
+from edge.measure.report import SCHEMA, SCHEMA_VERSION, harness_fingerprint
 from edge.run import report_paths
 
 CSV_COLUMNS = (
@@ -88,6 +88,7 @@ def jetson_state() -> dict[str, Any]:
 
 def bench_environment() -> dict[str, Any]:
     env = environment_fingerprint()
+    env["harness"] = harness_fingerprint()
     env.update({f"jetson_{k}": v for k, v in jetson_state().items()})
     return env
 

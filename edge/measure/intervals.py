@@ -5,9 +5,10 @@ assumed: with R = 5 it is [min, max] at 93.8%). A ratio measured within one run 
 the same round, stepped back to back) is the median of per-round ratios with the same interval.
 Two runs (a report and its baseline) are independent samples: their ratio is the Hodges-Lehmann
 estimate (median of all pairwise log-ratios) with the exact Mann-Whitney interval, which covers
-at 96.8% with 5 rounds on each side. Rounds may first be divided by the machine probe timed
-beside them (``edge.measure.timing.MachineProbe``), so a slower moment of a shared machine is not
-counted as a slower model.
+at 96.8% with 5 rounds on each side. Nothing is divided by the machine probe timed beside each
+round (``edge.measure.timing.MachineProbe``): it is a noise figure only (its docstring says why); a
+slower machine is told from a slower model by the other artifacts timed in the same rounds
+(``bench.latency_gate``). An interval below ``CONFIDENCE_FLOOR`` gives no latency verdict.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from statistics import median
 from typing import Any
 
 CONFIDENCE = 0.95
+# A latency verdict needs an interval at least this sure: 3+3 rounds give 90%, 2+2 only 66.7%, 1+1 none.
+CONFIDENCE_FLOOR = 0.90
 
 
 def _binom_tail(k: int, n: int) -> float:

@@ -24,7 +24,9 @@ Every reader (the gate, compare, ``edge triton``, the benchmark scripts) goes th
 
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,26 @@ SCHEMA = "edge-bench-report"
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 MEASURED = ("ok", "rejected")  # row statuses with numbers in them
+HARNESS_PACKAGES = ("edge", "train", "bench", "calibration")  # the harness's own code: its source is hashed
+
+
+@cache
+def harness_fingerprint() -> dict[str, str | None]:
+    """The harness's version (the installed distribution's) and the sha256 of its source (every
+    ``.py`` file of its packages, by relative path): two reports whose latency differs with this
+    differing may differ because the harness's own code (preprocessing, runners, timing) changed."""
+    from importlib import metadata
+
+    try:
+        version: str | None = metadata.version("edge-harness")
+    except metadata.PackageNotFoundError:
+        version = None
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for package in HARNESS_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"version": version, "source_sha256": digest.hexdigest()}
 
 
 def read_report(path: str | Path) -> dict[str, Any]:

@@ -183,6 +183,7 @@ def interleaved_rounds(
     return timings
 
 
+CONTENDED = 0.25  # other processes held more than this share of the CPUs during a cell's rounds (median): noisy
 REWARM_S = 0.05  # before a round other than a cell's first: the caches another process cooled
 
 

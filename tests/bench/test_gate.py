@@ -16,6 +16,7 @@ from edge.cli import main
 from edge.measure.report import SCHEMA, SCHEMA_VERSION
 
 N = 2000
+HARNESS = {"version": "0.1.0", "source_sha256": "a" * 64}  # the same harness code in every synthetic report
 
 
 JITTER = (1.0, 1.02, 0.98, 1.01, 0.99)  # five timing rounds, within 2% of each other
@@ -60,7 +61,7 @@ def make_report(
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "settings": {"batch_sizes": [1, 8]},
-        "environment": {"machine_fingerprint": machine},
+        "environment": {"machine_fingerprint": machine, "harness": dict(HARNESS)},
         "eval": {"data": "synthetic", "count": n, "fingerprint": eval_fp, "labels": labels.tolist()},
         "rows": rows,
     }

@@ -214,3 +214,54 @@ def test_a_slowdown_measured_while_other_processes_held_the_cpus_is_too_noisy_to
     detail = _detail(checks, "p50 int8-cpu@cpu batch 1")
     assert "other processes used 60% of the CPUs during the new rounds" in detail and "too noisy to judge" in detail
     assert _status(evaluate_gate(busy, base, 0.5, 10.0, strict_latency=True), "p50 int8-cpu@cpu batch 1") == ["fail"]
+
+
+# ---- what excuses a slowdown, and how sure a verdict must be (issue 24) ---------------------------
+
+
+def _every_artifact_scaled(report: dict, factor: float) -> dict:
+    for artifact in ("torch-fp32", "onnx-fp32", "int8-cpu"):
+        report = _scaled(report, artifact, [factor] * 5)
+    return report
+
+
+def test_a_uniform_slowdown_is_a_regression_when_the_harness_code_changed():
+    base = make_report()
+    slower = _every_artifact_scaled(base, 1.35)  # a slower preprocessing or runner slows every artifact alike
+    slower["environment"]["harness"] = {"version": "0.1.0", "source_sha256": "b" * 64}
+    checks = evaluate_gate(slower, base, 0.5, 10.0)
+    assert _status(checks, "p50 ") == ["fail"] * 6
+    detail = _detail(checks, "p50 onnx-fp32@cpu batch 1")
+    assert "slower beyond the 10% tolerance" in detail
+    assert detail.endswith("not excused as a slower machine, the code differs: harness source aaaaaaaaaaaa -> bbbbbbbbbbbb")
+    assert "harness source aaaaaaaaaaaa -> bbbbbbbbbbbb" in _detail(checks, "comparable reports")
+    unknown = copy.deepcopy(base)  # a baseline made before the harness was recorded is not the same code
+    del unknown["environment"]["harness"]
+    same_code_as_now = _every_artifact_scaled(base, 1.35)
+    assert _status(evaluate_gate(same_code_as_now, unknown, 0.5, 10.0), "p50 onnx-fp32@cpu batch 1") == ["fail"]
+    same_code = _every_artifact_scaled(base, 1.35)  # the same code, packages and machine: the machine was slower
+    assert _status(evaluate_gate(same_code, base, 0.5, 10.0), "p50 ") == ["warn"] * 6
+
+
+def _with_rounds(report: dict, count: int) -> dict:
+    out = copy.deepcopy(report)
+    for row in out["rows"]:
+        for cell in row.get("cells") or []:
+            cell["compute"]["rounds"] = cell["compute"]["rounds"][:count]
+    return out
+
+
+@pytest.mark.parametrize(("rounds", "level"), [(1, "0.0%"), (2, "66.7%")])
+def test_an_interval_below_the_confidence_floor_gives_no_verdict(rounds: int, level: str):
+    base = _with_rounds(make_report(), rounds)
+    slower = _with_rounds(_scaled(make_report(), "int8-cpu", [2.0] * 5), rounds)  # twice as slow
+    checks = evaluate_gate(slower, base, 0.5, 10.0)
+    assert _status(checks, "p50 int8-cpu@cpu batch 1") == ["warn"]
+    detail = _detail(checks, "p50 int8-cpu@cpu batch 1")
+    assert detail.startswith("too noisy to judge the p50")
+    assert f"the interval has {level} confidence, below the 90% floor a verdict needs" in detail and "--rounds" in detail
+    assert "fail" not in _status(checks, "p50 ") + _status(checks, "latency ratio")
+    three = evaluate_gate(
+        _with_rounds(_scaled(make_report(), "int8-cpu", [2.0] * 5), 3), _with_rounds(make_report(), 3), 0.5, 10.0
+    )
+    assert _status(three, "p50 int8-cpu@cpu batch 1") == ["fail"]  # 3+3 rounds: 90%, a verdict
