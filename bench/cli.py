@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="timing rounds per cell, stepped in turn across the artifacts of a device (default 5; p50 intervals need >= 5)",
+        help="timing rounds per cell, stepped in turn across the artifacts of a device (full: 10; demo: 5; p50 intervals need >= 5)",
     )
     parser.add_argument("--threads", type=int, help="intra-op CPU threads (recorded; default: the backend's)")
     parser.add_argument("--single-stream", type=int, metavar="N", help="single-stream samples at batch 1 (0: off)")

@@ -16,7 +16,8 @@ the tries that fit against the float model (ONNX Runtime, batch 8) and takes the
 layer costs conversions at its borders, so full INT8 is usually the one to beat. The choice then
 gets its biases corrected (each layer's per-channel mean output put back where the float model has
 it, measured on calibration images: edge/quantize/bias.py; the graph and its speed do not change);
-auto keeps the correction when the val split scores it better (a tie keeps the uncorrected model), a named --method takes it
+auto keeps the correction only when the val split ranks it ahead (within --max-drop first, then higher
+agreement, then lower drop; a tie keeps the uncorrected model), a named --method takes it
 (--no-bias-correction: never). auto refuses to
 choose on fewer labelled val images than --min-val-images (default 200): on 5 images one flip is
 20 points. Without labelled data it chooses on 24 unlabelled photos (agreement only).
@@ -200,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="put each layer's mean output back where the float model has it, on calibration images "
-        "(default: on; auto keeps it when the val split scores it better: a tie keeps the uncorrected model)",
+        "(default: on; auto keeps it only when the val split ranks it ahead: a tie keeps the uncorrected model)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from edge.spec import PreprocessSpec
 from edge.triton.models import ModelPlan, Options
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the server PyPI's nvidia-pytriton 0.7 bundles
@@ -23,12 +26,47 @@ def _models_table(plans: list[ModelPlan]) -> str:
     return "\n".join(lines)
 
 
-def _spec_lines(plan: ModelPlan) -> str:
-    spec = plan.spec
+class _FlagRecorder:
+    """Stands in for cv2 in :meth:`PreprocessSpec.resize`: each ``INTER_*`` constant is its own name
+    and ``resize`` records the one it was given, so the README names the interpolation that
+    ``spec.apply`` really uses (it is not the spec's ``interpolation`` field when shrinking)."""
+
+    def __init__(self) -> None:
+        self.flag = ""
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("INTER_"):
+            return name
+        raise AttributeError(name)
+
+    def resize(self, image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+        self.flag = interpolation
+        return image
+
+
+def resize_flags(spec: PreprocessSpec) -> tuple[str, str]:
+    """(shrinking, enlarging): the OpenCV interpolation ``spec.apply`` resizes with each way."""
+    flags = []
+    for side in (4, 1):  # a 4x4 image made 2x2, then a 1x1 image made 2x2
+        recorder = _FlagRecorder()
+        spec.resize(recorder, np.zeros((side, side), dtype=np.uint8), 2, 2)
+        flags.append(recorder.flag)
+    return flags[0], flags[1]
+
+
+def _interpolation_text(spec: PreprocessSpec) -> str:
+    shrinking, enlarging = resize_flags(spec)
+    if shrinking == enlarging:
+        return f"OpenCV `{shrinking}`"
+    return f"OpenCV `{shrinking}` when the image shrinks on both sides, `{enlarging}` otherwise"
+
+
+def _spec_lines(spec: PreprocessSpec) -> str:
+    how = _interpolation_text(spec)
     crop = (
-        f"resize the shorter side to {spec.resize_size} px ({spec.interpolation}), crop the central {spec.input_size}x{spec.input_size}"
+        f"resize the shorter side to {spec.resize_size} px ({how}), crop the central {spec.input_size}x{spec.input_size}"
         if spec.crop == "center"
-        else f"resize the whole image to {spec.input_size}x{spec.input_size} ({spec.interpolation}; aspect ratio not kept)"
+        else f"resize the whole image to {spec.input_size}x{spec.input_size} ({how}; aspect ratio not kept)"
     )
     color = "convert to gray and replicate it to 3 channels" if spec.color == "gray" else "keep the color image"
     return "\n".join(
@@ -72,7 +110,7 @@ built them. On Kubernetes, KServe's Triton serving runtime takes this folder as 
 
 ## Client-side preprocessing (the run's spec)
 
-{_spec_lines(first)}
+{_spec_lines(first.spec)}
 
 `edge.spec` does exactly this (`spec.apply(frame_bgr_uint8)`), so a client needs no numbers of its own:
 
