@@ -11,7 +11,8 @@ printed as one ``FAIL name: detail`` line. The gate fails (exit 1) when:
   measurement), or a row is *rejected* (its quantizer did not accept it: manifest
   ``accepted: false``; bench still measures it so the report shows why);
 - an artifact with a float parent (INT8, engines, the ONNX export) has no accuracy against it,
-  unless --allow-unmeasured (then a warning);
+  unless --allow-unmeasured (then a warning); a parent that was not selected for the bench
+  (``--artifacts onnx-fp32,int8-cpu`` leaves torch-fp32 out) makes that check a skip, with the reason;
 - its top-1 drop against the float parent is significantly above --max-drop: paired flips
   (McNemar), failing only when the exact one-sided lower bound (--confidence, 95%) of the drop
   exceeds the budget, so noise does not fail a build and a real regression does;
@@ -164,6 +165,15 @@ def check_parent_drops(
         if row.get("status") not in MEASURED or (parent_name is None and not vs):
             continue
         key = _row_key(row)
+        selected = report["settings"].get("artifacts")
+        parent_named = parent_name or (vs or {}).get("parent")
+        if (not vs or "error" in vs) and selected and parent_named not in selected:
+            detail = (
+                f"its float parent {parent_named} was not selected for this bench (--artifacts {','.join(selected)}): "
+                f"add {parent_named} to --artifacts to measure the drop"
+            )
+            checks.append(Check(f"accuracy {key}", "skip", detail))
+            continue
         if not vs or "error" in vs:
             if not ev:
                 why = "bench ran without --eval"

@@ -42,7 +42,7 @@ from bench.checks import Check, same_machine
 from edge.measure.intervals import CONFIDENCE_FLOOR, spread_pct, two_sample_ratio
 from edge.measure.report import MEASURED
 from edge.measure.rows import float_parent, round_p50s
-from edge.measure.timing import CONTENDED
+from edge.measure.timing import CONTENDED, others_cpu_share
 
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "openvino", "numpy", "opencv-python")
 
@@ -241,14 +241,9 @@ def contention(sides: dict[str, list[dict[str, Any]]]) -> str | None:
     share other processes took during its cells' rounds exceeds CONTENDED; None otherwise."""
     said = []
     for side, cells in sides.items():
-        shares = sorted(
-            r["others_cpu"]
-            for c in cells
-            for r in (c.get("compute") or {}).get("rounds") or []
-            if r.get("others_cpu") is not None
-        )
-        if shares and shares[len(shares) // 2] > CONTENDED:
-            said.append(f"other processes used {shares[len(shares) // 2] * 100:.0f}% of the CPUs during the {side} rounds")
+        share = others_cpu_share([r for c in cells for r in (c.get("compute") or {}).get("rounds") or []])
+        if share is not None and share > CONTENDED:
+            said.append(f"other processes used {share * 100:.0f}% of the CPUs during the {side} rounds")
     return "; ".join(said) or None
 
 

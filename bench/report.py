@@ -22,6 +22,7 @@ from typing import Any
 
 from edge.artifacts import atomic_paths, environment_fingerprint, manifest_path, write_manifest
 from edge.measure.report import SCHEMA, SCHEMA_VERSION, harness_fingerprint
+from edge.measure.timing import CONTENDED, NOISY_INTERVAL_PCT, cell_noise
 from edge.run import report_paths
 
 CSV_COLUMNS = (
@@ -57,6 +58,7 @@ CSV_COLUMNS = (
     "drop_points",
     "agreement",
     "simulated",
+    "noisy",
     "note",
 )
 
@@ -140,6 +142,10 @@ def row_note(row: dict[str, Any]) -> str:
         if cells:
             why = cells[0].get("error") if status == "error" else cells[0].get("reason")
             notes.append(f"batch {', '.join(str(c['batch']) for c in cells)} {status}: {why}")
+    noisy = [(c["batch"], cell_noise(c["compute"])) for c in row.get("cells") or [] if c.get("status") == "ok"]
+    noisy = [(b, why) for b, why in noisy if why]
+    if noisy:
+        notes.append(f"~ noisy p50 at batch {', '.join(str(b) for b, _ in noisy)}: {noisy[0][1]}")
     if row.get("simulated"):
         notes.append("accuracy simulated (TensorRT INT8 on ORT CPU)")
     same_file = (row.get("accuracy") or {}).get("vs_same_file") or {}
@@ -189,6 +195,7 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 p50_ci_high_ms=(compute.get("p50_ci_ms") or [None, None])[1],
                 ci_level=compute.get("ci_level"),
                 round_spread_pct=compute.get("spread_pct"),
+                noisy=cell_noise(compute) if cell.get("status") == "ok" else None,
                 vs_parent_latency=(cell.get("vs_parent_latency") or {}).get("estimate"),
                 vs_parent_latency_low=(cell.get("vs_parent_latency") or {}).get("low"),
                 vs_parent_latency_high=(cell.get("vs_parent_latency") or {}).get("high"),
@@ -228,7 +235,10 @@ def headline(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "note",
     ]
     lines = []
-    for row in report["rows"]:
+    absent = absent_devices(report["rows"])
+    for device, (count, reason) in absent.items():
+        lines.append([f"all {count} artifacts", device, *["n/a"] * (len(header) - 3), f"skipped: {reason}"])
+    for row in (r for r in report["rows"] if r.get("device") not in absent):
         acc = row.get("accuracy") or {}
         vs = acc.get("vs_parent") or {}
         ok_cells = [c for c in row.get("cells", []) if c.get("status") == "ok"]
@@ -243,8 +253,8 @@ def headline(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _fmt(acc.get("top1")),
                 _fmt(vs.get("drop_points")),
                 _fmt(vs.get("agreement")),
-                _fmt(c_small["compute"]["p50_ms"] if c_small else None),
-                _fmt(c_large["compute"]["p50_ms"] if c_large else None),
+                _p50(c_small),
+                _p50(c_large),
                 _ratio(c_small),
                 _fmt(best, 1),
                 _fmt((c_small.get("end_to_end") or {}).get("p50_ms") if c_small else None),
@@ -256,6 +266,26 @@ def headline(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return header, lines
+
+
+def _p50(cell: dict[str, Any] | None) -> str:
+    """A cell's p50, marked ``~`` when its rounds disagree or other processes held the CPUs
+    (``edge.measure.timing.cell_noise``; the row's note says why)."""
+    if cell is None:
+        return "n/a"
+    return ("~" if cell_noise(cell["compute"]) else "") + _fmt(cell["compute"]["p50_ms"])
+
+
+def absent_devices(rows: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+    """Devices on which every row was skipped for one reason (no CUDA here): device -> (rows, reason).
+    Tables show such a device as one line, not a row of n/a per artifact."""
+    out = {}
+    for device in dict.fromkeys(r.get("device") for r in rows):
+        mine = [r for r in rows if r.get("device") == device]
+        reasons = {r.get("reason") for r in mine}
+        if len(mine) > 1 and all(r.get("status") == "skipped" for r in mine) and len(reasons) == 1:
+            out[str(device)] = (len(mine), str(reasons.pop()))
+    return out
 
 
 def _ratio(cell: dict[str, Any] | None) -> str:
@@ -331,6 +361,9 @@ def noise_lines(report: dict[str, Any]) -> list[str]:
     return [
         f"- each cell timed in {window['rounds']} rounds stepped in turn across the artifacts of a device; p50 = median of "
         "round p50s with an order-statistic interval (csv: p50_ci_*); 'x parent' = p50 over the float parent's from the same rounds",
+        f"- `~` before a p50: its rounds disagree beyond what its interval can carry (the interval spans over "
+        f"{NOISY_INTERVAL_PCT:.0f}% of the p50) or other processes held over {CONTENDED * 100:.0f}% of the CPUs while it ran; "
+        "its note says which (csv: noisy)",
         f"- noise: 1-min load average {_fmt(load[0])} -> {_fmt(load[1])} on {noise.get('cpu_count')} CPUs; machine probe "
         f"{_fmt(noise.get('probe_p50_ms'), 3)} ms, spread {_fmt(noise.get('probe_spread_pct'), 1)}% over all rounds; median round "
         f"spread of a cell {_fmt(noise.get('median_round_spread_pct'), 1)}%; other processes used "

@@ -259,6 +259,41 @@ class RoundTimer:
         return out
 
 
+NOISY_INTERVAL_PCT = 50.0  # a p50 whose interval spans more than this share of it is not a figure to quote
+
+
+def others_cpu_share(rounds: Sequence[dict[str, Any]]) -> float | None:
+    """The median share of the CPUs other processes held during a cell's rounds (None: not recorded)."""
+    shares = sorted(r["others_cpu"] for r in rounds if r.get("others_cpu") is not None)
+    return shares[len(shares) // 2] if shares else None
+
+
+def cell_noise(compute: dict[str, Any]) -> str | None:
+    """Why a timed cell's p50 should not be quoted as a plain number, or None: its rounds disagree
+    beyond what its interval can carry (the interval spans more than NOISY_INTERVAL_PCT of the p50;
+    with fewer than 3 rounds, the spread of the rounds), or other processes held more than CONTENDED
+    of the CPUs while it ran. Every table that shows the p50 marks it with this reason."""
+    reasons = []
+    rounds = compute.get("rounds") or []
+    p50 = compute.get("p50_ms")
+    low, high = (compute.get("p50_ci_ms") or [None, None])[:2]
+    if p50 and low is not None and high is not None and compute.get("ci_level") is not None:
+        width = (high - low) / p50 * 100.0
+        if width > NOISY_INTERVAL_PCT:
+            level = compute["ci_level"] * 100.0
+            shown = ", ".join(f"{r['p50_ms']:.4g}" for r in rounds)
+            reasons.append(
+                f"rounds disagree: p50 interval {low:.4g}-{high:.4g} ms at {level:.1f}% spans {width:.0f}% of the p50 "
+                f"(round p50s {shown} ms)"
+            )
+    elif compute.get("spread_pct") is not None and compute["spread_pct"] > NOISY_INTERVAL_PCT:
+        reasons.append(f"rounds disagree: round p50s spread {compute['spread_pct']:.0f}% (no interval with {len(rounds)} rounds)")
+    share = others_cpu_share(rounds)
+    if share is not None and share > CONTENDED:
+        reasons.append(f"other processes held {share * 100:.0f}% of the CPUs while it ran")
+    return "; ".join(reasons) or None
+
+
 class OthersCpu:
     """The share of the machine's CPUs that *other* processes used during a block (0..1; None where
     /proc/stat is absent): busy time of the whole machine minus this process's own, over wall time
