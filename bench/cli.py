@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from edge.artifacts import artifact_spec, verify_artifact
 from edge.errors import UserError
 from edge.measure.acceptance import DEFAULT_MAX_DROP
+from edge.measure.report import MEASURED
 from edge.measure.timing import TimingWindow, percentile_samples_needed
 
 if TYPE_CHECKING:
@@ -241,9 +242,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
             flush=True,
         )
         return 130
-    return (
-        0 if any(r.get("status") in ("ok", "rejected") for r in rows) else 1
-    )  # rejected rows were measured: the gate fails them
+    return 0 if any(r.get("status") in MEASURED for r in rows) else 1  # rejected rows were measured: the gate fails them
 
 
 def _load_average() -> float | None:

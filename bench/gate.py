@@ -46,7 +46,7 @@ from edge.artifacts import atomic_write_text
 from edge.errors import UserError
 from edge.measure.acceptance import DEFAULT_MAX_DROP, judge_drop, resolution_line
 from edge.measure.paired import CONFIDENCE, RESOLUTION, PairedFlips, flips_from_counts, paired_flips, resolves
-from edge.measure.report import MEASURED, read_report
+from edge.measure.report import MEASURED, ROW_STATUSES, read_report
 from edge.measure.rows import float_parent, is_exact_conversion
 
 
@@ -110,7 +110,7 @@ def check_measured(report: dict[str, Any]) -> list[Check]:
         return [Check("anything measured", "pass", f"{len(measured)} of {len(rows)} rows measured")]
     if not rows:
         return [Check("anything measured", "fail", "the report has no rows: nothing was measured")]
-    counts = {s: sum(r.get("status") == s for r in rows) for s in ("skipped", "error", "interrupted", "ok", "rejected")}
+    counts = {s: sum(r.get("status") == s for r in rows) for s in ROW_STATUSES}
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     return [Check("anything measured", "fail", f"nothing was measured ({len(rows)} rows: {summary})")]
 
