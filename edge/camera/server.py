@@ -8,12 +8,15 @@
                      why the run stopped, once it has (the page then keeps the last frame)
 
 It binds 127.0.0.1 unless told otherwise (``--serve 0.0.0.0:8080`` to view a Jetson from a
-laptop). Handlers run on daemon threads, every socket has a timeout, and ``close`` ends the
+laptop). Bound to loopback, it answers only requests whose ``Host`` names it (its address or
+localhost), so a page elsewhere cannot read the stream by DNS rebinding; ``--public`` lifts that
+(behind a reverse proxy on the same machine). Handlers run on daemon threads, every socket has a timeout, and ``close`` ends the
 streams, so the server never keeps the process alive.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,7 +95,7 @@ def parse_address(text: str) -> tuple[str, int]:
 class StreamServer:
     """Serves the newest annotated JPEG and statistics; ``publish`` from the inference loop."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = 0):
+    def __init__(self, host: str = DEFAULT_HOST, port: int = 0, public: bool = False):
         self._condition = threading.Condition()
         self._jpeg: bytes | None = None
         self._stats: dict[str, Any] = {}
@@ -107,6 +110,10 @@ class StreamServer:
             ) from exc
         self.httpd.daemon_threads = True
         self.host, self.port = str(self.httpd.server_address[0]), int(self.httpd.server_address[1])
+        # A page bound to loopback answers only requests that name it (or localhost): a web page the
+        # viewer opens elsewhere cannot reach the stream by pointing a DNS name at 127.0.0.1
+        # (DNS rebinding). Bound to another address, or with --public, any Host is answered.
+        self.any_host = public or not ipaddress.ip_address(self.host).is_loopback
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="edge-camera-http", daemon=True
         )
@@ -116,6 +123,20 @@ class StreamServer:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    def host_allowed(self, header: str | None) -> bool:
+        """Does a request's ``Host`` header name this server (its address or localhost, with its port)?"""
+        if self.any_host:
+            return True
+        if not header:
+            return False
+        text = header.strip().lower()
+        if text.startswith("["):  # [::1]:8080 or [::1]
+            name, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            name, _, port = text.partition(":")
+        return (not port or port == str(self.port)) and name in {"localhost", "127.0.0.1", "::1", self.host.lower()}
 
     def publish(self, jpeg: bytes | None, stats: dict[str, Any]) -> None:
         with self._condition:
@@ -157,7 +178,9 @@ def _handler_for(server: StreamServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             try:
-                if path in ("/", "/index.html"):
+                if not server.host_allowed(self.headers.get("Host")):
+                    self._send(403, "text/plain", b"this Host is not served: open the address edge camera printed\n")
+                elif path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", PAGE.encode())
                 elif path == "/stats.json":
                     self._send(200, "application/json", json.dumps(server.snapshot()[1]).encode())

@@ -19,9 +19,11 @@ What it needs, checked before the server starts (each missing piece is one line)
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -40,6 +42,7 @@ from edge.triton.pbtxt import to_pbtxt
 PYTRITON_HINT = (
     "pip install --no-deps nvidia-pytriton==0.7.0 (its own dependencies would pin numpy<2: only its tritonserver is used)"
 )
+DEFAULT_HOST = "127.0.0.1"  # serving stays on this machine unless --host says otherwise
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
@@ -148,10 +151,19 @@ class Server:
     metrics_port: int
     log: Path
     workdir: Path
+    host: str = DEFAULT_HOST
 
     @property
     def url(self) -> str:
-        return f"localhost:{self.http_port}"
+        return f"{url_host(self.host)}:{self.http_port}"
+
+    def bound(self) -> dict[str, list[str]]:
+        """What the server really listens on, read back from the kernel: {"http": ["127.0.0.1:8000"], ...}."""
+        listening = listening_sockets()
+        return {
+            name: sorted(listening.get(port, [])) or [f"{url_host(self.host)}:{port} (not read back)"]
+            for name, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port))
+        }
 
     def ready(self) -> bool:
         import urllib.error
@@ -173,12 +185,13 @@ class Server:
             if self.ready():
                 return
             time.sleep(0.25)
+        tail = _log_tail(self.log)
         self.stop()
-        raise UserError(f"tritonserver was not ready after {timeout:.0f} s (log: {self.log})")
+        raise UserError(f"tritonserver was not ready after {timeout:.0f} s: {tail}")
 
     def stop(self) -> int | None:
         """SIGINT (Triton finishes in-flight requests), then SIGKILL after STOP_TIMEOUT_S; the
-        temporary repository is removed. Returns the server's exit status."""
+        work folder (repository, backend links, log) is removed. Returns the server's exit status."""
         if self.process.poll() is None:
             _signal_group(self.process, signal.SIGINT)
             try:
@@ -186,7 +199,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 _signal_group(self.process, signal.SIGKILL)
                 self.process.wait()
-        shutil.rmtree(self.workdir / "repository", ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the repository, the backend links and the log
         return self.process.returncode
 
     def __enter__(self) -> Server:
@@ -222,33 +235,76 @@ def serve_plan(run_dir: str | os.PathLike[str], artifact: str) -> tuple[ModelPla
     return plan, options
 
 
-def start_server(
-    run_dir: str | os.PathLike[str], artifact: str = rows.ONNX_FP32, http_port: int = 8000, workdir: Path | None = None
-) -> Server:
-    """Write the Python-backend repository for ``artifact`` and start tritonserver on it (HTTP on
-    ``http_port``, gRPC on the next port, metrics on the one after); not yet waited for."""
-    files = server_files()
-    check_runnable(files)
-    plan, options = serve_plan(run_dir, artifact)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-serve-"))
-    backends = backend_folder(files, workdir)
-    write_python_model(workdir / "repository", plan, options)
-    log = workdir / "tritonserver.log"
-    command = [
+def server_command(files: ServerFiles, workdir: Path, backends: Path, host: str, http_port: int) -> list[str]:
+    """tritonserver's command line: HTTP, gRPC and metrics all bound to ``host`` (127.0.0.1 unless
+    asked), on ``http_port`` and the two ports after it."""
+    return [
         str(files.binary),
         f"--model-repository={workdir / 'repository'}",
         f"--backend-directory={backends}",
+        f"--http-address={host}",
         f"--http-port={http_port}",
+        f"--grpc-address={host}",
         f"--grpc-port={http_port + 1}",
+        f"--metrics-address={host}",
         f"--metrics-port={http_port + 2}",
         "--allow-gpu-metrics=false",
         "--strict-readiness=true",
     ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    return Server(process, plan.name, http_port, http_port + 1, http_port + 2, log, workdir)
+
+
+def start_server(
+    run_dir: str | os.PathLike[str], artifact: str = rows.ONNX_FP32, http_port: int = 8000, host: str = DEFAULT_HOST
+) -> Server:
+    """Write the Python-backend repository for ``artifact`` into a new work folder and start
+    tritonserver on it (HTTP on ``http_port``, gRPC on the next port, metrics on the one after, all on
+    ``host``); not yet waited for. The work folder is removed if anything fails before the server runs."""
+    files = server_files()
+    check_runnable(files)
+    plan, options = serve_plan(run_dir, artifact)
+    workdir = Path(tempfile.mkdtemp(prefix="edge-serve-"))
+    try:
+        backends = backend_folder(files, workdir)
+        write_python_model(workdir / "repository", plan, options)
+        log = workdir / "tritonserver.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                server_command(files, workdir, backends, host, http_port),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Server(process, plan.name, http_port, http_port + 1, http_port + 2, log, workdir, host)
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def listening_sockets() -> dict[int, list[str]]:
+    """TCP sockets in LISTEN on this machine, by port: {8000: ["127.0.0.1:8000"]} (Linux /proc/net;
+    {} elsewhere)."""
+    found: dict[int, list[str]] = {}
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            address_hex, port_hex = fields[1].split(":")
+            packed = bytes.fromhex(address_hex)
+            # /proc/net stores each 32-bit word of the address in host (little-endian) order
+            packed = b"".join(packed[i : i + 4][::-1] for i in range(0, len(packed), 4))
+            port = int(port_hex, 16)
+            found.setdefault(port, []).append(f"{url_host(socket.inet_ntop(family, packed))}:{port}")
+    return found
 
 
 # ---- the command ----------------------------------------------------------------------------------
@@ -258,6 +314,11 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("run", help="run directory")
     parser.add_argument("--artifact", default=rows.ONNX_FP32, choices=SERVABLE, help="the model to serve")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port; gRPC on PORT+1, metrics on PORT+2 (default 8000)")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="the address HTTP, gRPC and metrics listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)",
+    )
 
 
 def run(args: Any) -> int:
@@ -265,23 +326,31 @@ def run(args: Any) -> int:
 
     if not 0 < args.port < 65534:
         raise UserError(f"--port {args.port}: give a port between 1 and 65533 (gRPC and metrics use the next two)")
-    console = make_console()
-    server = start_server(args.run, args.artifact, args.port)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, systemd: a clean stop too
     try:
+        ipaddress.ip_address(args.host)
+    except ValueError:
+        raise UserError(f"--host {args.host!r}: give an IP address (127.0.0.1, 0.0.0.0, ::1 or one of this machine's)") from None
+    console = make_console()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, systemd: a clean stop too
+    server = None
+    try:
+        server = start_server(args.run, args.artifact, args.port, args.host)
         server.wait_ready()
+        bound = server.bound()
         console.print(
-            f"serving {server.model}: HTTP {server.url}, gRPC localhost:{server.grpc_port}, "
-            f"metrics http://localhost:{server.metrics_port}/metrics (log {server.log}); Ctrl-C stops it",
+            f"serving {server.model}: HTTP {', '.join(bound['http'])}, gRPC {', '.join(bound['grpc'])}, "
+            f"metrics {', '.join(bound['metrics'])} (/metrics); Ctrl-C stops it",
             soft_wrap=True,
         )
         exited = server.process.wait()
         raise UserError(f"tritonserver stopped by itself with status {exited}: {_log_tail(server.log)}")
     except KeyboardInterrupt:
-        console.print(f"stopped {server.model} (tritonserver exit status {server.stop()})")
+        if server is not None:
+            console.print(f"stopped {server.model} (tritonserver exit status {server.stop()})")
         return 0
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         signal.signal(signal.SIGTERM, previous)
 
 
