@@ -5,7 +5,7 @@ preprocesses (the artifact's own PreprocessSpec) while the model works on the pr
 returns the figures (:class:`CameraResult`). Live sources and --realtime files hand the model only
 the newest frame, dropping and counting older ones; --every-frame classifies every frame in order.
 The model's thread setting is ``--threads``/``--streams``, else chosen on the first frames or read
-from the cache (:mod:`edge.camera.threads`); with two streams the main thread and a second one each
+from the cache (:mod:`edge.camera.thread_plan`, :mod:`edge.camera.threads`); with two streams the main thread and a second one each
 take the newest frame and classify it on their own runner, and the results are handed on under a lock. With --serve a run that ended on its own keeps serving its last frame
 until Ctrl-C. The `edge camera` command is :mod:`edge.camera.cli`.
 """
@@ -16,211 +16,28 @@ import contextlib
 import signal
 import threading
 import time
-from array import array
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.camera.cache import load_thread_choice, store_thread_choice, thread_choices_path
+from edge.camera.cache import store_thread_choice
+from edge.camera.metrics import INTERRUPTED, LATENCY_FROM, CameraMetrics, CameraResult, format_figure
+from edge.camera.options import CameraOptions
 from edge.camera.outputs import JsonlLog, Prediction, VideoRecorder, draw_overlay, jsonl_record, open_window, top_k
 from edge.camera.sources import (
     Frame,
     FrameGrabber,
-    RetryPolicy,
     SourceSpec,
     capture_fps,
     capture_frame_count,
     open_capture,
     parse_source,
 )
-from edge.camera.threads import (
-    MEASURED_BACKENDS,
-    Setting,
-    ThreadChoice,
-    ThreadProbe,
-    setting_of,
-    streams_of,
-    thread_cache_key,
-    thread_candidates,
-    threads_of,
-)
+from edge.camera.thread_plan import plan_threads
+from edge.camera.threads import Setting, ThreadChoice, ThreadProbe, streams_of
 from edge.errors import UserError, require
-
-LIVE_WINDOW = 300  # results behind the live statistics (the final summary uses all of them)
-# Every latency figure (summary, result JSON, served page, JSONL latency_ms) runs from this timestamp
-# of the frame to its result: when it was grabbed, before decode (see edge.camera.sources.Frame).
-LATENCY_FROM = "grabbed_at"
-INTERRUPTED = "interrupted (Ctrl-C)"
-
-
-@dataclass
-class CameraOptions:
-    """Everything ``edge camera`` takes besides the model; validated before any work starts."""
-
-    source: str = "0"
-    backend: str = "auto"
-    device: str = "cpu"
-    threads: int | None = None
-    streams: int | None = None  # inference streams side by side (None: measured on CPU with the threads)
-    topk: int = 3
-    every_frame: bool = False
-    realtime: bool = False
-    loop: bool = False
-    show: bool = False
-    record: str | None = None
-    jsonl: str | None = None
-    serve: str | None = None
-    max_frames: int | None = None
-    duration: float | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    quiet: bool = False
-    thread_cache: bool = True  # reuse (and store) the thread choice measured for this machine and model
-
-    def validate(self, source: SourceSpec) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {self.threads}")
-        if self.streams is not None and self.streams < 1:
-            raise UserError(f"--streams must be at least 1, got {self.streams}")
-        if self.streams is not None and self.streams > 1:
-            if self.device != "cpu":
-                raise UserError(f"--streams is for --device cpu (got --device {self.device}): use one stream")
-            if self.show:
-                raise UserError("--streams with --show: the window is drawn by one thread; use --serve or --record to watch")
-            if not self.one_slot(source):
-                raise UserError(
-                    f"--streams {self.streams} classifies frames side by side, which needs a live source or --realtime "
-                    "(every frame in order, as a file is read by default or with --every-frame, runs one stream)"
-                )
-        if self.topk < 1:
-            raise UserError(f"--topk must be at least 1, got {self.topk}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise UserError(f"--max-frames must be at least 1, got {self.max_frames}")
-        if self.duration is not None and self.duration <= 0:
-            raise UserError(f"--duration must be positive, got {self.duration}")
-        if source.live and (self.realtime or self.loop):
-            flag = "--realtime" if self.realtime else "--loop"
-            raise UserError(f"{flag} is for video files; {source.text} is a live source that keeps its own clock")
-        if self.record is not None:
-            suffix = Path(self.record).suffix.lower()
-            if suffix not in (".mp4", ".m4v", ".mov", ".avi"):
-                raise UserError(f"--record {self.record}: use a .mp4 or .avi path")
-        if self.serve is not None:
-            from edge.camera.server import parse_address
-
-            parse_address(self.serve)
-
-    def one_slot(self, source: SourceSpec) -> bool:
-        """True when the model gets the newest frame only (a live source or --realtime), not every frame in order."""
-        return not self.every_frame and (source.live or self.realtime)
-
-
-# ---- metrics ----------------------------------------------------------------------------------
-
-
-class CameraMetrics:
-    """Per-frame timings and the figures made from them (all times in seconds, reported in ms)."""
-
-    def __init__(self) -> None:
-        self.latency = array("d")  # grabbed (before decode) -> result
-        self.inference = array("d")  # runner.infer only
-        self.preprocess = array("d")  # spec.apply
-        self.first_result: float | None = None
-        self.last_result: float | None = None
-        self._recent: deque[tuple[float, float, float]] = deque(maxlen=LIVE_WINDOW)
-
-    def add(self, latency: float, inference: float, preprocess: float, result_at: float) -> None:
-        self.latency.append(latency)
-        self.inference.append(inference)
-        self.preprocess.append(preprocess)
-        self.first_result = result_at if self.first_result is None else self.first_result
-        self.last_result = result_at
-        self._recent.append((result_at, latency, inference))
-
-    @property
-    def classified(self) -> int:
-        return len(self.latency)
-
-    def figures(self, recent: bool = False) -> dict[str, float | None]:
-        """Achieved FPS (results per second of wall time), inference-only FPS, latency percentiles."""
-        if recent:
-            rows = list(self._recent)
-            count = len(rows)
-            span = rows[-1][0] - rows[0][0] if rows else 0.0
-            latency = np.array([r[1] for r in rows])
-            inference = np.array([r[2] for r in rows])
-        else:
-            count = self.classified
-            span = (self.last_result or 0.0) - (self.first_result or 0.0)
-            latency = np.frombuffer(self.latency, dtype=np.float64) if self.latency else np.zeros(0)
-            inference = np.frombuffer(self.inference, dtype=np.float64) if self.inference else np.zeros(0)
-        out: dict[str, float | None] = {
-            "achieved_fps": (count - 1) / span if count >= 2 and span > 0 else None,
-            "inference_fps": float(len(inference) / inference.sum()) if len(inference) and inference.sum() > 0 else None,
-        }
-        for name, values in (("latency", latency), ("inference", inference)):
-            for q in (50, 90, 99):
-                out[f"{name}_p{q}_ms"] = float(np.percentile(values, q) * 1000) if len(values) else None
-        pre = np.frombuffer(self.preprocess, dtype=np.float64) if self.preprocess else np.zeros(0)
-        out["preprocess_p50_ms"] = float(np.median(pre) * 1000) if len(pre) else None
-        return out
-
-
-@dataclass
-class CameraResult:
-    """What a run did: its figures, counts and why it ended (the first reason to stop)."""
-
-    figures: dict[str, float | None]
-    captured: int
-    classified: int
-    dropped: int
-    retries: int
-    reconnects: int
-    end_reason: str
-    source: str
-    model: str
-    runner: dict[str, Any]
-    wall_s: float
-    outputs: dict[str, str] = field(default_factory=dict)
-    threads: dict[str, Any] = field(default_factory=dict)  # ThreadChoice.to_dict(): the setting and how it was chosen
-    paced: bool = True  # False: a file read as fast as the model takes frames (its latency is mostly queueing)
-    preprocessed: int = 0  # frames the capture thread preprocessed (the others were replaced before the model was free)
-    preprocessed_on_take: int = 0  # of the classified frames, those the capture thread had left raw
-    out_of_order: int = 0  # results (two streams) that came after a newer frame's: counted and logged, not drawn
-
-    @property
-    def interrupted(self) -> bool:
-        """True when Ctrl-C was the first reason to stop (``edge camera`` then exits 130)."""
-        return self.end_reason == INTERRUPTED
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = dict(self.figures)
-        data.update(
-            latency_from=LATENCY_FROM,
-            captured=self.captured,
-            classified=self.classified,
-            dropped=self.dropped,
-            retries=self.retries,
-            reconnects=self.reconnects,
-            end_reason=self.end_reason,
-            source=self.source,
-            model=self.model,
-            runner=self.runner,
-            wall_s=self.wall_s,
-            outputs=self.outputs,
-            threads=self.threads,
-            paced=self.paced,
-            preprocessed=self.preprocessed,
-            preprocessed_on_take=self.preprocessed_on_take,
-            out_of_order=self.out_of_order,
-        )
-        return data
-
-
-# ---- the run ----------------------------------------------------------------------------------
 
 
 def resolve_source(options: CameraOptions) -> tuple[SourceSpec, float | None]:
@@ -234,85 +51,6 @@ def resolve_source(options: CameraOptions) -> tuple[SourceSpec, float | None]:
 
     video = ensure_demo_video(writable_cache_dir("the demo video"))
     return SourceSpec("demo", "file", str(video.path), live=False), video.fps
-
-
-def inference_threads(options: CameraOptions, one_slot: bool = True) -> list[Setting] | None:
-    """The settings the model may get: ``[--threads/--streams]``; on CPU the candidates the camera
-    measures (all physical cores, all but one, and with ``one_slot`` (the newest frame only: a live
-    source or --realtime; not --show) two streams of half the cores each:
-    :func:`edge.camera.threads.thread_candidates`); None elsewhere (on CUDA the host threads matter
-    little and the backend keeps its own default)."""
-    from edge.runners.onnxruntime_runner import physical_cores
-
-    if options.threads is not None or options.streams is not None:
-        streams = options.streams or 1
-        return [setting_of(streams, options.threads or max(1, physical_cores() // streams))]
-    if options.device != "cpu":
-        return None
-    return thread_candidates(physical_cores(), streams=one_slot and not options.show)
-
-
-def plan_threads(
-    model: str | Path, options: CameraOptions, capture: Any, one_slot: bool = True
-) -> tuple[dict[Setting | None, list[Any]], ThreadChoice]:
-    """The runners to start with, per setting (one runner per stream), and the choice so far: one
-    setting when it is fixed (``--threads``/``--streams``, not CPU, one core, a backend that cannot
-    run two settings side by side, a cached choice), else every candidate and ``how == "measuring"``
-    (:class:`ThreadProbe` decides)."""
-    from edge.runners import select_runner
-
-    def make(threads: int | None) -> Any:
-        runner = select_runner(model, device=options.device, backend=options.backend, threads=threads)
-        # The capture thread decodes and preprocesses while the model runs: spinning inference threads
-        # would starve it (measured: 40% -> 60% of batch-1 throughput, and no drops below model speed).
-        # (measured again with just-in-time preprocessing, 224 px Lite0 at 2 threads: spinning only
-        # within a call, ORT's session.force_spinning_stop, gave 94 FPS against 117 FPS without spinning).
-        runner.spin_wait = False
-        return runner
-
-    def make_setting(setting: Setting, first: Any = None) -> list[Any]:
-        runners = [first] if first is not None else []
-        return runners + [make(threads_of(setting)) for _ in range(streams_of(setting) - len(runners))]
-
-    candidates = inference_threads(options, one_slot)
-    if candidates is None:
-        return {None: [make(None)]}, ThreadChoice(None, "backend default")
-    first = make(threads_of(candidates[0]))
-    if first.backend not in MEASURED_BACKENDS and any(streams_of(c) > 1 for c in candidates):
-        if options.streams is not None:
-            first.deactivate()
-            raise UserError(
-                f"--streams needs a backend whose threads belong to one runner (onnxruntime, openvino), not {first.backend}"
-            )
-        candidates = [c for c in candidates if streams_of(c) == 1]
-    if options.threads is not None or options.streams is not None:
-        how = "--threads" if options.streams is None else "--streams" if options.threads is None else "--threads --streams"
-        return {candidates[0]: make_setting(candidates[0], first)}, ThreadChoice(candidates[0], how)
-    if len(candidates) == 1:
-        return {candidates[0]: [first]}, ThreadChoice(candidates[0], "only one core")
-    if first.backend not in MEASURED_BACKENDS:
-        why = f"every core; not measured: {first.backend} sets threads for the whole process"
-        return {candidates[0]: [first]}, ThreadChoice(candidates[0], why)
-    key = _thread_key(first, options, capture, candidates) if options.thread_cache else None
-    cached = load_thread_choice(key) if key is not None else None
-    if cached is not None and cached["threads"] in candidates:
-        choice = ThreadChoice.from_dict({**cached, "how": "cached", "cache": str(thread_choices_path()), "key": key})
-        assert choice.threads is not None
-        reuse = first if threads_of(choice.threads) == threads_of(candidates[0]) else None
-        if reuse is None:
-            first.deactivate()
-        return {choice.threads: make_setting(choice.threads, reuse)}, choice
-    runners: dict[Setting | None, list[Any]] = {candidates[0]: make_setting(candidates[0], first)}
-    runners.update({t: make_setting(t) for t in candidates[1:]})
-    return runners, ThreadChoice(None, "measuring", key=key)
-
-
-def _thread_key(runner: Any, options: CameraOptions, capture: Any, candidates: list[Setting]) -> str:
-    from edge.artifacts import manifest_path, read_manifest, sha256_file
-
-    sha = read_manifest(runner.path).sha256 if manifest_path(runner.path).exists() else sha256_file(runner.path)
-    width, height = int(capture.get(3) or 0), int(capture.get(4) or 0)  # CAP_PROP_FRAME_WIDTH / HEIGHT
-    return thread_cache_key(sha, runner.backend, options.device, (width, height) if width and height else None, candidates)
 
 
 def run_camera(
@@ -797,10 +535,6 @@ class _Session:
             threads=threads.to_dict(),
             paced=self.source.live or self.options.realtime,
         )
-
-
-def format_figure(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _status_line(stats: dict[str, Any]) -> str:
