@@ -5,9 +5,12 @@ preprocesses (the artifact's own PreprocessSpec) while the model works on the pr
 returns the figures (:class:`CameraResult`). Live sources and --realtime files hand the model only
 the newest frame, dropping and counting older ones; --every-frame classifies every frame in order.
 The model's thread setting is ``--threads``/``--streams``, else chosen on the first frames or read
-from the cache (:mod:`edge.camera.thread_plan`, :mod:`edge.camera.threads`); with two streams the main thread and a second one each
-take the newest frame and classify it on their own runner, and the results are handed on under a lock. With --serve a run that ended on its own keeps serving its last frame
-until Ctrl-C. The `edge camera` command is :mod:`edge.camera.cli`.
+from the cache (:mod:`edge.camera.thread_plan`, :mod:`edge.camera.threads`); with two streams the main
+thread and a second one each take the newest frame and classify it on their own runner, and the
+results are handed on under a lock to the outputs (:class:`edge.camera.outputs.RunOutputs`), the
+figures (:mod:`edge.camera.metrics`) and the progress line (:mod:`edge.camera.progress`). With
+--serve a run that ended on its own keeps serving its last frame until Ctrl-C. The options are
+:class:`edge.camera.options.CameraOptions`; the `edge camera` command is :mod:`edge.camera.cli`.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from edge.camera.cache import store_thread_choice
-from edge.camera.metrics import INTERRUPTED, LATENCY_FROM, CameraMetrics, CameraResult, format_figure
+from edge.camera.metrics import INTERRUPTED, LATENCY_FROM, CameraMetrics, CameraResult
 from edge.camera.options import CameraOptions
-from edge.camera.outputs import JsonlLog, Prediction, VideoRecorder, draw_overlay, jsonl_record, open_window, top_k
+from edge.camera.outputs import Prediction, RunOutputs, top_k
+from edge.camera.progress import CameraProgress, progress_status, progress_total
 from edge.camera.sources import (
     Frame,
     FrameGrabber,
@@ -144,20 +148,13 @@ class _Session:
         self.source = source
         self.options = options
         self.stop = stop
-        self.console = console
+        self.progress = CameraProgress(options.quiet, stderr=options.jsonl == "-", console=console)
         self.metrics = CameraMetrics()
         self._end_reasons: list[str] = []  # every reason to stop, in order; the first one is the run's
         self.grabber: FrameGrabber | None = None
         self.capture: Any = None  # released here unless the grabber took it over
-        self.recorder: VideoRecorder | None = None
-        self.jsonl: JsonlLog | None = None
-        self.server: Any = None
-        self.window: Any = None
-        self.outputs: dict[str, str] = {}
         self.started = time.monotonic()
-        self.wall_clock_offset = time.time() - self.started
-        self.progress: Any = None
-        self._last_recorded = -1
+        self.outputs = RunOutputs(unix_offset=time.time() - self.started)
         self._last_stats = -1.0
         self._stats: dict[str, Any] = {}
         self._last_predictions: list[Prediction] = []
@@ -217,63 +214,24 @@ class _Session:
             retry=options.retry,
             preprocess=self.spec.apply,
         )
-        if options.jsonl is not None:
-            self.jsonl = JsonlLog(options.jsonl)
-        if options.record is not None:
-            self.recorder = VideoRecorder(options.record, fps_declared or 30.0)
-        if options.show:
-            self.window, problem = open_window()
-            if self.window is None:
-                self._notice(f"--show: {problem}; running headless (use --serve or --record to see the output)")
-        if options.serve is not None:
-            from edge.camera.server import StreamServer, parse_address
-
-            self.server = StreamServer(*parse_address(options.serve))
-            self._notice(f"serving the annotated stream on {self.server.url}")
-        self._start_progress(self._progress_total(capture, every_frame))
+        self.outputs.open(
+            jsonl=options.jsonl,
+            record=options.record,
+            record_fps=fps_declared or 30.0,
+            show=options.show,
+            serve=options.serve,
+            notice=self.progress.notice,
+        )
+        declared = None if source.live or options.loop else capture_frame_count(capture)
+        total, self._count_position = progress_total(declared, options.max_frames, every_frame)
+        self.progress.start(source.text, total)
         self.grabber.start(capture)
         if any(t is not None and streams_of(t) > 1 for t in self.runners):
             self._helper = threading.Thread(target=self._helper_loop, name="edge-camera-stream-2", daemon=True)
             self._helper.start()
         if on_ready is not None:
-            on_ready({"url": self.server.url if self.server else None})
-
-    def _notice(self, text: str) -> None:
-        if not self.options.quiet:
-            self._console().print(text, highlight=False, soft_wrap=True)
-
-    def _console(self) -> Any:
-        if self.console is None:
-            from edge.console import make_console
-
-            # With --jsonl - stdout carries the records only; everything else goes to stderr.
-            self.console = make_console(stderr=self.options.jsonl == "-")
-        return self.console
-
-    def _progress_total(self, capture: Any, every_frame: bool) -> int | None:
-        """The frames this run will process: --max-frames (capped by the file's length when every frame
-        is classified), else a file's length (then a --realtime bar counts the position in the file)."""
-        declared = None if self.source.live or self.options.loop else capture_frame_count(capture)
-        limit = self.options.max_frames
-        if limit is not None:
-            return min(limit, declared) if declared and every_frame else limit
-        self._count_position = declared is not None and not every_frame
-        return declared
-
-    def _start_progress(self, total: int | None) -> None:
-        if self.options.quiet:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-        from edge.console import make_progress
-
-        columns: list[Any] = [TextColumn("[bold]camera[/bold] {task.description}")]
-        if total:
-            columns += [BarColumn(), MofNCompleteColumn()]
-        columns += [TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
-        self.progress = make_progress(*columns, console=self._console(), unit="frames", transient=False)
-        self.progress.__enter__()
-        self._task = self.progress.add_task(f"camera {self.source.text[-40:]}", total=total, status="starting")
+            server = self.outputs.server
+            on_ready({"url": server.url if server else None})
 
     def _progress_completed(self) -> int:
         return self._last_index + 1 if self._count_position else self.metrics.classified
@@ -376,45 +334,13 @@ class _Session:
     def _emit(
         self, frame: Frame, predictions: list[Prediction], result_at: float, inference_s: float, drawn: bool = True
     ) -> bool:
-        """Hand one result to every output; False when the user closed the window. A result that is
-        not ``drawn`` (older than one already shown) goes to the JSONL log only."""
+        """Hand one result to the outputs and the progress line; False when the user closed the window."""
         if result_at - self._last_stats >= 0.25:  # live figures a few times a second, not per frame
             self._last_stats = result_at
             self._stats = self.live_stats(predictions)
-            if self.progress is not None:
-                self.progress.update(self._task, completed=self._progress_completed(), status=_progress_status(self._stats))
-        if self.jsonl is not None:
-            fps = self.grabber.stats.fps if self.grabber else None
-            source_time = frame.index / fps if (fps and not self.source.live) else None
-            latency_ms = (result_at - frame.grabbed_at) * 1000
-            self.jsonl.write(
-                jsonl_record(
-                    frame.index,
-                    self.wall_clock_offset + frame.captured_at,
-                    predictions,
-                    latency_ms,
-                    inference_s * 1000,
-                    source_time,
-                    grabbed_unix=self.wall_clock_offset + frame.grabbed_at,
-                    source_ts_ms=frame.source_ts_ms,
-                )
-            )
-        if not drawn or (self.recorder is None and self.server is None and self.window is None):
-            return True
-        annotated = draw_overlay(frame.image, predictions, _status_line(self._stats))
-        if self.recorder is not None:
-            # A live run holds each annotated frame over the source frames it stands for, so the
-            # recording plays at the source's speed.
-            repeat = 1 if self._last_recorded < 0 else frame.index - self._last_recorded
-            self.recorder.write(annotated, repeat=repeat)
-            self._last_recorded = frame.index
-        if self.server is not None:
-            cv2 = require("cv2", "opencv", "Serving the stream")
-            ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, 80])
-            self.server.publish(jpeg.tobytes() if ok else None, self._stats)
-        if self.window is not None:
-            return bool(self.window.show(annotated))
-        return True
+            self.progress.update(self._progress_completed(), self._stats)
+        source_fps = self.grabber.stats.fps if self.grabber and not self.source.live else None
+        return self.outputs.emit(frame, predictions, self._stats, result_at, inference_s, source_fps, drawn)
 
     def live_stats(self, predictions: list[Prediction] | None = None) -> dict[str, Any]:
         """The statistics on the served page (a rolling window of recent frames)."""
@@ -449,27 +375,26 @@ class _Session:
             try:
                 choice.cache = str(store_thread_choice(choice.key, {**entry, "model": str(self.runner.path)}))
             except (OSError, UserError) as exc:
-                self._notice(f"threads: the choice is not cached ({exc})")
-        self._notice(f"threads: {choice.describe()}")
+                self.progress.notice(f"threads: the choice is not cached ({exc})")
+        self.progress.notice(f"threads: {choice.describe()}")
 
     # ---- tear-down ------------------------------------------------------------------------
     def holds(self) -> bool:
         """A served run that ended on its own (source ended, a limit, a stall) keeps its page up until
         Ctrl-C, so a browser opened after a short run still finds it."""
-        return self.server is not None and not self.stop.is_set() and self.end_reason != "window closed"
+        return self.outputs.server is not None and not self.stop.is_set() and self.end_reason != "window closed"
 
     def hold(self) -> None:
         """Serve the last frame and the final statistics until Ctrl-C (or ``stop``)."""
-        assert self.server is not None
+        server = self.outputs.server
+        assert server is not None
         final = {**self.live_stats(self._last_predictions), "ended": self.end_reason}
-        self.server.publish(None, final)
+        server.publish(None, final)
         # Said even under --quiet: the process does not end by itself from here.
-        self._console().print(
+        self.progress.say(
             f"{'source ended' if self._source_ended else 'stopped'} after "
             f"{self.metrics.classified} frames ({self.end_reason}); still serving the last frame at "
-            f"{self.server.url} — Ctrl-C to stop",
-            highlight=False,
-            soft_wrap=True,
+            f"{server.url} — Ctrl-C to stop"
         )
         while not self.stop.wait(0.2):
             pass
@@ -484,19 +409,10 @@ class _Session:
             self.grabber.stop()
         elif self.capture is not None:
             self.capture.release()
-        if self.progress is not None:
-            status = _progress_status(self.live_stats(self._last_predictions)) if self.metrics.classified else "no frame"
-            self.progress.update(self._task, completed=self._progress_completed(), status=status)
-            self.progress.__exit__(None, None, None)
-        if self.recorder is not None:
-            path = self.recorder.close()
-            if path is not None:
-                self.outputs["recording"] = str(path)
-        if self.jsonl is not None:
-            self.jsonl.close()
-            self.outputs["jsonl"] = self.options.jsonl or ""
-        if self.window is not None:
-            self.window.close()
+        if self.progress.running:
+            status = progress_status(self.live_stats(self._last_predictions)) if self.metrics.classified else "no frame"
+            self.progress.finish(self._progress_completed(), status)
+        self.outputs.finish()
         if self.probe is not None:
             self.threads, self.probe = self.probe.unfinished(), None
         for runners in self._all_runners.values():
@@ -506,8 +422,7 @@ class _Session:
     def close(self) -> None:
         """Finish the outputs, stop serving, restore OpenCV's threads; safe to call after any failure."""
         self.finish()
-        if self.server is not None:
-            self.server.close()
+        self.outputs.close()
         if self._cv2_threads is not None:
             require("cv2", "opencv", "The camera classifier").setNumThreads(self._cv2_threads)
 
@@ -531,20 +446,7 @@ class _Session:
             model=str(self.runner.path),
             runner={**self.runner.describe(), "streams": len(self.runners.get(self._kept, [])) or 1},
             wall_s=(self._ended_at or time.monotonic()) - self.started,
-            outputs=self.outputs,
+            outputs=self.outputs.files,
             threads=threads.to_dict(),
             paced=self.source.live or self.options.realtime,
         )
-
-
-def _status_line(stats: dict[str, Any]) -> str:
-    if not stats:
-        return "starting"
-    return (
-        f"{format_figure(stats['achieved_fps'])} FPS | infer {format_figure(stats['inference_p50_ms'])} ms | "
-        f"latency {format_figure(stats['latency_p50_ms'])} ms | dropped {stats['dropped']}"
-    )
-
-
-def _progress_status(stats: dict[str, Any]) -> str:
-    return f"{format_figure(stats['achieved_fps'])} FPS, p50 {format_figure(stats['latency_p50_ms'], 0)} ms, {stats['dropped']} dropped, {(stats['top1'] or '')[:24]}"
