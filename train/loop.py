@@ -5,12 +5,13 @@
 
 - ``checkpoint.pt`` — the best epoch by validation top-1 (what export, quantize and bench read)
 - ``last.pt``       — the latest state with optimizer, scheduler, scaler and RNG, for ``--resume``
-- ``metrics.csv`` / ``metrics.json``, ``curves.png``, ``confusion.png``
+- ``metrics.csv`` / ``metrics.json``, ``curves.png``, ``confusion.png``, ``summary.json``
 
-Modes: ``feature-extract`` trains the head on a frozen backbone; ``finetune`` trains everything,
-the backbone at ``lr * backbone_lr_scale``; ``gradual`` starts frozen and unfreezes one layer group
-from the top every ``unfreeze_every`` epochs, each deeper group at half the learning rate of the one
-above it. Frozen layers keep their BatchNorm statistics (eval mode).
+Each epoch trains on the global batches in micro-batches (halved on CUDA out-of-memory), evaluates
+on the validation split, keeps the best epoch and stops early after ``patience`` epochs without a
+gain. The parts it uses: what trains and how fast (``train.schedule``), evaluation
+(``train.evaluate``), the two checkpoints and ``--resume`` (``train.run_checkpoints``), the files and
+the terminal (``train.report``), and the torchrun job (``train.distributed``).
 
 Under ``torchrun`` the same loop runs with DistributedDataParallel; every rank sees its share of
 the same global batches as a single process would, and only rank 0 writes.
@@ -22,7 +23,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import random
 import signal
 import time
@@ -33,40 +33,49 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_write_json, update_metrics, write_manifest
+from edge.artifacts import atomic_write_json, update_metrics
 from edge.errors import UserError, require
-from edge.run import CHECKPOINT, LAST_CHECKPOINT, SPLITS_FILE, TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY, RunDir
+from edge.run import TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY, RunDir
 from edge.spec import PreprocessSpec
-from train.augment import EpochBatches, EvalDataset, TrainDataset
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.augment import EpochBatches, TrainDataset
+from train.checkpoint import load_checkpoint
 from train.config import TrainConfig, validate_config
 from train.data import ImageSplit, open_data
+from train.distributed import Distributed, setup_distributed
+from train.evaluate import evaluate_split
 from train.models import build_model, head_parameter_names, layer_groups, pretrained_spec
-from train.report import diagnose, history_table, plot_confusion, plot_curves, write_metrics
+from train.report import (
+    diagnose,
+    epoch_line,
+    history_table,
+    plot_confusion,
+    plot_curves,
+    run_table,
+    training_progress,
+    write_metrics,
+)
+from train.run_checkpoints import (
+    BEST,
+    LAST,
+    SUM_KEYS,
+    check_resume_data,
+    fresh_sums,
+    read_resume,
+    restore_rng,
+    restored_sums,
+    rng_state,
+    save_run_checkpoint,
+)
+from train.schedule import (
+    build_optimizer,
+    build_scheduler,
+    set_trainable,
+    train_mode_keeping_frozen_norms,
+    trainable_group_count,
+)
 from train.splits import pin_splits, small_split_warning
 
 log = logging.getLogger(__name__)
-
-# Each layer group below the top one trains at this fraction of the learning rate of the group above.
-GRADUAL_LR_DECAY = 0.5
-BEST = CHECKPOINT
-LAST = LAST_CHECKPOINT
-# per-epoch running sums; plain_loss is cross-entropy without label smoothing (NaN: not recorded this epoch)
-SUM_KEYS = ("loss", "plain_loss", "correct", "seen")
-
-
-@dataclass
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: str = "cpu"
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -86,25 +95,13 @@ def train(config: TrainConfig, on_step: Callable[[Any, int, int], None] | None =
     """Run a whole training job as ``config`` says (``on_step(trainer, epoch, step)`` after each step)."""
     torch = require("torch", "train", "Training")
     validate_config(config)
-    dist = _setup_distributed(torch)
+    dist = setup_distributed(torch)
     try:
         trainer = Trainer(config, dist, on_step)
         return trainer.run()
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def _setup_distributed(torch: Any) -> Distributed:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world <= 1:
-        return Distributed(device="cuda" if cuda else "cpu")
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return Distributed(rank, world, local_rank, f"cuda:{local_rank}" if cuda else "cpu")
 
 
 def training_spec(arch: str, classes: tuple[str, ...], image_size: int | None, gray: bool) -> PreprocessSpec:
@@ -149,13 +146,13 @@ class Trainer:
         self.bad_epochs = 0
         self.epoch = 0
         self.start_step = 0
-        self.epoch_sums = _fresh_sums()
+        self.epoch_sums = fresh_sums()
 
     # ---- set-up -------------------------------------------------------------------------
     def prepare(self) -> None:
         torch, config = self.torch, self.config
         _seed_everything(torch, config.seed)
-        resume = self._read_resume() if config.resume else None
+        resume = read_resume(self.out) if config.resume else None
 
         data = open_data(config.data, seed=config.seed)
         self.data = data
@@ -169,7 +166,7 @@ class Trainer:
         ).hexdigest()[:16]
         self.spec = training_spec(config.model, data.classes, config.image_size, _is_gray(self.train_split))
         if resume is not None:
-            self._check_resume_data(resume)
+            check_resume_data(resume, data.classes, self.data_fingerprint)
 
         self.model_config = {"drop_rate": config.drop_rate}
         model = build_model(
@@ -194,8 +191,8 @@ class Trainer:
         if self.sampler.steps_per_epoch() == 0:
             raise UserError(f"the training split has {len(self.train_split)} images: fewer than one batch per process")
         self.micro_batch = math.ceil(config.batch_size / self.dist.world)
-        self.optimizer = self._build_optimizer()
-        self.scheduler = self._build_scheduler()
+        self.optimizer = build_optimizer(self.model, self.head, self.groups, config)
+        self.scheduler = build_scheduler(self.optimizer, self.sampler.steps_per_epoch(), config)
         cuda = self.dist.device.startswith("cuda")
         self.autocast_dtype = torch.float16 if cuda else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and cuda)
@@ -215,55 +212,16 @@ class Trainer:
             fix = "add images to the training data (val is drawn from it)"
         return small_split_warning(self.val_split, fix)
 
-    def _build_optimizer(self) -> Any:
-        torch, config = self.torch, self.config
-        named = dict(self.model.named_parameters())
-        scaled: list[tuple[list[str], float]] = [(self.head, 1.0)]
-        if config.mode != "feature-extract":
-            depth = len(self.groups)
-            for index, names in enumerate(self.groups):
-                from_top = depth - index  # 1 = the group just below the head
-                decay = GRADUAL_LR_DECAY ** (from_top - 1) if config.mode == "gradual" else 1.0
-                scaled.append((names, config.backbone_lr_scale * decay))
-        param_groups = []
-        for names, scale in scaled:
-            # Biases and normalization weights take no weight decay (the usual AdamW recipe).
-            plain = [named[n] for n in names if named[n].ndim > 1]
-            flat = [named[n] for n in names if named[n].ndim <= 1]
-            for params, decay_value in ((plain, config.weight_decay), (flat, 0.0)):
-                if params:
-                    param_groups.append({"params": params, "lr": config.lr * scale, "weight_decay": decay_value})
-        if config.optimizer == "sgd":
-            return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-        return torch.optim.AdamW(param_groups, lr=config.lr)
-
-    def _build_scheduler(self) -> Any:
-        steps = self.sampler.steps_per_epoch()
-        total = max(1, self.config.epochs * steps)
-        warmup = min(total - 1, int(round(self.config.warmup_epochs * steps)))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        return self.torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-
     def set_trainable_for_epoch(self, epoch: int) -> None:
         """Freeze or unfreeze layer groups for ``epoch``; rewrap DDP when the set changes."""
-        mode, total = self.config.mode, len(self.groups)
-        count = {"feature-extract": 0, "finetune": total}.get(mode, min(total, epoch // self.config.unfreeze_every))
+        total = len(self.groups)
+        count = trainable_group_count(self.config, total, epoch)
         if count == self.trainable_groups:
             return
         if self.trainable_groups >= 0:
             log.info("epoch %d: %d of %d layer groups trainable", epoch + 1, count, total)
         self.trainable_groups = count
-        trainable = set(self.head)
-        for names in self.groups[total - count :]:
-            trainable.update(names)
-        for name, param in self.model.named_parameters():
-            param.requires_grad_(name in trainable)
+        set_trainable(self.model, self.head, self.groups, count)
         if self.dist.world > 1:
             ddp = self.torch.nn.parallel.DistributedDataParallel
             self.net = ddp(self.model, device_ids=[self.dist.local_rank] if self.dist.device.startswith("cuda") else None)
@@ -272,15 +230,7 @@ class Trainer:
 
     def enter_train_mode(self) -> None:
         """Train mode, except normalization layers whose parameters are all frozen."""
-        self.model.train()
-        for module in self.model.modules():
-            params = list(module.parameters(recurse=False))
-            if (
-                isinstance(module, self.torch.nn.modules.batchnorm._BatchNorm)
-                and params
-                and not any(p.requires_grad for p in params)
-            ):
-                module.eval()
+        train_mode_keeping_frozen_norms(self.model)
 
     def _pin_splits(self, data: Any) -> dict[str, str]:
         """RUN/splits.json: which items are train, val and test, for every later stage. Only the main
@@ -292,25 +242,6 @@ class Trainer:
         return {name: pinned.fingerprint(name) for name in ("train", "val", "test")}
 
     # ---- resume ---------------------------------------------------------------------------
-    def _read_resume(self) -> dict[str, Any]:
-        path = self.out / LAST
-        if not path.exists():
-            raise UserError(f"--resume: {path} does not exist; start the run without --resume")
-        payload = load_checkpoint(path)
-        if not payload.get("training_state"):
-            raise UserError(f"--resume: {path} holds no training state; start the run without --resume")
-        return payload
-
-    def _check_resume_data(self, payload: dict[str, Any]) -> None:
-        saved = tuple(payload["spec"]["labels"])
-        if saved != tuple(self.data.classes):
-            raise UserError(
-                f"--resume: the data's classes {list(self.data.classes)} differ from the checkpoint's {list(saved)}; "
-                "resume with the same data, or train a new run into another --out"
-            )
-        if payload.get("data_fingerprint") != self.data_fingerprint:
-            log.warning("--resume: the training data changed since the checkpoint (fingerprint differs)")
-
     def _restore(self, payload: dict[str, Any]) -> None:
         torch = self.torch
         state = payload["training_state"]
@@ -326,16 +257,11 @@ class Trainer:
             int(state["bad_epochs"]),
         )
         self.micro_batch = int(state["micro_batch"])
-        self.epoch_sums = _restored_sums(state["epoch_sums"])
+        self.epoch_sums = restored_sums(state["epoch_sums"])
         best_path = self.out / BEST
         if best_path.exists() and self.best_epoch > 0:
             self.best_state = load_checkpoint(best_path)["state_dict"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng(torch, state["rng"])
         log.info("resumed %s at epoch %d, step %d", self.out / LAST, self.epoch + 1, self.start_step)
 
     def training_state(self) -> dict[str, Any]:
@@ -352,52 +278,28 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "micro_batch": self.micro_batch,
             "epoch_sums": dict(self.epoch_sums),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
+            "rng": rng_state(torch),
         }
 
     # ---- writing ------------------------------------------------------------------------
     def _save(self, name: str, resumable: bool = False) -> Path | None:
         if not self.dist.is_main:
             return None
-        path = self.out / name
-        save_checkpoint(
-            path,
+        last = self.history[-1] if self.history else {}
+        return save_run_checkpoint(
+            self.out / name,
             self.model,
-            self.config.model,
             self.spec,
+            self.config,
             model_config=self.model_config,
-            config=self.config.to_dict(),
             history=self.history,
             data_fingerprint=self.data_fingerprint,
+            splits=self.splits,
+            best_epoch=self.best_epoch,
+            val_top1=self.best_top1 if name == BEST else last.get("val_top1"),
+            val_images=len(self.val_split),
             training_state=self.training_state() if resumable else None,
         )
-        last = self.history[-1] if self.history else {}
-        write_manifest(
-            path,
-            "checkpoint",
-            self.spec,
-            provenance={
-                "arch": self.config.model,
-                "trained": True,
-                "mode": self.config.mode,
-                "data": self.config.data,
-                "data_fingerprint": self.data_fingerprint,
-                "splits": {"file": SPLITS_FILE, "fingerprints": self.splits},
-                "epochs": len(self.history),
-                "best_epoch": self.best_epoch,
-                "resumable": resumable,
-                "weights": self.config.weights or "pretrained",
-            },
-            metrics={"val_top1": self.best_top1 if name == BEST else last.get("val_top1"), "val_images": len(self.val_split)}
-            if self.history
-            else {},
-        )
-        return path
 
     def _write_reports(self) -> None:
         if not self.dist.is_main or not self.history:
@@ -407,10 +309,6 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-        from edge.console import make_progress
-
         self.prepare()
         config = self.config
         if self.dist.is_main:
@@ -431,15 +329,7 @@ class Trainer:
             for line in self.small_sets:
                 log.warning(line)
         stopped_early = False
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeRemainingColumn(),
-        )
-        # no unit: one progress counts epochs and each epoch's batches ("epoch 2/5: 120/469, 31 s, loss ...")
-        progress = make_progress(*columns, disable=not self.dist.is_main)
+        progress = training_progress(disable=not self.dist.is_main)
         with self._interrupt_handler(), progress:
             epochs_task = progress.add_task("epochs", total=config.epochs, completed=self.epoch, status="")
             while self.epoch < config.epochs:
@@ -586,7 +476,7 @@ class Trainer:
             log.info("%s", epoch_line(row))
         self.epoch += 1
         self.start_step = 0
-        self.epoch_sums = _fresh_sums()
+        self.epoch_sums = fresh_sums()
         if val["top1"] > self.best_top1 + self.config.min_delta:
             self.best_top1, self.best_epoch, self.bad_epochs = val["top1"], row["epoch"], 0
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -608,46 +498,7 @@ class Trainer:
 
     def evaluate(self, split: ImageSplit) -> dict[str, Any]:
         """Loss, top-1, top-5 (percent) and confusion matrix on ``split`` through ``spec.apply``."""
-        torch, config = self.torch, self.config
-        indices = list(range(self.dist.rank, len(split), self.dist.world))
-        dataset = torch.utils.data.Subset(EvalDataset(split, self.spec), indices)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=config.batch_size * 2,
-            num_workers=config.workers,
-            pin_memory=self.dist.device.startswith("cuda"),
-            generator=torch.Generator().manual_seed(config.seed),
-        )
-        classes = len(self.data.classes)
-        confusion = torch.zeros(classes * classes, dtype=torch.float64)
-        loss_sum = top5 = 0.0
-        self.model.eval()
-        with torch.inference_mode():
-            for images, labels in loader:
-                images, labels = images.to(self.dist.device), labels.to(self.dist.device)
-                if config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.dist.device.split(":")[0], dtype=self.autocast_dtype, enabled=config.amp):
-                    logits = self.model(images)
-                logits = logits.float()
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-                k = min(5, classes)
-                top5 += float((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
-                pairs = labels.cpu() * classes + logits.argmax(1).cpu()
-                confusion += torch.bincount(pairs, minlength=classes * classes).double()
-        totals = torch.tensor([loss_sum, top5], dtype=torch.float64)
-        if self.dist.world > 1:
-            torch.distributed.all_reduce(totals)
-            torch.distributed.all_reduce(confusion)
-        matrix = confusion.view(classes, classes).numpy()
-        count = max(1.0, matrix.sum())
-        return {
-            "loss": float(totals[0]) / count,
-            "top1": 100.0 * float(np.trace(matrix)) / count,
-            "top5": 100.0 * float(totals[1]) / count,
-            "images": int(matrix.sum()),
-            "confusion": matrix.astype(np.int64),
-        }
+        return evaluate_split(self.model, split, self.spec, self.config, self.dist, self.autocast_dtype)
 
     def _finish(self, stopped_early: bool) -> TrainResult:
         from edge.console import make_console
@@ -738,41 +589,6 @@ class Trainer:
             if self.dist.is_main:
                 log.warning("interrupted: resume with `edge train --out %s --resume`", self.out)
             raise KeyboardInterrupt
-
-
-def run_table(out: Path, best_epoch: int, best_top1: float, val_images: int, test: dict[str, Any] | None, skipped: int) -> Any:
-    """The closing summary: best epoch, test accuracy, where the checkpoints are."""
-    from edge.console import make_table
-
-    table = make_table("field", "value", title=f"Run {out}", show_header=False)
-    table.add_row("best epoch", f"{best_epoch} (val top-1 {best_top1:.2f}% on {val_images} images)")
-    if test is not None:
-        table.add_row("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}% on {test['images']} images")
-    if skipped:
-        table.add_row("unreadable images skipped", str(skipped))
-    table.add_row("checkpoint", str(out / BEST))
-    table.add_row("resumable", str(out / LAST))
-    return table
-
-
-def epoch_line(row: dict[str, Any]) -> str:
-    """The log line of an epoch; its two losses compare like with like (both without label smoothing where recorded)."""
-    plain = row.get("train_loss_plain")
-    train_loss = f"{row['train_loss']:.4f}" if plain is None else f"{plain:.4f} (no smoothing)"
-    return (
-        f"epoch {row['epoch']}: train loss {train_loss} top-1 {row['train_top1']:.2f}% | "
-        f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% | {row['images_per_s']:.0f} img/s"
-    )
-
-
-def _fresh_sums() -> dict[str, float]:
-    return {**dict.fromkeys(SUM_KEYS, 0.0), "seconds": 0.0}
-
-
-def _restored_sums(saved: dict[str, float]) -> dict[str, float]:
-    """A last.pt's running sums; one written before plain_loss was recorded, mid-epoch, leaves it NaN
-    (that epoch's ``train_loss_plain`` is None: a part of the epoch would not compare)."""
-    return {**_fresh_sums(), "plain_loss": math.nan if saved.get("seen") else 0.0, **saved}
 
 
 def _seed_everything(torch: Any, seed: int) -> None:

@@ -1,5 +1,6 @@
-"""Training feedback: per-epoch metrics (CSV, JSON), curves and confusion-matrix PNGs, and a
-closing diagnosis that names over- or underfitting and the usual remedies.
+"""Training feedback: per-epoch metrics (CSV, JSON), curves and confusion-matrix PNGs, a closing
+diagnosis that names over- or underfitting and the usual remedies, and what the terminal shows (the
+progress bar, each epoch's log line, the closing tables).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge.artifacts import atomic_path, atomic_write_json, atomic_write_text
-from edge.run import TRAIN_METRICS_CSV, TRAIN_METRICS_JSON
+from edge.run import CHECKPOINT, LAST_CHECKPOINT, TRAIN_METRICS_CSV, TRAIN_METRICS_JSON
 
 METRIC_COLUMNS = (
     "epoch",
@@ -197,6 +198,33 @@ def diagnose(history: Sequence[dict[str, Any]], mode: str) -> list[str]:
     return findings
 
 
+def training_progress(disable: bool = False) -> Any:
+    """The progress bar of a run: one line for the epochs and one for the epoch in progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from edge.console import make_progress
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+    )
+    # no unit: one progress counts epochs and each epoch's batches ("epoch 2/5: 120/469, 31 s, loss ...")
+    return make_progress(*columns, disable=disable)
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """The log line of an epoch; its two losses compare like with like (both without label smoothing where recorded)."""
+    plain = row.get("train_loss_plain")
+    train_loss = f"{row['train_loss']:.4f}" if plain is None else f"{plain:.4f} (no smoothing)"
+    return (
+        f"epoch {row['epoch']}: train loss {train_loss} top-1 {row['train_top1']:.2f}% | "
+        f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% | {row['images_per_s']:.0f} img/s"
+    )
+
+
 def history_table(history: Sequence[dict[str, Any]], best_epoch: int | None) -> Any:
     """The per-epoch metrics as a rich table; its caption says which loss carries label smoothing."""
     from edge.console import make_table
@@ -232,4 +260,19 @@ def history_table(history: Sequence[dict[str, Any]], best_epoch: int | None) -> 
             f"{row['images_per_s']:.0f}",
             f"{row['epoch_s']:.0f}s",
         )
+    return table
+
+
+def run_table(out: Path, best_epoch: int, best_top1: float, val_images: int, test: dict[str, Any] | None, skipped: int) -> Any:
+    """The closing summary: best epoch, test accuracy, where the checkpoints are."""
+    from edge.console import make_table
+
+    table = make_table("field", "value", title=f"Run {out}", show_header=False)
+    table.add_row("best epoch", f"{best_epoch} (val top-1 {best_top1:.2f}% on {val_images} images)")
+    if test is not None:
+        table.add_row("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}% on {test['images']} images")
+    if skipped:
+        table.add_row("unreadable images skipped", str(skipped))
+    table.add_row("checkpoint", str(out / CHECKPOINT))
+    table.add_row("resumable", str(out / LAST_CHECKPOINT))
     return table

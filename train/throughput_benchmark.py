@@ -45,7 +45,8 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from train.config import TrainConfig
-    from train.loop import Distributed, Trainer
+    from train.distributed import Distributed
+    from train.loop import Trainer
 
     total_steps = (args.warmup + args.steps) * args.rounds
     config = TrainConfig(

@@ -38,7 +38,10 @@ from typing import Any
 
 from edge.artifacts import atomic_write_json
 from edge.camera.demo import DemoVideo, write_demo_video
-from edge.camera.session import CameraOptions, CameraResult, inference_threads, run_camera
+from edge.camera.metrics import CameraResult
+from edge.camera.options import CameraOptions
+from edge.camera.session import run_camera
+from edge.camera.thread_plan import inference_threads
 from edge.camera.threads import Setting, setting_label, streams_of, threads_of
 from edge.errors import UserError
 from edge.measure.timing import OthersCpu, TimingWindow, time_calls

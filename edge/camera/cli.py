@@ -26,7 +26,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge.camera.session import CameraOptions, CameraResult, format_figure, run_camera
+from edge.camera.metrics import CameraResult, format_figure
+from edge.camera.options import CameraOptions
+from edge.camera.session import run_camera
 from edge.camera.sources import RetryPolicy
 
 UNPACED_NOTE = (

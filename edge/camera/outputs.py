@@ -1,4 +1,5 @@
-"""What the camera classifier does with a result: the overlay, the recording, the JSONL log and the window.
+"""What the camera classifier does with a result: the overlay, the recording, the JSONL log, the window
+and the served page (:class:`RunOutputs` hands each result to all that a run has).
 
 Files are written beside their target under a temporary name and renamed when the run ends (also
 after Ctrl-C), so a recording is always a finished, playable file and a JSONL log never ends in a
@@ -11,12 +12,15 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from edge.camera.metrics import format_figure
+from edge.camera.sources import Frame
 from edge.errors import UserError, require
 
 
@@ -273,3 +277,121 @@ def open_window() -> tuple[Window | None, str | None]:
         return Window(), None
     except cv2.error as exc:
         return None, f"OpenCV cannot open a window: {str(exc).strip().splitlines()[-1][:120]}"
+
+
+# ---- every output of a run --------------------------------------------------------------------
+
+
+def status_line(stats: dict[str, Any]) -> str:
+    """The overlay's last line: achieved FPS, inference and latency p50, dropped frames."""
+    if not stats:
+        return "starting"
+    return (
+        f"{format_figure(stats['achieved_fps'])} FPS | infer {format_figure(stats['inference_p50_ms'])} ms | "
+        f"latency {format_figure(stats['latency_p50_ms'])} ms | dropped {stats['dropped']}"
+    )
+
+
+class RunOutputs:
+    """Where a run's results go: the JSONL log, the recording, the served page and the window.
+
+    ``emit`` hands each result to all of them; ``finish`` leaves finished files behind (``files``
+    names them) and closes the window; the page stays up until ``close``, so a run can keep serving
+    its last frame.
+    """
+
+    def __init__(self, unix_offset: float) -> None:
+        self.unix_offset = unix_offset  # time.time() - time.monotonic(): the JSONL's times are Unix times
+        self.jsonl: JsonlLog | None = None
+        self.recorder: VideoRecorder | None = None
+        self.server: Any = None
+        self.window: Window | None = None
+        self.files: dict[str, str] = {}
+        self._last_recorded = -1
+
+    def open(
+        self,
+        *,
+        jsonl: str | None,
+        record: str | None,
+        record_fps: float,
+        show: bool,
+        serve: str | None,
+        notice: Callable[[str], None],
+    ) -> None:
+        """Open the outputs asked for (``--jsonl``, ``--record``, ``--show``, ``--serve``)."""
+        if jsonl is not None:
+            self.jsonl = JsonlLog(jsonl)
+        if record is not None:
+            self.recorder = VideoRecorder(record, record_fps)
+        if show:
+            self.window, problem = open_window()
+            if self.window is None:
+                notice(f"--show: {problem}; running headless (use --serve or --record to see the output)")
+        if serve is not None:
+            from edge.camera.server import StreamServer, parse_address
+
+            self.server = StreamServer(*parse_address(serve))
+            notice(f"serving the annotated stream on {self.server.url}")
+
+    def emit(
+        self,
+        frame: Frame,
+        predictions: list[Prediction],
+        stats: dict[str, Any],
+        result_at: float,
+        inference_s: float,
+        source_fps: float | None,
+        drawn: bool = True,
+    ) -> bool:
+        """Hand one result to every output; False when the user closed the window. A result that is
+        not ``drawn`` (older than one already shown) goes to the JSONL log only. ``stats``: the live
+        statistics the overlay and the page show; ``source_fps``: a file's frame rate (None: live)."""
+        if self.jsonl is not None:
+            source_time = frame.index / source_fps if source_fps else None
+            latency_ms = (result_at - frame.grabbed_at) * 1000
+            self.jsonl.write(
+                jsonl_record(
+                    frame.index,
+                    self.unix_offset + frame.captured_at,
+                    predictions,
+                    latency_ms,
+                    inference_s * 1000,
+                    source_time,
+                    grabbed_unix=self.unix_offset + frame.grabbed_at,
+                    source_ts_ms=frame.source_ts_ms,
+                )
+            )
+        if not drawn or (self.recorder is None and self.server is None and self.window is None):
+            return True
+        annotated = draw_overlay(frame.image, predictions, status_line(stats))
+        if self.recorder is not None:
+            # A live run holds each annotated frame over the source frames it stands for, so the
+            # recording plays at the source's speed.
+            repeat = 1 if self._last_recorded < 0 else frame.index - self._last_recorded
+            self.recorder.write(annotated, repeat=repeat)
+            self._last_recorded = frame.index
+        if self.server is not None:
+            cv2 = require("cv2", "opencv", "Serving the stream")
+            ok, jpeg = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, 80])
+            self.server.publish(jpeg.tobytes() if ok else None, stats)
+        if self.window is not None:
+            return bool(self.window.show(annotated))
+        return True
+
+    def finish(self) -> None:
+        """Move the recording and the JSONL log into place and close the window (the page stays up)."""
+        if self.recorder is not None:
+            path = self.recorder.close()
+            if path is not None:
+                self.files["recording"] = str(path)
+        if self.jsonl is not None:
+            self.jsonl.close()
+            self.files["jsonl"] = self.jsonl.target
+        if self.window is not None:
+            self.window.close()
+
+    def close(self) -> None:
+        """Stop serving."""
+        if self.server is not None:
+            self.server.close()

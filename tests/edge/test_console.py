@@ -154,7 +154,7 @@ QUANTIZE_METRICS = {
 
 
 def _run_table(tmp_path: Path):
-    from train.loop import run_table
+    from train.report import run_table
 
     test = {"top1": 91.2, "top5": 99.71, "images": 10000}
     return run_table(Path("runs/demo"), best_epoch=3, best_top1=91.2, val_images=5000, test=test, skipped=1)

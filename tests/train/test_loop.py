@@ -13,9 +13,11 @@ from edge.errors import UserError
 from tests.train.conftest import tiny_config
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data import FASHION_MNIST_LABELS, open_data
-from train.loop import Distributed, Trainer, _restored_sums, epoch_line, train
+from train.distributed import Distributed
+from train.loop import Trainer, train
 from train.models import pretrained_spec
-from train.report import curves_figure
+from train.report import curves_figure, epoch_line
+from train.run_checkpoints import restored_sums
 
 pytestmark = pytest.mark.slow
 
@@ -115,9 +117,9 @@ def test_the_epoch_log_line_compares_plain_losses():
 
 def test_a_last_checkpoint_without_the_plain_loss_resumes_with_none_for_that_epoch():
     old = {"loss": 40.0, "correct": 20.0, "seen": 32.0, "seconds": 3.0}  # written mid-epoch before plain_loss existed
-    assert math.isnan(_restored_sums(old)["plain_loss"]) and _restored_sums(old)["loss"] == 40.0
-    assert _restored_sums({**old, "seen": 0.0, "loss": 0.0})["plain_loss"] == 0.0  # at an epoch's start: nothing lost
-    assert _restored_sums({**old, "plain_loss": 30.0})["plain_loss"] == 30.0
+    assert math.isnan(restored_sums(old)["plain_loss"]) and restored_sums(old)["loss"] == 40.0
+    assert restored_sums({**old, "seen": 0.0, "loss": 0.0})["plain_loss"] == 0.0  # at an epoch's start: nothing lost
+    assert restored_sums({**old, "plain_loss": 30.0})["plain_loss"] == 30.0
 
 
 def test_feature_extract_trains_only_the_head_and_stops_early(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from edge.camera.cli import UNPACED_NOTE, summary_table
-from edge.camera.session import CameraResult
+from edge.camera.metrics import CameraResult
 
 
 def render(table, width: int = 80) -> str:

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.camera.options import CameraOptions
 from edge.camera.outputs import JSONL_FIELDS
-from edge.camera.session import CameraOptions, inference_threads, run_camera
+from edge.camera.session import run_camera
 from edge.camera.sources import RetryPolicy
+from edge.camera.thread_plan import inference_threads
 from edge.errors import UserError
 from edge.photos import PHOTO_CLASSES
 
@@ -490,7 +492,9 @@ def test_ctrl_c_stays_the_reason_and_exits_130_whatever_ends_the_run_after(pretr
 
 
 def test_first_end_reason_wins():
-    from edge.camera.session import INTERRUPTED, CameraOptions, _Session
+    from edge.camera.metrics import INTERRUPTED
+    from edge.camera.options import CameraOptions
+    from edge.camera.session import _Session
     from edge.camera.sources import SourceSpec
     from edge.camera.threads import ThreadChoice
 

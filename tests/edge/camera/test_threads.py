@@ -12,7 +12,8 @@ import json
 import pytest
 
 from edge.camera.cache import load_thread_choice, store_thread_choice, thread_choices_path, user_cache_dir
-from edge.camera.session import CameraOptions, run_camera
+from edge.camera.options import CameraOptions
+from edge.camera.session import run_camera
 from edge.camera.threads import (
     ThreadChoice,
     ThreadProbe,
