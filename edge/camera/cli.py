@@ -140,6 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="serve the annotated MJPEG stream and live statistics (binds 127.0.0.1 unless a host is given)",
     )
+    out.add_argument(
+        "--public",
+        action="store_true",
+        help="with --serve on a loopback address: answer any Host header (behind a reverse proxy; by default only the "
+        "address itself and localhost, against DNS rebinding)",
+    )
     out.add_argument("--quiet", action="store_true", help="no progress line and no summary table")
     faults = parser.add_argument_group("stalled sources")
     faults.add_argument("--retries", type=int, default=3, help="reopen attempts when a live source stops delivering (default 3)")
@@ -166,6 +172,7 @@ def options_from_args(args: argparse.Namespace) -> CameraOptions:
         record=args.record,
         jsonl=args.jsonl,
         serve=args.serve,
+        public=args.public,
         max_frames=args.max_frames,
         duration=args.duration,
         retry=RetryPolicy(retries=args.retries, delay_s=args.retry_delay, stall_timeout_s=args.stall_timeout),

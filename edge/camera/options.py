@@ -26,6 +26,7 @@ class CameraOptions:
     record: str | None = None
     jsonl: str | None = None
     serve: str | None = None
+    public: bool = False  # --serve answers any Host header (behind a reverse proxy)
     max_frames: int | None = None
     duration: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -64,6 +65,8 @@ class CameraOptions:
             from edge.camera.server import parse_address
 
             parse_address(self.serve)
+        elif self.public:
+            raise UserError("--public is for --serve: give --serve HOST:PORT too")
 
     def one_slot(self, source: SourceSpec) -> bool:
         """True when the model gets the newest frame only (a live source or --realtime), not every frame in order."""

@@ -318,6 +318,7 @@ class RunOutputs:
         show: bool,
         serve: str | None,
         notice: Callable[[str], None],
+        public: bool = False,
     ) -> None:
         """Open the outputs asked for (``--jsonl``, ``--record``, ``--show``, ``--serve``)."""
         if jsonl is not None:
@@ -331,7 +332,7 @@ class RunOutputs:
         if serve is not None:
             from edge.camera.server import StreamServer, parse_address
 
-            self.server = StreamServer(*parse_address(serve))
+            self.server = StreamServer(*parse_address(serve), public=public)
             notice(f"serving the annotated stream on {self.server.url}")
 
     def emit(

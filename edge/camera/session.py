@@ -220,6 +220,7 @@ class _Session:
             record_fps=fps_declared or 30.0,
             show=options.show,
             serve=options.serve,
+            public=options.public,
             notice=self.progress.notice,
         )
         declared = None if source.live or options.loop else capture_frame_count(capture)
