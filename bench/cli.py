@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.timing import TimingWindow, percentile_samples_needed
-from edge.artifacts import artifact_spec, verify_artifact
+from edge.artifact_spec import artifact_spec
 from edge.errors import UserError
+from edge.verify import verify_artifact
 
 if TYPE_CHECKING:
     from bench.matrix import EvalPlan

@@ -53,7 +53,7 @@ from bench.paired import (
     resolves,
 )
 from bench.report import read_report
-from edge.artifacts import atomic_write_text
+from edge.atomic import atomic_write_text
 from edge.errors import UserError
 
 

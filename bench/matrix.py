@@ -41,9 +41,11 @@ from typing import Any
 from bench.intervals import paired_ratio
 from bench.paired import paired_flips
 from bench.timing import TimingWindow, round_order
-from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest, stale_reason
 from edge.errors import UserError
+from edge.lineage import stale_reason
+from edge.manifest import Manifest, manifest_path, read_manifest
 from edge.run import RunDir
+from edge.verify import is_rejected
 
 # Which artifact an artifact's accuracy is compared against: INT8 and engines against the ONNX
 # float model they were made from, the ONNX float model against the checkpoint it was exported from.

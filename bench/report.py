@@ -4,7 +4,7 @@ and the rich tables printed in the terminal.
 ``report.json`` (schema ``edge-bench-report``, ``schema_version`` 2) holds::
 
     settings     what was asked: artifacts, devices, batch sizes, window, threads, profile
-    environment  edge.artifacts.environment_fingerprint() (+ Jetson power mode, clocks, temperatures)
+    environment  edge.environment.environment_fingerprint() (+ Jetson power mode, clocks, temperatures)
     eval         data, count, seed, split fingerprint, classes and the per-image labels
     rows[]       one per artifact x device: status (ok | rejected | error | skipped | interrupted)
                  with error / reason (rejected: measured, but the quantizer did not accept the
@@ -37,8 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_paths, environment_fingerprint, manifest_path, write_manifest
+from edge.atomic import atomic_paths
+from edge.environment import environment_fingerprint
 from edge.errors import UserError
+from edge.manifest import manifest_path, write_manifest
 from edge.run import REPORT, RunDir, report_paths
 
 SCHEMA = "edge-bench-report"

@@ -32,7 +32,7 @@ from bench.host import Skip, peak_memory, unavailable_reason
 from bench.power import PowerMeter
 from bench.timing import MachineProbe, RoundTimer, TimingWindow, time_calls
 from bench.zoo import run_zoo_job
-from edge.artifacts import atomic_write_json
+from edge.atomic import atomic_write_json
 from edge.errors import MissingDependencyError, UserError
 from edge.spec import PreprocessSpec
 

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_write_json, update_metrics, write_manifest
+from edge.atomic import atomic_write_json
 from edge.errors import UserError, require
+from edge.manifest import update_metrics, write_manifest
 from edge.run import CHECKPOINT, LAST_CHECKPOINT, SPLITS_FILE, TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY, RunDir
 from edge.spec import PreprocessSpec
 from train.augment import EpochBatches, EvalDataset, TrainDataset

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.timing import OthersCpu, TimingWindow, time_calls
-from edge.artifacts import atomic_write_json
+from edge.atomic import atomic_write_json
 from edge.camera.demo import DemoVideo, write_demo_video
 from edge.camera.session import CameraOptions, CameraResult, inference_threads, run_camera
 from edge.camera.threads import Setting, setting_label, streams_of, threads_of

@@ -21,8 +21,8 @@ from bench.gate import evaluate_gate
 from bench.matrix import BenchPlan, run_matrix, run_worker, stop_process_group
 from bench.report import read_report
 from bench.timing import TimingWindow
-from edge.artifacts import read_manifest
 from edge.cli import main
+from edge.manifest import read_manifest
 
 from .conftest import PIPELINE_ENV
 

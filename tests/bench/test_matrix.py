@@ -20,8 +20,8 @@ from bench.matrix import (
 )
 from bench.report import csv_rows, headline, row_note
 from bench.timing import TimingWindow
-from edge.artifacts import Manifest, write_manifest
 from edge.errors import UserError
+from edge.manifest import Manifest, write_manifest
 
 
 def _manifest(kind: str = "engine", provenance: dict | None = None, metrics: dict | None = None) -> Manifest:

@@ -13,7 +13,8 @@ import warnings
 from pathlib import Path
 
 from bench.report import build_report, plot_unavailable, read_report, write_report
-from edge.artifacts import read_manifest, verify_file
+from edge.manifest import read_manifest
+from edge.verify import verify_file
 
 from .conftest import PIPELINE_ENV
 

@@ -18,7 +18,7 @@ from bench.matrix import BenchPlan, artifact_job
 from bench.paired import flips_from_counts, min_detectable_drop
 from bench.timing import TimingWindow
 from bench.worker import run_job
-from edge.artifacts import read_manifest, update_metrics
+from edge.manifest import read_manifest, update_metrics
 
 from .conftest import EVAL_COUNT, edge_cli
 

@@ -6,30 +6,13 @@ import stat
 import numpy as np
 import pytest
 
-from edge.artifacts import (
-    MANIFEST_FIELDS,
-    StagedFile,
-    artifact_parent,
-    atomic_path,
-    atomic_paths,
-    atomic_write_bytes,
-    atomic_write_text,
-    check_writable,
-    environment_fingerprint,
-    is_stale,
-    lineage,
-    manifest_path,
-    read_manifest,
-    sha256_file,
-    stale_link,
-    stale_reason,
-    update_metrics,
-    validate_manifest,
-    verify_file,
-    write_manifest,
-)
+from edge.atomic import StagedFile, atomic_path, atomic_paths, atomic_write_bytes, atomic_write_text, check_writable, sha256_file
+from edge.environment import environment_fingerprint
 from edge.errors import UserError, missing_module_line, os_error_line
+from edge.lineage import artifact_parent, is_stale, lineage, stale_link, stale_reason
+from edge.manifest import MANIFEST_FIELDS, manifest_path, read_manifest, update_metrics, validate_manifest, write_manifest
 from edge.spec import PreprocessSpec
+from edge.verify import verify_file
 from tests.faultsim import can_mount, fill, modes_bite, modes_enforced, remount_read_only, tmpfs
 
 SPEC = PreprocessSpec(input_size=32, resize_size=32, crop="resize", labels=["a", "b"])

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.artifacts import artifact_spec, read_manifest
+from edge.artifact_spec import artifact_spec
+from edge.manifest import read_manifest
 from edge.quantize import search
 from edge.quantize.search import allowed_flips, judge
 
