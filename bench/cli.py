@@ -24,11 +24,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.artifacts import artifact_spec, verify_artifact
+from edge.artifact_spec import artifact_spec
 from edge.errors import UserError
 from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.report import MEASURED
 from edge.measure.timing import TimingWindow, percentile_samples_needed
+from edge.verify import verify_artifact
 
 if TYPE_CHECKING:
     from bench.matrix import EvalPlan

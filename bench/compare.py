@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import plot_unavailable
-from edge.artifacts import atomic_paths
+from edge.atomic import atomic_paths
 from edge.errors import UserError
 from edge.measure.report import read_report
 

@@ -42,7 +42,7 @@ from xml.etree import ElementTree as ET
 
 from bench.checks import Check, same_machine
 from bench.latency_gate import check_latency
-from edge.artifacts import atomic_write_text
+from edge.atomic import atomic_write_text
 from edge.errors import UserError
 from edge.measure.acceptance import DEFAULT_MAX_DROP, judge_drop, resolution_line
 from edge.measure.paired import CONFIDENCE, RESOLUTION, PairedFlips, flips_from_counts, paired_flips, resolves

@@ -38,14 +38,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import Manifest, is_rejected, manifest_path, read_manifest, stale_reason
 from edge.errors import UserError
+from edge.lineage import stale_reason
+from edge.manifest import Manifest, manifest_path, read_manifest
 from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.intervals import paired_ratio
 from edge.measure.paired import paired_flips
 from edge.measure.rows import OTHER_BACKEND, SIMULATED, float_parent, round_p50s, run_artifacts
 from edge.measure.timing import TimingWindow, round_order
 from edge.run import RunDir
+from edge.verify import is_rejected
 
 
 @dataclass

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_paths, environment_fingerprint, manifest_path, write_manifest
+from edge.atomic import atomic_paths
+from edge.environment import environment_fingerprint
+from edge.manifest import manifest_path, write_manifest
 from edge.measure.report import SCHEMA, SCHEMA_VERSION, harness_fingerprint
 from edge.measure.timing import CONTENDED, NOISY_INTERVAL_PCT, cell_noise
 from edge.run import report_paths

@@ -31,7 +31,7 @@ import numpy as np
 from bench.host import Skip, peak_memory, unavailable_reason
 from bench.power import PowerMeter
 from bench.zoo import run_zoo_job
-from edge.artifacts import atomic_write_json
+from edge.atomic import atomic_write_json
 from edge.errors import MissingDependencyError, UserError
 from edge.measure.timing import MachineProbe, RoundTimer, TimingWindow, time_calls
 from edge.spec import PreprocessSpec

@@ -186,7 +186,7 @@ def write_zoo(out: Path, rows: list[dict[str, Any]], header: list[str], lines: l
     import io
 
     from bench.report import bench_environment, plot_unavailable
-    from edge.artifacts import atomic_write_json, atomic_write_text
+    from edge.atomic import atomic_write_json, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     data = {
@@ -216,7 +216,7 @@ def plot_zoo(path: Path, rows: list[dict[str, Any]], batches: list[int]) -> Path
     import matplotlib.pyplot as plt
 
     from bench.report import bar_panel
-    from edge.artifacts import atomic_path
+    from edge.atomic import atomic_path
 
     measured = [r for r in rows if r.get("status") == "ok"]
     labels = [f"{r['arch']} ({r['device']})" for r in measured]

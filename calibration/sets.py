@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import artifact_spec, atomic_path, read_manifest, write_manifest
+from edge.artifact_spec import artifact_spec
+from edge.atomic import atomic_path
 from edge.errors import UserError
+from edge.manifest import read_manifest, write_manifest
 from edge.run import RunDir
 from edge.spec import PreprocessSpec
 

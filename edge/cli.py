@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # command -> the options that name what it writes: (attribute, "file" or "dir"). Checked before the
-# command's work starts (edge.artifacts.check_writable), so an unwritable, read-only, full or
+# command's work starts (edge.atomic.check_writable), so an unwritable, read-only, full or
 # mistyped output fails in a second with one line, not after training or a benchmark.
 OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "pretrained": (("out", "dir"),),
@@ -61,7 +61,7 @@ OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse the outputs named on the command line that cannot be written (an OSError naming the path)."""
-    from edge.artifacts import check_writable
+    from edge.atomic import check_writable
 
     for attribute, kind in OUTPUTS.get(args.command, ()):
         value = getattr(args, attribute, None)

@@ -100,7 +100,7 @@ def plain_errno(code: int | None) -> str:
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError: what was done, to which path, and the errno's plain meaning.
 
-    ``edge.artifacts.atomic_path`` marks its errors with ``edge_action = "write"`` and the target's
+    ``edge.atomic.atomic_path`` marks its errors with ``edge_action = "write"`` and the target's
     path, so a failed write reads "cannot write /proc/cal.npy: no such file or directory"."""
     action = getattr(exc, "edge_action", None)
     path = exc.filename

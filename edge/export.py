@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_path, manifest_path, verify_file, write_manifest
+from edge.atomic import atomic_path
 from edge.errors import UserError, require
+from edge.manifest import manifest_path, write_manifest
 from edge.run import ONNX_FP32, RunDir
 from edge.spec import PreprocessSpec
+from edge.verify import verify_file
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +372,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.artifacts import read_manifest
     from edge.console import make_console
+    from edge.manifest import read_manifest
 
     path = export_onnx(
         args.run,

@@ -2,7 +2,7 @@
 
 PATH is a run directory (every artifact in it, with staleness), a checkpoint (.pt), an ONNX model,
 an engine, or any file with a ``.json`` manifest beside it. Staleness follows the manifest chain
-(``edge.artifacts.stale_link``): an INT8 model quantized from a stale ``model.onnx`` shows
+(``edge.lineage.stale_link``): an INT8 model quantized from a stale ``model.onnx`` shows
 "stale via model.onnx", and a line under the table says what to re-run.
 """
 
@@ -15,9 +15,11 @@ from typing import Any
 
 from rich.table import Table
 
-from edge.artifacts import Manifest, artifact_parent, artifact_spec, manifest_path, read_manifest, stale_link, stale_reason
+from edge.artifact_spec import artifact_spec
 from edge.console import make_console, make_table
 from edge.errors import UserError
+from edge.lineage import artifact_parent, stale_link, stale_reason
+from edge.manifest import Manifest, manifest_path, read_manifest
 from edge.runners import available_backends, compatible_backends
 from edge.spec import PreprocessSpec
 

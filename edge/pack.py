@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import Manifest, atomic_path, is_rejected, manifest_path, read_manifest, verify_file, write_manifest
+from edge.atomic import atomic_path
 from edge.errors import UserError
+from edge.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from edge.measure.rows import TORCH_FP32, run_artifacts
 from edge.run import RunDir
 from edge.runners import compatible_backends
+from edge.verify import is_rejected, verify_file
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ is the only place that spells a run's file names::
     selftest/report.{json,md}                    `edge selftest --tensorrt`
     demo.mp4                                     the camera demo video (in the folder it is asked for)
 
-Every artifact file has its manifest beside it (``<file>.json``, :mod:`edge.artifacts`).
+Every artifact file has its manifest beside it (``<file>.json``, :mod:`edge.manifest`).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def evaluation_photos() -> dict[str, np.ndarray]:
 
 def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) -> dict[str, Any]:
     """Build, run, compare and time; returns the report (also written to ``out``)."""
-    from edge.artifacts import atomic_write_json, atomic_write_text
+    from edge.atomic import atomic_write_json, atomic_write_text
     from edge.runners import select_runner
     from edge.runners.tensorrt_engines import UNVERIFIED
     from edge.tensorrt.build import build_engines, validate_request
@@ -220,7 +220,7 @@ def evaluated_in(calibration: np.ndarray, batch: np.ndarray) -> int:
 def _int8_summary(path: Path) -> dict[str, Any]:
     """What edge quantize recorded of the INT8 model: its verdict and the figures behind it (all
     null for a model without a manifest)."""
-    from edge.artifacts import manifest_path, read_manifest
+    from edge.manifest import manifest_path, read_manifest
 
     if not manifest_path(path).exists():
         return {"accepted": None}

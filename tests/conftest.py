@@ -109,8 +109,8 @@ def fashion_onnx_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small Fashion-MNIST run for the INT8 stages: Lite0 with its ImageNet backbone and a fresh
     10-class head (not trained: tests compare INT8 with its float parent, not with the labels),
     32 px gray, exported with the default (dynamo) exporter."""
-    from edge.artifacts import write_manifest
     from edge.export import export_onnx
+    from edge.manifest import write_manifest
     from train.checkpoint import save_checkpoint
     from train.data import FASHION_MNIST_LABELS
     from train.models import LITE0, build_model, pretrained_spec

@@ -14,7 +14,7 @@ How the faults are made (tests/faultsim.py):
 - full disk: a tmpfs mounted in the test's directory and filled to the last byte (or to 8 KiB, so
   that the disk fills up while the output is being written): a real ENOSPC (root with mount rights);
   elsewhere an ``os.fsync`` that raises ENOSPC (a full disk reported on flush, as on NFS or with
-  delayed allocation) for the writes through edge.artifacts.atomic_path.
+  delayed allocation) for the writes through edge.atomic.atomic_path.
 - read-only file system: the tmpfs remounted read-only (EROFS); skipped where mount is refused.
 - path that is a directory: a real directory at the target path.
 - corrupt inputs: truncated or garbage files; manifests and reports edited to the wrong types.
@@ -58,8 +58,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from calibration.sets import build_calibration_set
-    from edge.artifacts import write_manifest
     from edge.export import export_onnx
+    from edge.manifest import write_manifest
     from edge.quantize.cli import quantize_run
     from edge.spec import PreprocessSpec
     from train.checkpoint import save_checkpoint

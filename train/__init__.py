@@ -22,6 +22,6 @@ Modules:
   against a bare forward/backward loop
 
 Top-1 and top-5 are percentages (0-100) in every metric, file and message. train imports the core
-(``edge`` spec, artifacts, run, checkpoints, errors) and ``edge.inspect``, never bench, calibration
+(``edge`` spec, atomic, manifest, run, checkpoints, errors) and ``edge.inspect``, never bench, calibration
 or another edge stage.
 """

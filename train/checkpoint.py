@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_path
+from edge.atomic import atomic_path
 from edge.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from edge.errors import UserError, require
 from edge.spec import PreprocessSpec

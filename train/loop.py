@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_write_json, update_metrics
+from edge.atomic import atomic_write_json
 from edge.errors import UserError, require
+from edge.manifest import update_metrics
 from edge.run import TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY, RunDir
 from edge.spec import PreprocessSpec
 from train.augment import EpochBatches, TrainDataset

@@ -11,8 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
-from edge.artifacts import write_manifest
 from edge.errors import UserError
+from edge.manifest import write_manifest
 from edge.run import CHECKPOINT
 from train.checkpoint import save_checkpoint
 from train.models import LITE0, build_model, head_size, pretrained_spec

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from edge.atomic import atomic_path, atomic_write_json, atomic_write_text
 from edge.run import CHECKPOINT, LAST_CHECKPOINT, TRAIN_METRICS_CSV, TRAIN_METRICS_JSON
 
 METRIC_COLUMNS = (

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import write_manifest
 from edge.errors import UserError
+from edge.manifest import write_manifest
 from edge.run import CHECKPOINT, LAST_CHECKPOINT, SPLITS_FILE
 from edge.spec import PreprocessSpec
 from train.checkpoint import load_checkpoint, save_checkpoint

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_write_json, manifest_path, read_manifest
+from edge.atomic import atomic_write_json
 from edge.errors import UserError
+from edge.manifest import manifest_path, read_manifest
 from edge.run import RunDir
 from train.data import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, SPLITS, DataSource, ImageSplit, open_data
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_write_json
+from edge.atomic import atomic_write_json
 from edge.camera.demo import DemoVideo, write_demo_video
 from edge.camera.metrics import CameraResult
 from edge.camera.options import CameraOptions

@@ -280,7 +280,7 @@ def _median_profile(calls: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def demo_case(run_path: str, data: str | None, eval_limit: int) -> Case:
     """The fine-tuned run: its whole pinned test split (or --eval-limit of it), its calibration set."""
     from bench.scripts.peers import run_calibration
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.quantize.evaluate import eval_set_from_data
 
     run = RunDir.open(run_path)
@@ -301,7 +301,7 @@ def imagenet_case(path: str | None, work: Path, calib_count: int, photos: int) -
     """The ImageNet Lite0 at 224 px (built in --work from the offline weights unless given):
     INT8 calibrated on photo crops, evaluated on the bundled test photos (unlabelled)."""
     from bench.scripts.peers import run_calibration
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.quantize.evaluate import eval_set_from_photos
 
     root = Path(path) if path else work / "imagenet-lite0"
@@ -397,7 +397,7 @@ def _main(args: argparse.Namespace) -> int:
             )
     payload = json.dumps({"cpu_speed": results}, default=str)
     if args.json:
-        from edge.artifacts import atomic_write_text
+        from edge.atomic import atomic_write_text
 
         atomic_write_text(args.json, payload + "\n")
     print(payload)

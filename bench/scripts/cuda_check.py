@@ -190,7 +190,7 @@ def device_info(torch: Any) -> dict[str, Any]:
 
 def measure(torch: Any, batches: tuple[int, ...]) -> dict[str, Any]:
     """Every figure of the check, with the device and the environment."""
-    from edge.artifacts import environment_fingerprint
+    from edge.environment import environment_fingerprint
 
     started = time.perf_counter()
     device = device_info(torch)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from rich.console import Console
 
-    from edge.artifacts import atomic_write_json, atomic_write_text
+    from edge.atomic import atomic_write_json, atomic_write_text
 
     result = measure(torch, batches)
     console = Console()

@@ -87,7 +87,7 @@ def _dequantized(node: Any, initializers: dict[str, Any], name: str) -> Any:
 
 def slowed_run(run: Path, where: Path) -> Path:
     """A copy of ``run`` (no bench folder) whose INT8 model has float islands, its manifest rewritten."""
-    from edge.artifacts import read_manifest, write_manifest
+    from edge.manifest import read_manifest, write_manifest
 
     copy = where / "slowed"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("bench", "engines"))

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(args.run)
     path = target if target.is_file() else RunDir.open(target).require(RunDir.open(target).onnx, "run `edge export RUN`")
 
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
 
     spec = artifact_spec(path)
     batch = np.random.default_rng(0).standard_normal((args.batch, *spec.input_shape)).astype(np.float32)

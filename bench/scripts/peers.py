@@ -49,7 +49,7 @@ def run_calibration(run: str | os.PathLike[str]) -> tuple[np.ndarray, str, str |
     """The run's calibration tensor, its content hash, and the hash our INT8 model was calibrated on
     (from its manifest; None when the run has no INT8 model or the manifest does not say)."""
     from calibration.sets import load_calibration_set
-    from edge.artifacts import manifest_path, read_manifest
+    from edge.manifest import manifest_path, read_manifest
     from edge.run import RunDir
 
     rundir = RunDir.open(run)

@@ -153,7 +153,7 @@ def _spec(run: str | None) -> Any:
         from train.models import LITE0, pretrained_spec
 
         return pretrained_spec(LITE0)
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.run import RunDir
 
     rundir = RunDir.open(run)

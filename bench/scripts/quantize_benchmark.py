@@ -113,7 +113,7 @@ def calibration_rss(work: Path) -> list[dict[str, Any]]:
 def calibrate_and_quantize(run: Path, data: str, work: Path) -> dict[str, Any]:
     """512-image calibration + auto quantization (target cpu) on a copy of RUN, accepted on the full test split."""
     from calibration.sets import build_calibration_set
-    from edge.artifacts import read_manifest
+    from edge.manifest import read_manifest
     from edge.quantize.cli import quantize_run
 
     copy = work / "run"
@@ -138,7 +138,7 @@ def compare_rounding(
     same test images, on ONNX Runtime (the manifest's figures) and, where installed, on OpenVINO
     (the same file, against ONNX Runtime's float logits); one row each."""
     from calibration.sets import build_calibration_set
-    from edge.artifacts import read_manifest
+    from edge.manifest import read_manifest
     from edge.quantize.cli import quantize_run
 
     calibration = run.calibration_file
@@ -187,7 +187,7 @@ def _openvino_figures(run: RunDir, data: str | None, eval_limit: int, paths: lis
     import importlib.util
 
     from bench.scripts.peers import accuracy_row, logits_over, make_runner
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.quantize.evaluate import eval_set_from_data
 
     if importlib.util.find_spec("openvino") is None:
@@ -247,7 +247,7 @@ def _fmt(value: float | None, form: str) -> str:
 def _print_throughput(console: Any, run: RunDir, int8: Path, args: argparse.Namespace) -> None:
     from rich.table import Table
 
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.quantize.evaluate import interleaved_throughput
 
     spec = artifact_spec(run.onnx)
@@ -360,7 +360,8 @@ def compare_peers(run: RunDir, args: argparse.Namespace, work: Path) -> list[dic
     """Our INT8 model and the peers' on the same calibration images: one row per quantizer and
     runtime (accuracy against ONNX Runtime FP32 on the test split, interleaved speed)."""
     from bench.scripts.peers import peer_models, run_calibration
-    from edge.artifacts import artifact_spec, read_manifest
+    from edge.artifact_spec import artifact_spec
+    from edge.manifest import read_manifest
     from edge.quantize.evaluate import eval_set_from_data
     from edge.runners.openvino_runner import require_openvino
 

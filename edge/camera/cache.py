@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import atomic_write_json
+from edge.atomic import atomic_write_json
 from edge.errors import UserError
 
 CACHE_NAME = "edge-harness"

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import manifest_path, read_manifest, write_manifest
 from edge.errors import UserError, require
+from edge.manifest import manifest_path, read_manifest, write_manifest
 from edge.photos import photos as bundled_photos
 from edge.run import DEMO_VIDEO
 
@@ -118,7 +118,7 @@ def ensure_demo_video(directory: str | os.PathLike[str]) -> DemoVideo:
     if path.exists() and manifest_path(path).exists():
         try:
             manifest = read_manifest(path)
-            from edge.artifacts import sha256_file
+            from edge.atomic import sha256_file
 
             if manifest.kind == "video" and manifest.sha256 == sha256_file(path):
                 segments = {k: (int(v[0]), int(v[1])) for k, v in manifest.provenance["segments"].items()}

@@ -97,7 +97,8 @@ def plan_threads(
 
 
 def _thread_key(runner: Any, options: CameraOptions, capture: Any, candidates: list[Setting]) -> str:
-    from edge.artifacts import manifest_path, read_manifest, sha256_file
+    from edge.atomic import sha256_file
+    from edge.manifest import manifest_path, read_manifest
 
     sha = read_manifest(runner.path).sha256 if manifest_path(runner.path).exists() else sha256_file(runner.path)
     width, height = int(capture.get(3) or 0), int(capture.get(4) or 0)  # CAP_PROP_FRAME_WIDTH / HEIGHT

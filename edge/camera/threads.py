@@ -261,7 +261,7 @@ def thread_cache_key(
 ) -> str:
     """What decides the choice: this machine, the model file, the backend, the device, the frame size
     and the candidates measured (a choice among fewer candidates is not reused for more)."""
-    from edge.artifacts import environment_fingerprint
+    from edge.environment import environment_fingerprint
 
     machine = environment_fingerprint()["machine_fingerprint"]
     size = "unknown" if frame_size is None else f"{frame_size[0]}x{frame_size[1]}"

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.artifacts import atomic_path
+from edge.atomic import atomic_path
 from edge.errors import require
 
 log = logging.getLogger(__name__)

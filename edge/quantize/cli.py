@@ -211,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
     """Quantize, print the tables; exit 1 (one line on stderr) when the result is not accepted."""
     import sys
 
-    from edge.artifacts import read_manifest
     from edge.console import make_console
+    from edge.manifest import read_manifest
 
     path = quantize_run(
         args.run,

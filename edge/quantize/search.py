@@ -35,9 +35,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from edge.artifacts import artifact_spec, atomic_path, atomic_write_json, environment_fingerprint, verify_artifact, write_manifest
+from edge.artifact_spec import artifact_spec
+from edge.atomic import atomic_path, atomic_write_json
+from edge.environment import environment_fingerprint
 from edge.errors import UserError
 from edge.export import load_onnx_checked
+from edge.manifest import write_manifest
 from edge.measure.acceptance import (
     DEFAULT_MAX_DROP,
     DEFAULT_MIN_AGREEMENT,
@@ -69,6 +72,7 @@ from edge.quantize.targets import (
 from edge.quantize.weights import ROUNDINGS, GPTQRounding, InputStatistics
 from edge.run import RunDir, layer_report_name
 from edge.spec import PreprocessSpec
+from edge.verify import verify_artifact
 
 if TYPE_CHECKING:
     from calibration.sets import CalibrationSet

@@ -89,7 +89,7 @@ def default_reduce_range(cpu_flags: Sequence[str] | None = None, machine: str | 
     """7-bit weights on x86 CPUs without VNNI (U8S8 VPMADDUBSW saturates there); never on ARM."""
     import platform
 
-    from edge.artifacts import environment_fingerprint
+    from edge.environment import environment_fingerprint
 
     if machine is None:
         machine = platform.machine()

@@ -18,10 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import artifact_spec, verify_artifact
+from edge.artifact_spec import artifact_spec
 from edge.errors import UserError
 from edge.runners.base import DEVICES, Runner, RunnerInputError
 from edge.runners.tensorrt_engines import pick_engine, require_tensorrt, tensorrt_available
+from edge.verify import verify_artifact
 
 BACKENDS = ("auto", "torch", "onnxruntime", "ort-tensorrt", "tensorrt", "openvino")
 OPENVINO_ONLY_DEVICES = ("gpu", "npu")  # Intel GPU / NPU plugins: --device values only the openvino backend takes

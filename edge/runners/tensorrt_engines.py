@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import environment_fingerprint, manifest_path, read_manifest
+from edge.environment import environment_fingerprint
 from edge.errors import UserError
+from edge.manifest import manifest_path, read_manifest
 from edge.run import engine_dir_name, engine_precision, trt_version_tuple
 from edge.runners.cuda_io import torch_cuda
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.artifacts import read_manifest
 from edge.errors import UserError
+from edge.manifest import read_manifest
 from edge.runners.base import Runner
 from edge.runners.cuda_io import CudaPython, DeviceIO, IOSlot, cuda_backend
 from edge.runners.tensorrt_engines import (
@@ -51,7 +51,7 @@ def _dtype_name(dtype: Any) -> str:
 class TensorRTRunner(Runner):
     """Runs a serialized engine through the tensor-name API on a non-default CUDA stream.
 
-    ``spec`` comes from the selector (:func:`edge.artifacts.artifact_spec`); the engine's manifest
+    ``spec`` comes from the selector (:func:`edge.artifact_spec.artifact_spec`); the engine's manifest
     is still read for its provenance (TensorRT version, GPU, version-compatible). Options:
     ``cuda_graphs=True`` captures one CUDA graph per batch size; ``check_compatibility`` (default
     True) refuses engines built for another TensorRT or GPU. TensorRT path: not yet verified on

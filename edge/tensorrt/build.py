@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.artifacts import artifact_spec, is_rejected, is_stale, manifest_path, read_manifest, verify_artifact, write_manifest
+from edge.artifact_spec import artifact_spec
 from edge.errors import UserError
+from edge.lineage import is_stale
+from edge.manifest import manifest_path, read_manifest, write_manifest
 from edge.run import ONNX_FP16_AUTOCAST, TIMING_CACHE, RunDir, engine_precision, trt_version_tuple
 from edge.runners.tensorrt_engines import engine_compatibility, import_tensorrt, runtime_environment
 from edge.spec import PreprocessSpec
+from edge.verify import is_rejected, verify_artifact
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -266,7 +269,7 @@ def _build_one(trt_module: Any, request: BuildRequest, precision: str, env: dict
         onnx = autocast_fp16(parent, target.parent / ONNX_FP16_AUTOCAST, spec)
     started = time.perf_counter()
     plan, details = build_serialized(trt_module, onnx, settings, request.batch, spec, request.workspace_gib, cache)
-    from edge.artifacts import atomic_write_bytes
+    from edge.atomic import atomic_write_bytes
 
     atomic_write_bytes(target, plan)
     provenance = {
@@ -309,7 +312,7 @@ def autocast_fp16(onnx: Path, out: Path, spec: PreprocessSpec) -> Path:
     convert_to_mixed_precision = _require_autocast()
     import onnx as onnx_lib
 
-    from edge.artifacts import atomic_path
+    from edge.atomic import atomic_path
 
     model = convert_to_mixed_precision(onnx_path=str(onnx), low_precision_type="fp16", keep_io_types=True)
     with atomic_path(out) as tmp:
@@ -355,7 +358,7 @@ def build_serialized(
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UserError(f"TensorRT could not build an engine from {onnx}: see the TensorRT errors above (rerun with -v for more)")
-    from edge.artifacts import atomic_write_bytes
+    from edge.atomic import atomic_write_bytes
 
     atomic_write_bytes(timing_cache, bytes(memoryview(timing.serialize())))  # persistent: the next build reuses it
     return bytes(memoryview(plan)), {"input": input_name}

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.artifacts import Manifest, read_manifest
 from edge.errors import UserError
+from edge.manifest import Manifest, read_manifest
 from edge.measure import rows
 from edge.run import RunDir, engine_precision, trt_version_tuple
 from edge.triton.models import ModelPlan, Options, TensorIO, _checked, onnx_io

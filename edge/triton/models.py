@@ -21,11 +21,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.artifacts import artifact_spec, is_rejected, verify_artifact
+from edge.artifact_spec import artifact_spec
 from edge.errors import UserError
 from edge.measure import rows
 from edge.run import ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_TRT, RunDir
 from edge.spec import PreprocessSpec
+from edge.verify import is_rejected, verify_artifact
 
 log = logging.getLogger(__name__)
 

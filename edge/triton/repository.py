@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edge.artifacts import atomic_write_text
+from edge.atomic import atomic_write_text
 from edge.errors import UserError
 from edge.run import BENCH_DIR, REPORT, RunDir
 from edge.triton.config import choose_preferred, model_config, read_throughputs

@@ -19,8 +19,8 @@ import pytest
 from bench import matrix
 from bench.gate import evaluate_gate
 from bench.matrix import BenchPlan, run_matrix, run_worker, stop_process_group
-from edge.artifacts import read_manifest
 from edge.cli import main
+from edge.manifest import read_manifest
 from edge.measure.report import read_report
 from edge.measure.timing import TimingWindow
 

@@ -19,8 +19,8 @@ from bench.matrix import (
     rejection_reason,
 )
 from bench.report import csv_rows, headline, row_note
-from edge.artifacts import Manifest, write_manifest
 from edge.errors import UserError
+from edge.manifest import Manifest, write_manifest
 from edge.measure.timing import TimingWindow
 
 

@@ -13,8 +13,9 @@ import warnings
 from pathlib import Path
 
 from bench.report import build_report, plot_unavailable, write_report
-from edge.artifacts import read_manifest, verify_file
+from edge.manifest import read_manifest
 from edge.measure.report import read_report
+from edge.verify import verify_file
 
 from .conftest import PIPELINE_ENV
 

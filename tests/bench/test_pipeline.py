@@ -16,7 +16,7 @@ import pytest
 
 from bench.matrix import BenchPlan, artifact_job
 from bench.worker import run_job
-from edge.artifacts import read_manifest, update_metrics
+from edge.manifest import read_manifest, update_metrics
 from edge.measure.paired import flips_from_counts, min_detectable_drop
 from edge.measure.timing import TimingWindow
 

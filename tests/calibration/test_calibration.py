@@ -11,8 +11,9 @@ import pytest
 
 from calibration.reader import calibration_reader, iter_batches
 from calibration.sets import build_calibration_set, load_calibration_set
-from edge.artifacts import read_manifest, sha256_file
+from edge.atomic import sha256_file
 from edge.errors import UserError
+from edge.manifest import read_manifest
 from edge.quantize.ranges import collect_ranges, refine_input_range
 
 
@@ -49,7 +50,7 @@ def test_short_set_and_missing_classes_warn_with_counts(
         (data / name).mkdir(parents=True)
         for i in range(count):
             cv2.imwrite(str(data / name / f"{i}.png"), rng.integers(0, 255, (20, 20), dtype=np.uint8))
-    from edge.artifacts import write_manifest
+    from edge.manifest import write_manifest
     from edge.spec import PreprocessSpec
 
     run = tmp_path / "run"

@@ -4,8 +4,8 @@ import tarfile
 
 import pytest
 
-from edge.artifacts import read_manifest
 from edge.cli import COMMANDS, main
+from edge.manifest import read_manifest
 from edge.pack import pack_run
 
 

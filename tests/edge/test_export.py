@@ -11,9 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge.artifacts import read_manifest, sha256_file
+from edge.atomic import sha256_file
 from edge.errors import UserError
 from edge.export import MAX_OPSET, export_onnx, load_onnx_checked
+from edge.manifest import read_manifest
 from edge.photos import PHOTO_CLASSES
 from edge.spec import spec_from_onnx
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.artifacts import lineage, read_manifest, stale_link, stale_reason, write_manifest
 from edge.inspect import staleness
+from edge.lineage import lineage, stale_link, stale_reason
+from edge.manifest import read_manifest, write_manifest
 
 pytest.importorskip("torch", reason="replacing the checkpoint re-saves it with torch (pip install -e '.[train]')")
 

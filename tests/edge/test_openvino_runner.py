@@ -31,7 +31,7 @@ def logits_of(path: Path, backend: str, batch: np.ndarray, threads: int = 1) -> 
 
 @pytest.fixture(scope="module")
 def photo_batch(pretrained_onnx_run: Path) -> np.ndarray:
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
 
     return artifact_spec(pretrained_onnx_run / "model.onnx").apply_batch(photo_set(PARITY_IMAGES, role="test"))
 
@@ -52,7 +52,7 @@ def test_fp32_matches_onnxruntime_on_the_bundled_photos(pretrained_onnx_run: Pat
 def test_int8_qdq_file_runs_as_it_is_and_agrees_with_onnxruntime_int8(pretrained_int8_run: Path) -> None:
     """Different INT8 kernels on the same QDQ file: the top-1 of both agree on the photos, and each
     still names the cat, the coffee and the rocket."""
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
 
     model = pretrained_int8_run / "model.int8-cpu.onnx"
     batch = artifact_spec(model).apply_batch(photo_set(PARITY_IMAGES, role="test"))

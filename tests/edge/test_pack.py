@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.artifacts import read_manifest, write_manifest
 from edge.cli import main
 from edge.errors import UserError
+from edge.manifest import read_manifest, write_manifest
 from edge.pack import pack_run
 from edge.run import RunDir
 from edge.spec import PreprocessSpec

@@ -132,7 +132,7 @@ def test_corrupt_onnx_is_a_user_error(tmp_path, pretrained_onnx_run):
     bad.write_bytes(b"\x08\x01garbage")
     with pytest.raises(UserError, match="does not match its manifest model.onnx.json .* `edge export"):
         select_runner(bad)  # the selector checks the pair before any backend loads the file
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
 
     spec = artifact_spec(pretrained_onnx_run / "model.onnx")

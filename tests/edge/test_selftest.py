@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.artifacts import write_manifest
 from edge.errors import UserError
+from edge.manifest import write_manifest
 from edge.run import RunDir
 from tests.edge.tensorrt.test_build import ENV, SPEC, tiny_onnx
 from tests.edge.test_onnxruntime_gpu import _Fake

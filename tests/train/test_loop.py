@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge.artifacts import read_manifest
 from edge.errors import UserError
+from edge.manifest import read_manifest
 from tests.train.conftest import tiny_config
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data import FASHION_MNIST_LABELS, open_data

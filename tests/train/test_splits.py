@@ -154,7 +154,7 @@ def test_runs_without_or_with_a_broken_splits_file(folder_run, tmp_path):
 
 
 def test_a_pretrained_run_pins_the_data_a_stage_first_gets(folder_run, tmp_path):
-    from edge.artifacts import write_manifest
+    from edge.manifest import write_manifest
     from edge.spec import PreprocessSpec
 
     _, data = folder_run

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.artifacts import artifact_spec, read_manifest
+from edge.artifact_spec import artifact_spec
+from edge.manifest import read_manifest
 from edge.measure.acceptance import allowed_flips
 from edge.measure.paired import min_detectable_drop
 from edge.quantize import search

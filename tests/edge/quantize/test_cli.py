@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edge.artifacts import read_manifest
 from edge.errors import UserError
+from edge.manifest import read_manifest
 from edge.photos import PHOTO_CLASSES
 from edge.quantize.cli import quantize_run
 from edge.quantize.search import Budget, Try
@@ -268,7 +268,7 @@ def test_corrupt_or_fixed_batch_model_is_refused(fashion_onnx_run: Path, tmp_pat
 
 def test_nan_in_calibration_batch_is_refused(fashion_onnx_run: Path, tmp_path: Path) -> None:
     from calibration.sets import load_calibration_set, store_calibration_set
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.run import RunDir
 
     run = tmp_path / "run"
@@ -355,7 +355,7 @@ def test_auto_takes_the_fastest_try_that_fits() -> None:
 
 
 def test_interleaved_throughput_reports_ratios_to_the_first_model(fashion_onnx_run: Path) -> None:
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.quantize.evaluate import interleaved_throughput
 
     spec = artifact_spec(fashion_onnx_run / "model.onnx")

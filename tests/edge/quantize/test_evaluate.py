@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.artifacts import artifact_spec
+from edge.artifact_spec import artifact_spec
 from edge.quantize.evaluate import _activations, compare, layer_errors, predict
 from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.artifacts import artifact_spec, read_manifest, write_manifest
+from edge.artifact_spec import artifact_spec
 from edge.errors import UserError
+from edge.manifest import read_manifest, write_manifest
 from edge.run import TIMING_CACHE, RunDir, engine_dir_name, trt_version_tuple
 from edge.runners import cuda_io, select_runner, tensorrt_available
 from edge.runners import tensorrt_engines as E
@@ -386,7 +387,7 @@ def test_compatibility_of_recorded_manifests(name, runtime, ok, text):
 
 
 def test_recorded_manifests_follow_the_schema():
-    from edge.artifacts import validate_manifest
+    from edge.manifest import validate_manifest
 
     for path in sorted(RECORDED.glob("*.json")):
         manifest = validate_manifest(json.loads(path.read_text()), str(path))

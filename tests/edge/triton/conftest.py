@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.artifacts import artifact_spec, write_manifest
+from edge.artifact_spec import artifact_spec
+from edge.manifest import write_manifest
 
 
 def bench_row(artifact: str, device: str, rates: dict[int, float]) -> dict:

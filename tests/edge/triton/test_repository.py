@@ -16,8 +16,9 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="Triton's schem
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from edge.artifacts import artifact_spec, read_manifest  # noqa: E402
+from edge.artifact_spec import artifact_spec  # noqa: E402
 from edge.errors import UserError  # noqa: E402
+from edge.manifest import read_manifest  # noqa: E402
 from edge.triton.models import DEFAULT_PREFERRED_BATCH_SIZES, Options  # noqa: E402
 from edge.triton.pbtxt import parse_config  # noqa: E402
 from edge.triton.repository import layout_problems, write_repository  # noqa: E402
@@ -135,7 +136,7 @@ def test_schema_refuses_unknown_fields_and_wrong_enums(triton_run: Path, tmp_pat
 
 
 def test_rejected_and_tampered_artifacts(triton_run: Path, tmp_path: Path) -> None:
-    from edge.artifacts import update_metrics
+    from edge.manifest import update_metrics
 
     update_metrics(triton_run / "model.int8-cpu.onnx", {"accepted": False, "reason": "drop 3.1 points > 1.0"})
     plans, notes = write_repository(triton_run, tmp_path / "repo", Options())

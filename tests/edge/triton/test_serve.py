@@ -68,7 +68,7 @@ def wait_for(url: str, model: str, process: subprocess.Popen, timeout: float = 1
 
 
 def test_serve_returns_the_local_runners_logits_and_stops_cleanly(triton_run: Path, photos: dict) -> None:
-    from edge.artifacts import artifact_spec
+    from edge.artifact_spec import artifact_spec
     from edge.runners import select_runner
 
     port = free_port_block()
