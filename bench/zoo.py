@@ -158,7 +158,7 @@ def run_zoo(
 ) -> int:
     """Measure every architecture on every device; print the table; write zoo.{json,md,csv,png} to
     ``out`` (default ``runs/zoo``) and say where."""
-    from bench.matrix import run_worker
+    from bench.processes import run_worker
     from edge.console import make_progress
 
     archs = parse_zoo(text)

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from bench import matrix
-from bench.matrix import run_worker, select_artifacts
+from bench import processes
+from bench.matrix import select_artifacts
+from bench.processes import run_worker
 from bench.zoo import count_macs, parse_zoo, run_zoo_job, zoo_table
 from edge.cli import main
 from edge.errors import UserError
@@ -60,7 +61,7 @@ def test_select_artifacts_all_and_list(pretrained_run: Path):
 
 
 def test_a_crashing_worker_costs_one_error_row(monkeypatch):
-    monkeypatch.setattr(matrix.sys, "executable", "/bin/false")
+    monkeypatch.setattr(processes.sys, "executable", "/bin/false")
     result = run_worker({"kind": "artifact", "name": "x"}, timeout_s=30)
     assert result["status"] == "error"
     assert "worker exited with code 1" in result["error"]
@@ -127,7 +128,7 @@ def test_the_zoo_writes_its_report_set_where_it_says(tmp_path, monkeypatch):
         "params": 1e6,
         "cells": [{"batch": 1, "compute": {"p50_ms": 2.0, "items_per_s": 500.0}}],
     }
-    monkeypatch.setattr("bench.matrix.run_worker", lambda job, timeout_s: dict(row))
+    monkeypatch.setattr("bench.processes.run_worker", lambda job, timeout_s: dict(row))
     monkeypatch.chdir(tmp_path)
     from rich.console import Console
 

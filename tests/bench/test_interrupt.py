@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import matrix
+from bench import matrix, processes
 from bench.gate import evaluate_gate
-from bench.matrix import BenchPlan, run_matrix, run_worker, stop_process_group
+from bench.matrix import BenchPlan, run_matrix
+from bench.processes import run_worker, stop_process_group
 from edge.cli import main
 from edge.manifest import read_manifest
 from edge.measure.report import read_report
@@ -104,8 +105,8 @@ def _pids(path: Path) -> list[int]:
 
 def test_a_timeout_stops_the_whole_process_group(tmp_path: Path, monkeypatch):
     script, pids = _stubborn_worker(tmp_path, ignore_term=True)
-    monkeypatch.setattr(matrix.sys, "executable", str(script))
-    monkeypatch.setattr(matrix, "GRACE_S", 1.0)
+    monkeypatch.setattr(processes.sys, "executable", str(script))
+    monkeypatch.setattr(processes, "GRACE_S", 1.0)
     started = time.monotonic()
     result = run_worker({"kind": "artifact", "name": "x"}, timeout_s=1.0)
     took = time.monotonic() - started
@@ -131,12 +132,12 @@ def test_sigterm_first_sigkill_after_the_grace_period(tmp_path: Path, ignore_ter
 
 _DRIVER = """
 import json, sys
-from bench import matrix
+from bench import processes
 sys.executable = {script!r}
-matrix.GRACE_S = 0.5
+processes.GRACE_S = 0.5
 try:
-    matrix.run_worker({{"kind": "artifact", "name": "x"}}, timeout_s=120)
-except matrix.WorkerInterrupted as exc:
+    processes.run_worker({{"kind": "artifact", "name": "x"}}, timeout_s=120)
+except processes.WorkerInterrupted as exc:
     print(json.dumps(exc.row))
     sys.exit(130)
 print("not interrupted")
@@ -164,7 +165,7 @@ def test_ctrl_c_stops_the_worker_and_its_children(tmp_path: Path):
     finally:
         driver.kill()
     assert driver.returncode == 130, err
-    assert json.loads(out) == {"status": "interrupted", "reason": matrix.INTERRUPTED_REASON}
+    assert json.loads(out) == {"status": "interrupted", "reason": processes.INTERRUPTED_REASON}
     assert not _alive(worker) and not _alive(grandchild) and not _group(worker)
 
 
