@@ -9,7 +9,8 @@ printed as one ``FAIL name: detail`` line. The gate fails (exit 1) when:
 - nothing was measured (no rows, or every row skipped or errored);
 - a row or a timing cell errored, a row was *interrupted* (Ctrl-C stopped its worker: not a
   measurement), or a row is *rejected* (its quantizer did not accept it: manifest
-  ``accepted: false``; bench still measures it so the report shows why);
+  ``accepted: false``; bench still measures it so the report shows why), or *unverified* (its
+  model file has no manifest: nothing vouches for it), unless --allow-unverified (then a warning);
 - an artifact with a float parent (INT8, engines, the ONNX export) has no accuracy against it,
   unless --allow-unmeasured (then a warning); a parent that was not selected for the bench
   (``--artifacts onnx-fp32,int8-cpu`` leaves torch-fp32 out) makes that check a skip, with the reason;
@@ -87,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=99.5,
         help="top-1 agreement in percent an exact conversion (ONNX FP32, TensorRT FP32/FP16, OpenVINO FP32) must keep with its parent (default 99.5)",
     )
+    parser.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="warn instead of failing on rows whose model file has no manifest (made outside edge, or its manifest deleted)",
+    )
     parser.add_argument("--junit", type=Path, help="write JUnit XML here (for CI test reports)")
 
 
@@ -115,7 +121,7 @@ def check_measured(report: dict[str, Any]) -> list[Check]:
     return [Check("anything measured", "fail", f"nothing was measured ({len(rows)} rows: {summary})")]
 
 
-def check_runs(report: dict[str, Any]) -> list[Check]:
+def check_runs(report: dict[str, Any], allow_unverified: bool = False) -> list[Check]:
     """A row or cell that errored fails, an interrupted or rejected row fails; skipped rows and cells are listed."""
     checks = []
     for row in report["rows"]:
@@ -133,6 +139,12 @@ def check_runs(report: dict[str, Any]) -> list[Check]:
             continue
         if status == "rejected":
             checks.append(Check(f"accepted {key}", "fail", f"rejected: {row.get('reason') or 'no reason recorded'}"))
+        if status == "unverified":
+            detail = f"unverified: {row.get('reason') or 'no manifest'}"
+            if allow_unverified:
+                checks.append(Check(f"verified {key}", "warn", f"{detail} (--allow-unverified)"))
+            else:
+                checks.append(Check(f"verified {key}", "fail", f"{detail}: make it with edge, or give --allow-unverified"))
         cells = row.get("cells") or []
         for cell in (c for c in cells if c.get("status") == "error"):
             checks.append(Check(f"run {key} batch {cell['batch']}", "fail", f"error: {cell.get('error')}"))
@@ -343,9 +355,10 @@ def evaluate_gate(
     strict_latency: bool = False,
     allow_stale: bool = False,
     min_exact_agreement: float = 99.5,
+    allow_unverified: bool = False,
 ) -> list[Check]:
     """Every check of the gate, in order: what ran, drops vs parent, then baseline comparisons."""
-    checks = check_measured(report) + check_runs(report) + check_stale(report, allow_stale)
+    checks = check_measured(report) + check_runs(report, allow_unverified) + check_stale(report, allow_stale)
     checks += check_parent_drops(report, max_drop, confidence, allow_unmeasured, allow_small_eval)
     checks += check_exact_agreement(report, min_exact_agreement)
     if baseline is not None:
@@ -391,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
         strict_latency=args.strict_latency,
         allow_stale=args.allow_stale,
         min_exact_agreement=args.min_exact_agreement,
+        allow_unverified=args.allow_unverified,
     )
 
     console = make_console()

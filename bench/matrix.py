@@ -18,7 +18,9 @@ Two decisions are made here from the artifact's manifest, before or after its wo
 an engine is timed only at the batch sizes its optimisation profile covers (``cell_skips``: the
 others are *skipped* cells, "engine built for batch 1..32", not errors), and a measured row of an
 artifact whose maker did not accept it (``accepted: false``) becomes *rejected* with the reason
-(``rejection_reason``), its numbers kept so the report shows why; ``edge check`` fails it.
+(``rejection_reason``), its numbers kept so the report shows why; ``edge check`` fails it. A
+measured row of a model file without its manifest becomes *unverified* the same way
+(``edge.verify.unverified_reason``).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from edge.manifest import Manifest, manifest_path, read_manifest
 from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.intervals import paired_ratio
 from edge.measure.paired import paired_flips
+from edge.measure.report import MEASURED
 from edge.measure.rows import OTHER_BACKEND, SIMULATED, float_parent, round_p50s, run_artifacts
 from edge.measure.timing import TimingWindow, round_order
 from edge.run import RunDir
-from edge.verify import is_rejected
+from edge.verify import is_rejected, unverified_reason
 
 
 @dataclass
@@ -158,6 +161,13 @@ def _manifest_info(path: Path) -> dict[str, Any]:
     if manifest is None:
         return {"kind": None, "sha256": None, "manifest_metrics": {}}
     return {"kind": manifest.kind, "sha256": manifest.sha256, "manifest_metrics": manifest.metrics}
+
+
+def mark_unverified(row: dict[str, Any], path: Path) -> None:
+    """A measured row of a model file without its manifest becomes ``unverified`` (numbers kept)."""
+    reason = unverified_reason(path)
+    if reason and row.get("status") == "ok":
+        row.update(status="unverified", reason=reason)
 
 
 def mark_rejected(row: dict[str, Any], manifest: Manifest | None) -> None:
@@ -308,13 +318,14 @@ def _assembled(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     result["float_parent"] = float_parent(job["name"])
     result.update(_manifest_info(path))
     mark_rejected(result, _manifest(path))
+    mark_unverified(result, path)
     return result
 
 
 def attach_latency_ratios(rows: list[dict[str, Any]]) -> None:
     """Per cell, p50 over the float parent's p50 on the same device from the same rounds (stepped
     back to back): the median of per-round ratios with its interval (``edge.measure.intervals``)."""
-    by_key = {(r["artifact"], r["device"]): r for r in rows if r.get("status") in ("ok", "rejected")}
+    by_key = {(r["artifact"], r["device"]): r for r in rows if r.get("status") in MEASURED}
     for row in by_key.values():
         parent = by_key.get((float_parent(row["artifact"]) or "", row["device"]))
         if parent is None:

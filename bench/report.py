@@ -135,8 +135,8 @@ def row_note(row: dict[str, Any]) -> str:
     if row.get("status") == "interrupted":
         return f"interrupted: {row.get('reason', '')}"
     notes = []
-    if row.get("status") == "rejected":
-        notes.append(f"rejected: {row.get('reason', '')}")
+    if row.get("status") in ("rejected", "unverified"):
+        notes.append(f"{row['status']}: {row.get('reason', '')}")
     if row.get("stale"):
         notes.append(f"stale: {row['stale']}")
     for status in ("error", "skipped"):
@@ -326,7 +326,7 @@ def rich_headline(report: dict[str, Any], title: str = "bench") -> Any:
         style = (
             "dim"
             if line[-1].startswith("skipped")
-            else ("red" if line[-1].startswith(("error", "rejected", "interrupted")) else None)
+            else ("red" if line[-1].startswith(("error", "rejected", "unverified", "interrupted")) else None)
         )
         table.add_row(*[line[i] for i in keep], mark, style=style)
     footer = [Text(f"[{i}] {note}", style="dim") for i, note in enumerate(notes, 1)]
@@ -602,6 +602,7 @@ def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dic
             "rows": len(report["rows"]),
             "ok": len(measured),
             "rejected": sum(r.get("status") == "rejected" for r in report["rows"]),
+            "unverified": sum(r.get("status") == "unverified" for r in report["rows"]),
             "interrupted": sum(r.get("status") == "interrupted" for r in report["rows"]),
             "top1": {f"{r['artifact']}@{r['device']}": (r.get("accuracy") or {}).get("top1") for r in measured},
         },

@@ -22,6 +22,7 @@ from edge.lineage import artifact_parent, stale_link, stale_reason
 from edge.manifest import Manifest, manifest_path, read_manifest
 from edge.runners import available_backends, compatible_backends
 from edge.spec import PreprocessSpec
+from edge.verify import unverified_reason
 
 console = make_console()
 
@@ -97,7 +98,7 @@ def print_artifact(path: str | Path, as_json: bool = False) -> None:
     if manifest:
         console.print(manifest_table(manifest))
     else:
-        console.print(f"[yellow]{path} has no manifest beside it[/yellow]")
+        console.print(f"[yellow]unverified: {unverified_reason(path)}[/yellow]")
 
 
 def print_run(root: Path, as_json: bool = False) -> None:
@@ -120,7 +121,9 @@ def print_run(root: Path, as_json: bool = False) -> None:
     reasons: list[str] = []
     for name, path in artifacts.items():
         if not manifest_path(path).exists():
-            table.add_row(name, path.name, "?", f"{path.stat().st_size / 1e6:.1f}", "-", "[red]no manifest[/red]", "-", "-")
+            table.add_row(
+                name, path.name, "?", f"{path.stat().st_size / 1e6:.1f}", "-", "[red]unverified (no manifest)[/red]", "-", "-"
+            )
             continue
         manifest = read_manifest(path)
         spec = spec or (manifest.preprocess_spec if manifest.spec else None)

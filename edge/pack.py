@@ -31,7 +31,7 @@ from edge.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from edge.measure.rows import TORCH_FP32, run_artifacts
 from edge.run import RunDir
 from edge.runners import compatible_backends
-from edge.verify import is_rejected, verify_file
+from edge.verify import is_rejected, unverified_reason, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory")
     parser.add_argument("--out", default=None, help="archive path (default: RUN/<name>-deploy.tar.gz)")
     parser.add_argument(
-        "--force", action="store_true", help="bundle artifacts that edge quantize did not accept (manifest accepted: false)"
+        "--force",
+        action="store_true",
+        help="bundle artifacts that edge quantize did not accept (manifest accepted: false) or without a manifest (unverified)",
     )
 
 
@@ -54,14 +56,21 @@ def not_accepted(manifest: Manifest) -> str | None:
     return str(manifest.metrics.get("reason") or "manifest accepted: false")
 
 
-def deployable_files(run: RunDir) -> list[Path]:
-    """Artifacts (with manifests and external data) that a device needs; never checkpoints or calibration."""
+def deployable_files(run: RunDir, force: bool = False) -> list[Path]:
+    """Artifacts (with manifests and external data) that a device needs; never checkpoints or
+    calibration. A model without its manifest is unverified: refused unless ``force`` (then bundled
+    bare, and ``bundle.json`` lists it under ``unverified``)."""
     files: list[Path] = []
     for name, path in run_artifacts(run).items():
         if name == TORCH_FP32:
             continue
-        if not manifest_path(path).exists():
-            raise UserError(f"{path} has no manifest: rebuild it before packing")
+        unverified = unverified_reason(path)
+        if unverified and not force:
+            raise UserError(f"{path}: unverified: {unverified}; make it with edge, delete it, or pass --force to bundle it")
+        if unverified:
+            log.warning("bundling %s although it is unverified (--force): %s", path.name, unverified)
+            files.append(path)
+            continue
         verify_file(path)  # never bundle a file that no longer matches its manifest
         files += [path, manifest_path(path)]
         for extra in read_manifest(path).extra_files:
@@ -101,7 +110,7 @@ def bundle_index(run: RunDir, contents: list[str], backends: dict[str, list[str]
 def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
     """Write the bundle; refuse an unaccepted artifact (``accepted: false``) unless ``force``."""
     run = RunDir.open(run_path)
-    files = deployable_files(run)
+    files = deployable_files(run, force)
     if not files:
         raise UserError(f"{run.root} has no deployable artifacts: run `edge export {run.root}` first")
     rejected = unaccepted_artifacts(run, files)
@@ -116,6 +125,7 @@ def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = 
     out = Path(out) if out else run.root / f"{run.root.name}-deploy.tar.gz"
     contents = [str(f.relative_to(run.root)) for f in files]
     index = bundle_index(run, contents, artifact_backends(run, files), rejected)
+    index["unverified"] = [str(f.relative_to(run.root)) for f in files if f.suffix != ".json" and unverified_reason(f)]
     with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
         for path, arcname in zip(files, contents):
             archive.add(path, arcname=f"{run.root.name}/{arcname}")

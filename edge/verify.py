@@ -2,7 +2,7 @@
 
 A file that no longer has the sha256 its manifest recorded (changed, cut short or replaced after
 it was made) is refused with the command that remakes it; an artifact its maker did not accept
-is told apart from one that was. :func:`run_root` finds the run directory an artifact belongs to:
+is told apart from one that was; a file without a manifest is *unverified* (:func:`unverified_reason`). :func:`run_root` finds the run directory an artifact belongs to:
 where its recorded parent lives, and what the remake command names.
 """
 
@@ -63,6 +63,20 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> Manifest | None:
     """:func:`verify_file` for an artifact with a manifest; None for a bare file (a user's own ONNX
     model, say), which has nothing to be checked against."""
     return verify_file(artifact) if manifest_path(artifact).exists() else None
+
+
+def unverified_reason(artifact: str | os.PathLike[str]) -> str | None:
+    """Why ``artifact`` is *unverified* (None: it has a manifest): a model file without its manifest
+    beside it — made outside edge, or its manifest deleted — has no hash, parent or acceptance to
+    check, so nothing vouches for it. Bench marks its row ``unverified``, the gate fails it unless
+    --allow-unverified, and pack, engine and triton refuse it unless --force."""
+    path = Path(artifact)
+    if manifest_path(path).exists():
+        return None
+    return (
+        f"{path.name} has no manifest ({manifest_path(path).name}): made outside edge or its manifest was deleted, "
+        "so nothing vouches for its hash, parent or acceptance"
+    )
 
 
 def remake_command(artifact: str | os.PathLike[str], manifest: Manifest) -> str:

@@ -6,10 +6,11 @@
     environment  the environment fingerprint (+ Jetson power mode, clocks, temperatures) and the
                  harness's version and source hash
     eval         data, count, seed, split fingerprint, classes and the per-image labels
-    rows[]       one per artifact x device: status (ok | rejected | error | skipped | interrupted)
-                 with error / reason (rejected: measured, but the quantizer did not accept the
-                 artifact; interrupted: Ctrl-C stopped its worker, not a measurement, and the
-                 rows after it were not run),
+    rows[]       one per artifact x device: status (ok | rejected | unverified | error | skipped |
+                 interrupted) with error / reason (rejected: measured, but the quantizer did not
+                 accept the artifact; unverified: measured, but the file has no manifest;
+                 interrupted: Ctrl-C stopped its worker, not a measurement, and the rows after
+                 it were not run),
                  threads, peak_rss_mib, peak_gpu_mib, file_size_bytes, simulated, manifest_metrics,
                  cells[] per batch: status (ok | error | skipped, e.g. outside an engine's profile),
                  compute / end_to_end timing stats with their rounds, device_ms, energy_j_per_image,
@@ -39,9 +40,11 @@ SCHEMA = "edge-bench-report"
 # as malformed (it never passes one unseen), so it needs no new version.
 # 3: rows may be ``stale`` (an ancestor changed): a version-2 gate would pass them unseen. Cells
 # carry timing ``rounds`` with p50 intervals; ratios to the float parent (``vs_parent_latency``).
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-MEASURED = ("ok", "rejected")  # row statuses with numbers in them
+# 4: rows may be ``unverified`` (a model file without its manifest, measured): a version-3 gate would
+# pass them unseen.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+MEASURED = ("ok", "rejected", "unverified")  # row statuses with numbers in them
 HARNESS_PACKAGES = ("edge", "train", "bench", "calibration")  # the harness's own code: its source is hashed
 
 
@@ -86,7 +89,7 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 # ---- validation --------------------------------------------------------------------------------
 
-ROW_STATUSES = ("ok", "rejected", "error", "skipped", "interrupted")
+ROW_STATUSES = ("ok", "rejected", "unverified", "error", "skipped", "interrupted")
 CELL_STATUSES = ("ok", "error", "skipped")
 _NUMBER = (int, float)
 

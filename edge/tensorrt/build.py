@@ -30,7 +30,7 @@ from edge.manifest import manifest_path, read_manifest, write_manifest
 from edge.run import ONNX_FP16_AUTOCAST, TIMING_CACHE, RunDir, engine_precision, trt_version_tuple
 from edge.runners.tensorrt_engines import engine_compatibility, import_tensorrt, runtime_environment
 from edge.spec import PreprocessSpec
-from edge.verify import is_rejected, verify_artifact
+from edge.verify import is_rejected, unverified_reason, verify_artifact
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -189,7 +189,9 @@ def validate_request(
             if p == "int8"
             else f"make it with `edge export {run_dir.root}`"
         )
-        verify_artifact(run_dir.require(engine_parent(run_dir, p), how))  # the ONNX parent still matches its manifest
+        parent = run_dir.require(engine_parent(run_dir, p), how)
+        if verify_artifact(parent) is None and not force:  # the ONNX parent still matches its manifest, or has none
+            raise UserError(f"{parent}: unverified: {unverified_reason(parent)}; {how}, or pass --force to build from it anyway")
         if not force:
             refuse_unaccepted(run_dir, p)
     return BuildRequest(

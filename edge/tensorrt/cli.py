@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="build int8 from a model.int8-trt.onnx that edge quantize did not accept (the engine is marked so too)",
+        help="build int8 from a model.int8-trt.onnx that edge quantize did not accept (the engine is marked so too), "
+        "or from an ONNX file without a manifest (unverified)",
     )
 
 

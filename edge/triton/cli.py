@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue-delay-us", type=int, default=DEFAULT_QUEUE_DELAY_US, help="dynamic batcher's wait to form a preferred batch"
     )
     parser.add_argument(
-        "--force", action="store_true", help="include artifacts their maker did not accept (manifest accepted: false)"
+        "--force",
+        action="store_true",
+        help="include artifacts their maker did not accept (manifest accepted: false) or without a manifest (unverified)",
     )
 
 

@@ -26,7 +26,7 @@ from edge.errors import UserError
 from edge.measure import rows
 from edge.run import ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_TRT, RunDir
 from edge.spec import PreprocessSpec
-from edge.verify import is_rejected, verify_artifact
+from edge.verify import is_rejected, unverified_reason, verify_artifact
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ def _checked(path: Path, force: bool) -> tuple[str | None, str | None]:
     """(sha256 or None, why it is left out or None): the file matches its manifest and was accepted."""
     manifest = verify_artifact(path)
     if manifest is None:
-        return None, None
+        unverified = unverified_reason(path)
+        return None, None if force else f"{path.name} left out: unverified: {unverified}; --force includes it"
     if is_rejected(manifest) and not force:
         reason = manifest.metrics.get("reason") or "manifest accepted: false"
         return manifest.sha256, f"{path.name} left out: its maker did not accept it ({reason}); --force includes it"

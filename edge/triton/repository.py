@@ -46,6 +46,8 @@ def plan_models(run_dir: str | os.PathLike[str], options: Options) -> tuple[list
     plans, notes = onnx_plans(run, options, prefix)
     engine_models, engine_notes = engine_plans(run, options, prefix)
     plans, notes = plans + engine_models, notes + engine_notes
+    if not plans and notes:
+        raise UserError(f"{run.root} has no artifact to serve: {'; '.join(notes)}")
     if not plans:
         raise UserError(f"{run.root} has no artifact to serve: make one with `edge export {run.root}` (or `edge engine`)")
     report = run.root / BENCH_DIR / f"{REPORT}.json"

@@ -18,7 +18,10 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 from edge.artifact_spec import artifact_spec  # noqa: E402
 from edge.errors import UserError  # noqa: E402
-from edge.manifest import read_manifest  # noqa: E402
+from edge.manifest import (
+    read_manifest,  # noqa: E402
+    write_manifest,  # noqa: E402
+)
 from edge.triton.models import DEFAULT_PREFERRED_BATCH_SIZES, Options  # noqa: E402
 from edge.triton.pbtxt import parse_config  # noqa: E402
 from edge.triton.repository import layout_problems, write_repository  # noqa: E402
@@ -101,6 +104,8 @@ def test_engines_become_one_model_per_precision_with_a_plan_per_architecture(tri
 
 def test_gpu_option_uses_ort_tensorrt_accelerator(triton_run: Path, tmp_path: Path) -> None:
     shutil.copyfile(triton_run / "model.onnx", triton_run / "model.int8-trt.onnx")
+    spec = artifact_spec(triton_run / "model.onnx")  # with its manifest: a bare file is unverified and left out
+    write_manifest(triton_run / "model.int8-trt.onnx", "onnx-int8-trt", spec, parent=triton_run / "model.onnx")
     repo = tmp_path / "repo"
     write_repository(triton_run, repo, Options(gpu=True, trt_precision="fp16", instances=2))
     for name, precision, kind in (("fashion-onnx-fp32", "FP16", "KIND_GPU"), ("fashion-int8-trt", "INT8", "KIND_GPU")):
