@@ -3,7 +3,8 @@
 The loop's figure includes the whole data path (uint8 images -> augmentation -> batches), the
 micro-batching and the schedule; the bare loop runs the same model and optimizer on batches that
 are already tensors. Their ratio shows whether the data pipeline is the bottleneck. Rounds
-alternate between the two so that a noisy, shared CPU hits both alike; medians are printed.
+alternate between the two, the order reversing every other round (``edge.measure.timing``), so that
+a noisy, shared CPU hits both alike; medians are printed.
 
     python -m train.throughput_benchmark --image-size 64 --modes feature-extract finetune
 """
@@ -14,28 +15,24 @@ import argparse
 import resource
 import statistics
 import tempfile
-import time
 from typing import Any
 
-
-def _loop_round(trainer: Any, batches: Any, steps: int) -> float:
-    started = time.perf_counter()
-    for _ in range(steps):
-        images, labels = next(batches)
-        trainer.train_step(images, labels, len(labels))
-    return steps * trainer.config.batch_size / (time.perf_counter() - started)
+from edge.measure.timing import TimingWindow, round_order, timed_loop
 
 
-def _bare_round(torch: Any, model: Any, optimizer: Any, tensors: list[tuple[Any, Any]], channels_last: bool) -> float:
-    started = time.perf_counter()
-    for images, labels in tensors:
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-    return sum(len(labels) for _, labels in tensors) / (time.perf_counter() - started)
+def _loop_step(trainer: Any, batches: Any) -> None:
+    images, labels = next(batches)
+    trainer.train_step(images, labels, len(labels))
+
+
+def _bare_step(torch: Any, model: Any, optimizer: Any, batch: tuple[Any, Any], channels_last: bool) -> None:
+    images, labels = batch
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
 
 
 def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -48,7 +45,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from train.distributed import Distributed
     from train.loop import Trainer
 
-    total_steps = (args.warmup + args.steps) * args.rounds
+    total_steps = (args.warmup + args.steps + 1) * args.rounds  # timed_loop's warm-up call included
     config = TrainConfig(
         out=tempfile.mkdtemp(prefix="edge-throughput-"),
         data="fashion-mnist",
@@ -78,12 +75,19 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     tensors = [next(iter(torch.utils.data.DataLoader(trainer.train_dataset, batch_sampler=trainer.sampler)))]
     tensors = tensors * args.steps
 
-    loop, bare = [], []
-    for _ in range(args.rounds):
-        _loop_round(trainer, batches, args.warmup)
-        loop.append(_loop_round(trainer, batches, args.steps))
-        _bare_round(torch, bare_model, bare_optimizer, tensors[: args.warmup], args.channels_last)
-        bare.append(_bare_round(torch, bare_model, bare_optimizer, tensors, args.channels_last))
+    steps = {
+        "loop": lambda i: _loop_step(trainer, batches),
+        "bare": lambda i: _bare_step(torch, bare_model, bare_optimizer, tensors[i % len(tensors)], args.channels_last),
+    }
+    window = TimingWindow(warmup_s=0.0, min_iters=args.steps, min_seconds=0.0, max_seconds=3600.0)
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(args.rounds):  # the two loops stepped in turn, the order alternating
+        for name in round_order(list(steps), round_index):
+            for _ in range(args.warmup):
+                steps[name](0)
+            samples, wall, _ = timed_loop(steps[name], window, 0.0)
+            rates[name].append(len(samples) * config.batch_size / wall)
+    loop, bare = rates["loop"], rates["bare"]
     return {"mode": mode, "loop": statistics.median(loop), "bare": statistics.median(bare), "rounds": (loop, bare)}
 
 
