@@ -18,6 +18,7 @@ from bench.matrix import BenchPlan, artifact_job
 from bench.worker import run_job
 from edge.manifest import read_manifest, update_metrics
 from edge.measure.paired import flips_from_counts, min_detectable_drop
+from edge.measure.report import SCHEMA_VERSION, harness_fingerprint
 from edge.measure.timing import TimingWindow
 
 from .conftest import EVAL_COUNT, edge_cli
@@ -181,7 +182,8 @@ def test_report_files_and_manifest(pipeline_report: Path):
     assert manifest.kind == "bench-report"
     assert set(manifest.extra_files) == {"report.md", "report.csv", "report.png"}
     report = json.loads(pipeline_report.read_text())
-    assert report["schema_version"] == 3 and report["environment"]["machine_fingerprint"]
+    assert report["schema_version"] == SCHEMA_VERSION == 4 and report["environment"]["machine_fingerprint"]
+    assert report["environment"]["harness"]["source_sha256"] == harness_fingerprint()["source_sha256"]
     with open(bench_dir / "report.csv") as handle:
         lines = list(csv.DictReader(handle))
     assert {(line["artifact"], line["batch"]) for line in lines if line["status"] == "ok"} >= {
