@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.artifact_spec import artifact_spec
+from edge.checkpoints import CHECKPOINT_SUFFIXES, load_checkpoint
 from edge.errors import UserError
 from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.report import MEASURED
@@ -184,6 +185,8 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     artifacts = select_artifacts(run_dir, args.artifacts)
     for path in artifacts.values():  # before any worker starts: a damaged file is one line, not an error row
         verify_artifact(path)
+        if path.suffix in CHECKPOINT_SUFFIXES:
+            load_checkpoint(path)  # and so is a checkpoint that only an unsafe (pickle) load could read
     eval_plan, eval_info, labels = _evaluation(args, settings, artifacts)
     plan = BenchPlan(
         run=run_dir.root,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from edge.checkpoints import load_plain_file
 from edge.errors import UserError, require
 from edge.spec import PreprocessSpec
 
@@ -152,15 +153,12 @@ def load_lite0_imagenet(model: Any) -> None:
 
 
 def load_weights_file(model: Any, path: str | os.PathLike[str]) -> None:
-    """A local state dict (plain, wrapped in 'state_dict'/'model', or an edge checkpoint)."""
-    torch = _torch()
+    """A local state dict (plain, wrapped in 'state_dict'/'model', or an edge checkpoint), read with
+    ``weights_only=True``: a file that would need pickle is refused and nothing in it runs."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable weights file ({type(exc).__name__})") from exc
+    state = load_plain_file(path, "weights file")  # tensors and plain data: nothing in the file runs
     for key in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

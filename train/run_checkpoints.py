@@ -94,20 +94,40 @@ def restored_sums(saved: dict[str, float]) -> dict[str, float]:
 
 
 def rng_state(torch: Any) -> dict[str, Any]:
-    """Every random generator the run draws from (torch, NumPy, Python, CUDA)."""
+    """Every random generator the run draws from (torch, NumPy, Python, CUDA), as tensors and plain
+    data: NumPy's MT19937 state and Python's are written as lists and numbers (a checkpoint is read
+    with ``weights_only=True``, which rebuilds no NumPy array and no other object)."""
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": str(name),
+            "key": [int(k) for k in key],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": [int(version), [int(i) for i in internal], gauss_next],
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def restore_rng(torch: Any, rng: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` recorded."""
+    """Put back what :func:`rng_state` recorded (or an earlier version's tuples, NumPy array and all)."""
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    saved = rng["numpy"]
+    if isinstance(saved, dict):
+        saved = (
+            saved["bit_generator"],
+            np.asarray(saved["key"], dtype=np.uint32),
+            saved["pos"],
+            saved["has_gauss"],
+            saved["cached_gaussian"],
+        )
+    np.random.set_state(saved)
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
 
