@@ -231,10 +231,11 @@ def check_split(calib: CalibrationSet, run: RunDir) -> None:
 
 
 def photo_calibration_set(run_dir: str | os.PathLike[str], count: int = 48, seed: int = 0) -> CalibrationSet:
-    """A calibration set of crops of the scikit-image photos, for a model with no data here (the
-    ImageNet-pretrained Lite0): the calibration role of ``edge.photos.photo_set``, which shares no
-    image with the val and test photo sets that quantize evaluates on."""
-    from edge.photos import photo_set
+    """A calibration set of crops of scikit-image photos, for a model with no data here (the
+    ImageNet-pretrained Lite0): the calibration role of ``edge.photos.photo_set``, crops of other
+    photos than the val and test photo sets that quantize evaluates on. Its item ids name the photo
+    each crop comes from (``photo:calibration:INDEX:PHOTO``)."""
+    from edge.photos import photo_set, photo_set_sources
     from train.splits import read_splits
 
     run = RunDir.open(run_dir)
@@ -244,7 +245,7 @@ def photo_calibration_set(run_dir: str | os.PathLike[str], count: int = 48, seed
         )
     spec = artifact_spec(run.root)
     images = photo_set(count, seed, role="calibration")
-    ids = [f"photo:calibration:{i}" for i in range(len(images))]
+    ids = [f"photo:calibration:{i}:{name}" for i, name in enumerate(photo_set_sources(len(images), "calibration"))]
     return store_calibration_set(
         run, spec, images, ids, np.full(len(images), -1), data="scikit-image photos", seed=seed, requested=count
     )
