@@ -3,8 +3,9 @@
     edge calibrate RUN --data DATA [--size 512] [--seed 0]
 
 A seeded, stratified draw from the training split (never the test split), preprocessed with the
-run's spec, stored as RUN/calibration/calibration.npy with its manifest (items and a content hash).
-`edge quantize` reads it; when it is missing, quantize draws one itself.
+run's spec, stored as RUN/calibration/calibration.npy with its manifest (items, their content hashes,
+the train split's fingerprint and a content hash). `edge quantize` reads it, and refuses it once the
+run's train split no longer holds every item (run this again); when it is missing, quantize draws one.
 """
 
 from __future__ import annotations

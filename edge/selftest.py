@@ -6,10 +6,10 @@ RUN/selftest/report.{json,md}.
 
 INT8 is built from the run's TensorRT-targeted QDQ model (RUN/model.int8-trt.onnx). Where the run
 has none, the selftest makes it: `edge quantize RUN --target trt` without data, calibrated on
-crops of the photos (the calibration role of ``edge.photos``), chosen on the val role and judged
-on the test role by top-1 agreement with the float model. The engines are compared on the whole
-photos, which only the test role holds: no image the quantizer calibrated on is evaluated here
-(checked against the stored calibration set). A model that could not be made, that edge quantize
+crops of other photos (the calibration role of ``edge.photos``), chosen on the val role's photos and
+judged on the test role by top-1 agreement with the float model. The engines are compared on the
+whole photos, which only the test role holds: no image the quantizer calibrated on is evaluated
+here, nor a crop of one (checked against the stored calibration set). A model that could not be made, that edge quantize
 did not accept, or whose engine could not be built fails the INT8 row with the reason, and the
 selftest fails: every precision must pass. Every engine must name each photo (one of its ImageNet
 classes); FP32 and FP16 must also pick ONNX Runtime's top-1 and stay within a logit budget, while

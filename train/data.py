@@ -11,12 +11,24 @@ stopping, quantization choices) and ``test`` (held out: acceptance and reports o
 (``/usr/share/datasets/fashion-mnist``), else downloads through torchvision where online.
 ``open_data(PATH)`` reads an ImageFolder tree: ``PATH/train`` + ``PATH/val`` (+ ``PATH/test``), or
 class folders directly under ``PATH`` with a seeded stratified split.
+
+An image is evaluated once or not at all:
+
+- the scan decodes every file in full (a truncated JPEG passes PIL's ``verify()`` but not a
+  decode): unreadable files are skipped, counted per split (``ImageSplit.skipped``) and named in one
+  warning; nothing is substituted later, so an image that breaks after the scan is an error that
+  names it;
+- no content is in two splits: every item carries a content hash (the file's bytes, the pixels for
+  Fashion-MNIST), and an item of val or test whose content is already in train (or earlier in val,
+  or earlier in its own split) is dropped and counted (``DataSource.duplicates``, one warning).
+  Training keeps its copies; what is evaluated holds each image once.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import struct
@@ -46,8 +58,14 @@ FASHION_MNIST_LABELS = (
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
+HASH_CHARS = 16  # sha256 prefix per item: 64 bits, no accidental collision in any realistic data set
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_TEST_FRACTION = 0.15
+
+
+def content_hash(data: bytes) -> str:
+    """What an item is, for splits.json and for finding duplicates: sha256 of its bytes, shortened."""
+    return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
 
 
 def stratified_pick(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:
@@ -95,7 +113,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 @dataclass
 class ImageSplit(Sequence):
-    """One split: ``split[i] -> (uint8 image, label)``; ``ids`` name the items for manifests."""
+    """One split: ``split[i] -> (uint8 image, label)``; ``ids`` name the items for manifests,
+    ``hashes`` (where the source computed them) their content, ``skipped`` the unreadable files left out."""
 
     source: str
     name: str
@@ -104,6 +123,7 @@ class ImageSplit(Sequence):
     ids: list[str]
     _load: Callable[[int], np.ndarray]
     skipped: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -127,6 +147,7 @@ class ImageSplit(Sequence):
             [self.ids[i] for i in idx],
             lambda i: base(int(idx[i])),
             list(self.skipped),
+            [self.hashes[i] for i in idx] if self.hashes else [],
         )
 
     def take(self, count: int | None, seed: int = 0) -> "ImageSplit":
@@ -151,6 +172,7 @@ class DataSource:
     name: str
     classes: tuple[str, ...]
     splits: dict[str, ImageSplit]
+    duplicates: dict[str, int] = field(default_factory=dict)  # {"removed_from_val": n, "removed_from_test": m}
 
     def split(self, name: str, limit: int | None = None, seed: int = 0) -> ImageSplit:
         if name not in self.splits:
@@ -162,13 +184,52 @@ def open_data(source: str | os.PathLike[str], seed: int = 0, val_fraction: float
     """``fashion-mnist`` or an ImageFolder directory -> DataSource with train/val/test splits."""
     text = str(source)
     if text.lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
-        return fashion_mnist(seed=seed, val_fraction=val_fraction)
+        return drop_duplicates(fashion_mnist(seed=seed, val_fraction=val_fraction))
     path = Path(text)
     if not path.exists():
         raise UserError(f"data {path} does not exist: give an ImageFolder directory or 'fashion-mnist'")
     if not path.is_dir():
         raise UserError(f"data {path} is not a directory: give an ImageFolder tree (class folders of images)")
-    return image_folder(path, seed=seed, val_fraction=val_fraction)
+    return drop_duplicates(image_folder(path, seed=seed, val_fraction=val_fraction))
+
+
+def drop_duplicates(source: DataSource) -> DataSource:
+    """Keep each content in one split only: an item of val or test whose content hash is already in
+    train, in val, or earlier in its own split is dropped, counted in ``source.duplicates`` and named
+    in one warning. Train keeps its own copies (they only weigh an image twice in training)."""
+    seen = set(source.splits["train"].hashes)
+    removed: dict[str, int] = {}
+    example = ""
+    for name in ("val", "test"):
+        split = source.splits[name]
+        keep = []
+        for index, digest in enumerate(split.hashes):
+            if digest in seen:
+                example = example or split.ids[index]
+                continue
+            seen.add(digest)
+            keep.append(index)
+        removed[f"removed_from_{name}"] = len(split) - len(keep)
+        if not keep:
+            raise UserError(
+                f"{source.name}: every image of the {name} split has the same content as an image kept in another split: "
+                "add distinct images"
+            )
+        if len(keep) < len(split):
+            source.splits[name] = split.subset(keep)
+    source.duplicates = removed
+    if any(removed.values()):
+        _warn_once(
+            "%s: %d val and %d test image(s) have the same content as an image in train or earlier in val/test "
+            "(e.g. %s): each content is kept in one split only (train first), the copies are left out and counted "
+            "in splits.json",
+            source.name,
+            removed["removed_from_val"],
+            removed["removed_from_test"],
+            example,
+            key=("duplicates", source.name, str(removed)),
+        )
+    return source
 
 
 # ---- Fashion-MNIST ---------------------------------------------------------------------------
@@ -227,6 +288,7 @@ def fashion_mnist(seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> 
             labels[idx],
             [f"{origin}:{i}" for i in idx],
             lambda i: images[idx[i]],
+            hashes=[content_hash(np.ascontiguousarray(images[i]).tobytes()) for i in idx],
         )
 
     everything = np.arange(len(test_y))
@@ -282,19 +344,48 @@ def _scan_class_folders(root: Path) -> tuple[tuple[str, ...], list[Path], list[i
     return classes, files, labels
 
 
-def _verify_images(files: list[Path]) -> tuple[list[Path], list[str]]:
-    """Drop files that are not decodable images (header check plus a full decode), counting them."""
+# path -> ((size, mtime_ns), content hash or None when unreadable): a stage that opens the same folder
+# again in one process (quantize reads it for calibration, val and test) decodes each file once.
+_SCANNED: dict[str, tuple[tuple[int, int], str | None]] = {}
+
+
+def scan_image(path: Path) -> str | None:
+    """The content hash of an image file that decodes in full, None when it does not.
+
+    ``verify()`` only checks the header and a truncated JPEG passes it; ``load()`` decodes every
+    byte of the entropy-coded data and fails on it. A JPEG decodes at reduced scale (``draft``):
+    the same data is read, in a fraction of the time."""
     from PIL import Image
 
-    good, bad = [], []
+    stat = path.stat()
+    key, stamp = str(path.resolve()), (stat.st_size, stat.st_mtime_ns)
+    cached = _SCANNED.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    data = path.read_bytes()
+    digest: str | None = content_hash(data)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except Exception:  # PIL raises many types for a broken file (OSError, SyntaxError, ValueError, ...): each is unreadable
+        digest = None
+    _SCANNED[key] = (stamp, digest)
+    return digest
+
+
+def _scan_images(files: list[Path]) -> tuple[list[Path], list[str], list[str]]:
+    """Split ``files`` into the readable ones (with their content hashes) and the unreadable ones."""
+    good, hashes, bad = [], [], []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-            good.append(path)
-        except Exception:  # PIL raises many types for broken files; each is a skipped file
+        digest = scan_image(path)
+        if digest is None:
             bad.append(str(path))
-    return good, bad
+        else:
+            good.append(path)
+            hashes.append(digest)
+    return good, hashes, bad
 
 
 _WARNED: set[tuple[str, ...]] = set()
@@ -344,42 +435,49 @@ def image_folder(root: Path, seed: int = 0, val_fraction: float = DEFAULT_VAL_FR
         }
 
     splits = {}
+    unreadable: dict[str, list[str]] = {}
     for name, (files, labels) in parts.items():
-        good, bad = _verify_images(files)
-        if bad:
-            _warn_once(
-                "skipped %d unreadable image(s) in %s split, e.g. %s",
-                len(bad),
-                name,
-                bad[0],
-                key=(name, *(str(Path(b).resolve()) for b in bad)),
-            )
+        good, hashes, bad = _scan_images(files)
+        unreadable[name] = bad
         good_set = set(good)
         keep_labels = [lab for f, lab in zip(files, labels) if f in good_set]
         if not good:
             raise UserError(f"{root}: no readable images in the {name} split")
-        splits[name] = _file_split(str(root), name, classes, good, keep_labels, bad)
+        splits[name] = _file_split(str(root), name, classes, good, keep_labels, bad, hashes)
+    bad_files = [b for name in SPLITS for b in unreadable.get(name, [])]
+    if bad_files:
+        _warn_once(
+            "skipped %d unreadable image(s) in %s (%s; a full decode failed), e.g. %s: they are left out and counted in "
+            "splits.json",
+            len(bad_files),
+            root,
+            ", ".join(f"{name} {len(unreadable[name])}" for name in SPLITS if name in unreadable),
+            bad_files[0],
+            key=tuple(str(Path(b).resolve()) for b in bad_files),
+        )
     return DataSource(str(root), classes, splits)
 
 
 def _file_split(
-    source: str, name: str, classes: tuple[str, ...], files: list[Path], labels: list[int], skipped: list[str]
+    source: str,
+    name: str,
+    classes: tuple[str, ...],
+    files: list[Path],
+    labels: list[int],
+    skipped: list[str],
+    hashes: list[str],
 ) -> ImageSplit:
-    split_ref: dict[str, ImageSplit] = {}
-
     def load(index: int) -> np.ndarray:
+        # Never a stand-in: an image that decoded at the scan and fails now is an error, so no image
+        # is ever evaluated twice and n stays the number of distinct images.
         try:
             return read_image(files[index])
-        except UserError:
-            # Broken after the scan (truncated data PIL's verify missed): count it and use a
-            # same-class neighbour so an epoch never dies halfway.
-            split_ref["split"].skipped.append(str(files[index]))
-            _warn_once("skipped unreadable image %s", files[index], key=(str(files[index]),))
-            same = [i for i, lab in enumerate(labels) if lab == labels[index] and i != index]
-            if not same:
-                raise
-            return load(same[index % len(same)])
+        except UserError as exc:
+            raise UserError(
+                f"{files[index]} was readable when {source} was scanned and no longer decodes ({exc}): "
+                "restore or remove it and run again"
+            ) from exc
 
-    split = ImageSplit(source, name, classes, np.asarray(labels, dtype=np.int64), [str(f) for f in files], load, list(skipped))
-    split_ref["split"] = split
-    return split
+    return ImageSplit(
+        source, name, classes, np.asarray(labels, dtype=np.int64), [str(f) for f in files], load, list(skipped), hashes
+    )

@@ -3,7 +3,11 @@
 Training pins which items are train, val and test (ids: dataset indices such as ``train:123`` for
 Fashion-MNIST, paths relative to the data root for an ImageFolder tree), each with a content hash
 (of the file's bytes, or of the decoded pixels for Fashion-MNIST), beside the seed, fractions,
-classes and a fingerprint per split. Later stages never re-draw the split from their own ``--seed``:
+classes and a fingerprint per split. No content is in two splits: the data source
+(:func:`train.data.open_data`) keeps an exact duplicate in one split only (train first) and
+splits.json counts what it left out (``duplicates``: ``removed_from_val``, ``removed_from_test``),
+beside the files that did not decode (``unreadable``: per split, and their paths). Later stages
+never re-draw the split from their own ``--seed``:
 
 - ``calibrate`` draws only from train items, ``quantize --method auto`` chooses on val items, and
   acceptance, ``export`` verification and ``bench`` evaluate test items; a stage's ``--seed`` only
@@ -35,13 +39,21 @@ from edge.atomic import atomic_write_json
 from edge.errors import UserError
 from edge.manifest import manifest_path, read_manifest
 from edge.run import RunDir
-from train.data import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, SPLITS, DataSource, ImageSplit, open_data
+from train.data import (
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    HASH_CHARS,
+    SPLITS,
+    DataSource,
+    ImageSplit,
+    content_hash,
+    open_data,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "edge-splits"
 SCHEMA_VERSION = 1
-HASH_CHARS = 16  # 64 bits per item: no accidental collision in any realistic data set
 FASHION_MNIST = "fashion-mnist"
 # Below these a validation split is too small to choose on: one image of 200 is half a point of top-1.
 MIN_VAL_IMAGES = 200
@@ -67,12 +79,19 @@ def item_ids(split: ImageSplit, root: str) -> list[str]:
 
 
 def item_hash(split: ImageSplit, index: int) -> str:
-    """Content hash of one item: the file's bytes, or the decoded pixels where there is no file."""
+    """Content hash of one item: the file's bytes, or the decoded pixels where there is no file (the
+    hash the data scan took, when it took one: the scan of this process read the file as it is now)."""
+    if split.hashes:
+        return split.hashes[index]
     if split.source == FASHION_MNIST:
         data = np.ascontiguousarray(split.image(index)).tobytes()
     else:
         data = Path(split.ids[index]).read_bytes()
-    return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
+    return content_hash(data)
+
+
+def _relative(paths: list[str], root: str) -> list[str]:
+    return [os.path.relpath(Path(p).resolve(), root) for p in paths]
 
 
 def split_hashes(split: ImageSplit) -> list[str]:
@@ -146,6 +165,12 @@ def pin_splits(
         "fractions": {"val": float(val_fraction), "test": None if key == FASHION_MNIST else DEFAULT_TEST_FRACTION},
         "trained": bool(trained),
         "hash": f"sha256[:{HASH_CHARS}] of the file bytes (pixels for fashion-mnist)",
+        # left out by the data scan: content already in an earlier split, files that do not decode
+        "duplicates": {f"removed_from_{name}": int(source.duplicates.get(f"removed_from_{name}", 0)) for name in ("val", "test")},
+        "unreadable": {
+            **{name: len(source.splits[name].skipped) for name in SPLITS},
+            "items": [item for name in SPLITS for item in _relative(source.splits[name].skipped, key)],
+        },
         "splits": {},
     }
     for name in SPLITS:
@@ -296,6 +321,7 @@ def concat_splits(parts: list[ImageSplit], name: str) -> ImageSplit:
         [i for p in parts for i in p.ids],
         load,
         [s for p in parts for s in p.skipped],
+        [h for p in parts for h in p.hashes] if all(p.hashes for p in parts) else [],
     )
 
 

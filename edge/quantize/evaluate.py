@@ -74,12 +74,15 @@ def eval_set_from_data(
 
 
 def eval_set_from_photos(count: int, spec: PreprocessSpec, role: str, seed: int = 0) -> EvalSet:
-    """``count`` scikit-image photos and crops of one role (``val`` or ``test``: disjoint from each
-    other and from the calibration photos), unlabelled (for a model without its data here)."""
-    from edge.photos import photo_set
+    """``count`` scikit-image photos and crops of one role (``val`` or ``test``: other photos than
+    each other's and the calibration role's), unlabelled (for a model without its data here). The
+    name (a manifest's ``eval_source``) says which photos."""
+    from edge.photos import ROLE_PHOTOS, photo_set
 
     return EvalSet(
-        f"scikit-image photos:{role} (seed {seed}, unlabelled)", spec.apply_batch(photo_set(count, seed, role=role)), None
+        f"scikit-image photos:{role} ({', '.join(ROLE_PHOTOS[role])}; seed {seed}, unlabelled)",
+        spec.apply_batch(photo_set(count, seed, role=role)),
+        None,
     )
 
 

@@ -651,14 +651,15 @@ def _with_run_data(run: RunDir, options: QuantizeOptions) -> QuantizeOptions:
 def calibration_set(
     run: RunDir, calibration: str | os.PathLike[str] | None, options: QuantizeOptions, spec: PreprocessSpec
 ) -> CalibrationSet:
-    """--calibration, else RUN/calibration, else a set drawn here from --data's training split."""
+    """--calibration, else RUN/calibration, else a set drawn here from --data's training split; a set
+    whose items are not all in the run's current train split is refused (`edge calibrate RUN`)."""
     from calibration.sets import build_calibration_set, load_calibration_set
 
     if calibration is not None:
-        return load_calibration_set(calibration, spec)
+        return load_calibration_set(calibration, spec, run=run)
     stored = run.calibration_file
     if stored.exists():
-        calib = load_calibration_set(stored, spec)
+        calib = load_calibration_set(stored, spec, run=run)
         if options.data is not None and calib.provenance.get("data") != str(options.data):
             log.warning(
                 "using the stored calibration set from %s, not --data %s (rebuild it with `edge calibrate`)",

@@ -53,3 +53,42 @@ def test_sets_are_seeded_and_roles_are_checked() -> None:
     assert not all(np.array_equal(a, b) for a, b in zip(first, photo_set(12, 5, role="val")))
     with pytest.raises(ValueError, match="unknown photo set role 'train'"):
         photo_set(4, 0, role="train")
+
+
+def _is_crop_of(image: np.ndarray, photo: np.ndarray) -> bool:
+    """Whether ``image`` (a crop, maybe flipped) shows part of ``photo``: its first row, or that row
+    reversed, is a run of pixels of some row of the photo."""
+    rows = [np.ascontiguousarray(image[0]).tobytes(), np.ascontiguousarray(image[0, ::-1]).tobytes()]
+    pixel = photo.shape[2]
+    for line in photo:
+        data = np.ascontiguousarray(line).tobytes()
+        for row in rows:
+            at = data.find(row)
+            while at >= 0:
+                if at % pixel == 0:
+                    return True
+                at = data.find(row, at + 1)
+    return False
+
+
+def test_calibration_and_val_photos_hold_no_content_of_a_test_photo() -> None:
+    """Not even a crop: the calibration and val roles crop other photos than the test role holds."""
+    test_photos = list(photos(SET_PHOTOS).values())
+    for role in ("calibration", "val"):
+        images = photo_set(24, 0, role=role)
+        shared = [i for i, image in enumerate(images) if any(_is_crop_of(image, photo) for photo in test_photos)]
+        assert not shared, f"{len(shared)} of {len(images)} {role} images are crops of a test photo"
+    assert _is_crop_of(photo_set(8, 0, role="test")[6], test_photos[2])  # the check finds a crop: the test role's own
+
+
+def test_each_role_crops_its_own_photos_and_they_load_offline() -> None:
+    from edge.photos import ROLE_PHOTOS, photo_set_sources
+
+    names = [name for role in PHOTO_ROLES for name in ROLE_PHOTOS[role]]
+    assert len(names) == len(set(names))  # no photo in two roles
+    frames = photos(names)
+    assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames.values())
+    assert len({content_hash(f) for f in frames.values()}) == len(names)
+    images = photo_set(10, 0, role="calibration")
+    for image, source in zip(images, photo_set_sources(10, "calibration")):
+        assert _is_crop_of(image, frames[source])

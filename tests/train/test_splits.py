@@ -213,3 +213,60 @@ def test_an_unreadable_image_is_named_once_however_often_the_folder_is_opened(tm
         for _ in range(3):
             open_data(data)
     assert caplog.text.count("unreadable image(s)") == 1
+
+
+# ---- no content in two splits, no unreadable image counted ------------------------------------------
+
+
+def test_a_content_saved_twice_is_kept_in_train_only_counted_and_warned(tmp_path, caplog):
+    """Every image saved twice under two names: no val or test item has the content of a train item
+    (nor of another evaluated item), splits.json counts the copies left out, and one warning names them."""
+    import logging
+
+    from train.data import open_data
+    from train.splits import pin_splits
+
+    data = _flat_folder(tmp_path / "shapes")
+    for image in sorted(data.rglob("*.png")):
+        shutil.copyfile(image, image.with_name(f"{image.stem}-copy.png"))
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        pin_splits(run, data, open_data(data, seed=0), seed=0)
+    payload = json.loads(run.splits.read_text())
+    train, val, test = (payload["splits"][n]["hashes"] for n in ("train", "val", "test"))
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert len(set(val)) == len(val) and len(set(test)) == len(test)
+    removed = payload["duplicates"]
+    assert removed["removed_from_val"] > 0 and removed["removed_from_test"] > 0
+    drawn = 2 * len(CLASSES) * PER_CLASS
+    assert len(train) + len(val) + len(test) + removed["removed_from_val"] + removed["removed_from_test"] == drawn
+    assert len(set(train) | set(val) | set(test)) == len(CLASSES) * PER_CLASS  # every content is still somewhere
+    [line] = [r.getMessage() for r in caplog.records if "same content" in r.getMessage()]
+    assert f"{removed['removed_from_val']} val and {removed['removed_from_test']} test image(s)" in line
+    assert "kept in one split only (train first)" in line
+    # a later stage reopening the data sees the same split (the copies left out again)
+    assert run_data(run.root).split("test").fingerprint() == run_data(run.root).split("test").fingerprint()
+    assert len(run_data(run.root).split("test")) == len(test)
+
+
+def test_unreadable_images_are_counted_in_splits_json_and_n_is_the_distinct_images_evaluated(tmp_path):
+    from edge.quantize.evaluate import eval_set_from_data
+    from edge.spec import PreprocessSpec
+    from tests.train.test_data import truncated_jpeg
+    from train.data import open_data
+    from train.splits import pin_splits
+
+    data = _flat_folder(tmp_path / "shapes")
+    truncated_jpeg(data / "circle" / "truncated.jpg", (32, 32))
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    pin_splits(run, data, open_data(data, seed=0), seed=0)
+    payload = json.loads(run.splits.read_text())
+    assert payload["unreadable"]["items"] == ["circle/truncated.jpg"]
+    assert sum(payload["unreadable"][n] for n in ("train", "val", "test")) == 1
+    assert sum(payload["splits"][n]["count"] for n in ("train", "val", "test")) == len(CLASSES) * PER_CLASS
+    spec = PreprocessSpec(input_size=32, resize_size=32, crop="resize", labels=CLASSES)
+    evaluated = eval_set_from_data(run.root, str(data), "test", None, spec, progress=False)
+    assert len(evaluated) == payload["splits"]["test"]["count"]
+    assert len({row.tobytes() for row in evaluated.tensor}) == len(evaluated)  # each image once
