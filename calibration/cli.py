@@ -3,7 +3,8 @@
     edge calibrate RUN --data DATA [--size 512] [--seed 0]
 
 A seeded, stratified draw from the training split (never the test split), preprocessed with the
-run's spec, stored as RUN/calibration/calibration.npy with its manifest (items and a content hash).
+run's spec, stored as RUN/calibration/calibration.npy with its manifest (items and a content hash);
+a set already there is kept under RUN/history/<UTC time>/calibration/ first.
 `edge quantize` reads it; when it is missing, quantize draws one itself.
 """
 
