@@ -468,7 +468,7 @@ def test_rebuilding_an_engine_keeps_the_previous_one_in_history(tmp_path, monkey
     request = T.BuildRequest(run, ("int8",), (1, 8, 32), 2.0, None, None, False, False)
     row = T._build_one(None, request, "int8", {**H200_TRT10, "hostname": "test"})
     assert Path(row["engine"]) == old and old.read_bytes() == b"the new plan"
-    (kept,) = list(run.history.iterdir())
+    (kept,) = list((run.root / "history").iterdir())
     for name, data in before.items():  # same relative path: history/<time>/engines/<machine>/
         assert (kept / old.relative_to(run.root).parent / name).read_bytes() == data, name
     assert run.engine_files() == [old]  # the kept one is not an engine of the run
