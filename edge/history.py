@@ -91,9 +91,11 @@ def keep_previous(
             how = _move(source, dest) if retire else _link_or_copy(source, dest)
             done.append((source, dest, how))
         _flush(root, folder, done)
-    except OSError as exc:
+    except BaseException as exc:  # an OSError, or Ctrl-C midway: put back what was done
         _undo(folder, done)
-        raise _keeping_error(exc, items[0][0]) from exc
+        if isinstance(exc, OSError):
+            raise _keeping_error(exc, items[0][0]) from exc
+        raise
     if announce:
         (log.warning if retire else log.info)("%s", kept_line(folder, reason))
     return folder
@@ -236,6 +238,7 @@ def _copy_tree(source: Path, dest: Path) -> None:
                     fsync_file(Path(folder, name))
             fsync_directory(Path(folder))
         os.replace(tmp, dest)  # within one folder: dest appears whole
+        fsync_directory(dest.parent)  # before the source is removed
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
