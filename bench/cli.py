@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:
     from bench.matrix import BenchPlan, run_matrix, select_artifacts
-    from bench.report import build_report, forget, keep_previous, plot_unavailable, rich_headline, write_report
+    from bench.report import KEPT_REASON, build_report, forget, keep_previous, plot_unavailable, rich_headline, write_report
+    from edge.history import kept_line
     from edge.run import RunDir
 
     settings = _settings(args)
@@ -222,7 +223,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     )
     report["noise"] = noise_figures(rows, load_before, _load_average())
     out_dir = args.out or run_dir.bench
-    previous = keep_previous(out_dir)
+    previous = keep_previous(out_dir, run_dir.root)
     try:
         paths = write_report(report, out_dir, spec=_report_spec(artifacts))
     except BaseException:
@@ -232,7 +233,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     others = ", ".join(path.name for fmt, path in paths.items() if fmt != "json")
     console.print(f"report: {paths['json']} (also {others})", soft_wrap=True, highlight=False)
     if previous is not None:
-        console.print(f"the previous report is kept in {previous}/", soft_wrap=True, highlight=False)
+        console.print(kept_line(previous, KEPT_REASON), soft_wrap=True, highlight=False, markup=False)
     if "png" not in paths:
         console.print(f"note: {plot_unavailable()}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     stopped = next((r for r in rows if r.get("status") == "interrupted"), None)

@@ -8,7 +8,6 @@ gets the other three files and the manifest, and ``plot_unavailable()`` says why
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -20,12 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge import history
 from edge.atomic import atomic_paths
 from edge.environment import environment_fingerprint
-from edge.manifest import manifest_path, write_manifest
+from edge.manifest import write_manifest
 from edge.measure.report import SCHEMA, SCHEMA_VERSION, harness_fingerprint
 from edge.measure.timing import CONTENDED, NOISY_INTERVAL_PCT, cell_noise
 from edge.run import report_paths
+
+KEPT_REASON = "edge bench replaces them"
 
 CSV_COLUMNS = (
     "artifact",
@@ -533,37 +535,22 @@ def _accuracy_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) ->
     ax.grid(True, alpha=0.3)
 
 
-def keep_previous(out_dir: Path) -> Path | None:
-    """Link the report set already in ``out_dir`` (if any) into ``out_dir/history/<its time>/`` so a
-    new bench never silently replaces an earlier one; returns where, or None. Hard links: the files
-    in place stay until the new set replaces them (a failed write leaves them, and ``forget`` drops
-    the links). Anything that stops the keeping (a read-only folder) leaves it to the write to say."""
-    current = report_paths(out_dir)
-    if not current["json"].is_file():
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(current["json"].stat().st_mtime))
-    target, n = out_dir / "history" / stamp, 1
-    while target.exists():
-        n += 1
-        target = out_dir / "history" / f"{stamp}-{n}"
-    try:
-        target.mkdir(parents=True)
-        for path in [*current.values(), manifest_path(current["json"])]:
-            if path.is_file():
-                os.link(path, target / path.name)
-    except OSError:
-        forget(target)
-        return None
-    return target
+def keep_previous(out_dir: Path, run_root: Path | None = None) -> Path | None:
+    """Keep the report set already in ``out_dir`` (if any) under ``RUN/history/<UTC time>/`` (the
+    run's history when ``out_dir`` lies in ``run_root``, else ``out_dir/history/``) at the same
+    relative paths, so a new bench never silently replaces an earlier one; returns that folder, or
+    None. Hard links, or copies where the file system has none (vfat, exFAT): the files in place
+    stay until the new set replaces them (a failed write leaves them, and ``forget`` drops the kept
+    copy). When the keeping fails, nothing is replaced: the OSError names the report."""
+    report = report_paths(out_dir)
+    root = history.history_root(report["json"], run_root)
+    return history.keep_previous(root, report.values(), KEPT_REASON, announce=False)
 
 
 def forget(kept: Path | None) -> None:
-    """Undo ``keep_previous`` (the write that followed it failed): its folder, and history/ if empty."""
-    if kept is None:
-        return
-    shutil.rmtree(kept, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        kept.parent.rmdir()  # only when empty
+    """Undo ``keep_previous`` (the write that followed it failed): its folder, and history/ if empty,
+    unless some file in it was already replaced (then it is the only copy, and stays)."""
+    history.forget(kept)
 
 
 def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dict[str, Path]:

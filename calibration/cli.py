@@ -4,8 +4,9 @@
 
 A seeded, stratified draw from the training split (never the test split), preprocessed with the
 run's spec, stored as RUN/calibration/calibration.npy with its manifest (items, their content hashes,
-the train split's fingerprint and a content hash). `edge quantize` reads it, and refuses it once the
-run's train split no longer holds every item (run this again); when it is missing, quantize draws one.
+the train split's fingerprint and a content hash); a set already there is kept under
+RUN/history/<UTC time>/calibration/ first. `edge quantize` reads it, and refuses it once the run's
+train split no longer holds every item (run this again); when it is missing, quantize draws one.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import numpy as np
 from edge.artifact_spec import artifact_spec
 from edge.atomic import atomic_path
 from edge.errors import UserError
+from edge.history import history_root, keeping_previous
 from edge.manifest import read_manifest, write_manifest
 from edge.run import CALIBRATION_DIR, CALIBRATION_FILE, RunDir
 from edge.spec import PreprocessSpec
@@ -130,7 +131,9 @@ def store_calibration_set(
         raise UserError(f"calibration images from {data} preprocess to NaN/Inf values: check the data and the spec")
     counts = {name: int(np.count_nonzero(labels == i)) for i, name in enumerate(classes)} if len(classes) else {}
     _warn_if_short(len(tensor), requested, counts)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    # the set already there (and its manifest) goes to RUN/history/<time>/ first: a failed write drops that copy again
+    keeping = keeping_previous(history_root(path, run.root), [path], "edge calibrate replaces it")
+    with keeping, atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, tensor)
     provenance = {
         "data": data,

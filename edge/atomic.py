@@ -107,7 +107,7 @@ class StagedFile:
         try:
             if stat.S_IMODE(os.stat(self.tmp).st_mode) != self.mode:  # a writer that replaced the file
                 os.chmod(self.tmp, self.mode)
-            _fsync_path(self.tmp)
+            fsync_file(self.tmp)
         except OSError as exc:
             _name_the_target(exc, [self])
             raise
@@ -118,7 +118,7 @@ class StagedFile:
         try:
             os.replace(self.tmp, self.target)
             self.tmp = None
-            _fsync_directory(self.target.parent)
+            fsync_directory(self.target.parent)
         except OSError as exc:
             _name_the_target(exc, [self])
             raise
@@ -235,7 +235,8 @@ def _create_temporary(target: Path) -> tuple[Path, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target))
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file to the disk."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         os.fsync(fd)
@@ -247,8 +248,9 @@ def _fsync_path(path: Path) -> None:
 _DIRECTORY_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.EBADF, errno.EACCES, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; a file system without directory fsync is not an error."""
+def fsync_directory(directory: Path) -> None:
+    """Make a rename (or a new link) in ``directory`` durable; a file system without directory fsync
+    is not an error."""
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:

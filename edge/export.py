@@ -8,7 +8,8 @@ with ``onnx.checker``, then runs ONNX Runtime against PyTorch on real images (th
 images when its checkpoint names its data, else scikit-image's photos): the logits must agree
 within an absolute plus relative tolerance and the top-1 classes must agree on every image.
 The torch.onnx dynamo exporter is tried first; the TorchScript exporter is the fallback, and the
-manifest records which one produced the file.
+manifest records which one produced the file. A model.onnx already there (with its manifest) is
+kept under RUN/history/<UTC time>/ before the new one replaces it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from edge.atomic import atomic_path
 from edge.errors import UserError, require
+from edge.history import history_root, keeping_previous
 from edge.manifest import manifest_path, write_manifest
 from edge.run import ONNX_FP32, RunDir
 from edge.spec import PreprocessSpec
@@ -136,10 +138,12 @@ def export_onnx(
         model_proto = _finish(tmp_path, spec, payload, used)
         check = verify_onnx(tmp_path, model, spec, batch, source)
         check.require_match()
-        extra = _move_into_place(tmp_path, target, model_proto)
-
-    provenance = _provenance(ckpt, payload, used, fallback_reason, opset, external_data=bool(extra))
-    write_manifest(target, "onnx", spec, parent=ckpt, provenance=provenance, metrics=check.to_metrics(), extra_files=extra)
+        with keeping_previous(history_root(target, ckpt.parent), [target], "edge export replaces it"):
+            extra = _move_into_place(tmp_path, target, model_proto)
+            provenance = _provenance(ckpt, payload, used, fallback_reason, opset, external_data=bool(extra))
+            write_manifest(
+                target, "onnx", spec, parent=ckpt, provenance=provenance, metrics=check.to_metrics(), extra_files=extra
+            )
     log.info(
         "wrote %s (%s exporter, opset %d); verified on %d images (%s): max abs diff %.2g, top-1 agreement %.1f%%",
         target,

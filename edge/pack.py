@@ -27,6 +27,7 @@ from typing import Any
 
 from edge.atomic import atomic_path
 from edge.errors import UserError
+from edge.history import history_root, keeping_previous
 from edge.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from edge.measure.rows import TORCH_FP32, run_artifacts
 from edge.run import RunDir
@@ -108,7 +109,8 @@ def bundle_index(run: RunDir, contents: list[str], backends: dict[str, list[str]
 
 
 def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
-    """Write the bundle; refuse an unaccepted artifact (``accepted: false``) unless ``force``."""
+    """Write the bundle (a bundle already there is kept under RUN/history/<time>/ first); refuse an
+    unaccepted artifact (``accepted: false``) unless ``force``."""
     run = RunDir.open(run_path)
     files = deployable_files(run, force)
     if not files:
@@ -122,15 +124,16 @@ def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = 
         )
     for name, reason in rejected.items():
         log.warning("bundling %s although it was not accepted (--force): %s", name, reason)
-    out = Path(out) if out else run.root / f"{run.root.name}-deploy.tar.gz"
+    out = Path(out) if out else run.bundle
     contents = [str(f.relative_to(run.root)) for f in files]
     index = bundle_index(run, contents, artifact_backends(run, files), rejected)
     index["unverified"] = [str(f.relative_to(run.root)) for f in files if f.suffix != ".json" and unverified_reason(f)]
-    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
-        for path, arcname in zip(files, contents):
-            archive.add(path, arcname=f"{run.root.name}/{arcname}")
-        _add_json(archive, f"{run.root.name}/bundle.json", {**index, "run": run.root.name})
-    write_manifest(out, "bundle", None, provenance=index)
+    with keeping_previous(history_root(out, run.root), [out], "edge pack replaces it"):
+        with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
+            for path, arcname in zip(files, contents):
+                archive.add(path, arcname=f"{run.root.name}/{arcname}")
+            _add_json(archive, f"{run.root.name}/bundle.json", {**index, "run": run.root.name})
+        write_manifest(out, "bundle", None, provenance=index)
     return out
 
 

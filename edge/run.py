@@ -12,9 +12,15 @@ is the only place that spells a run's file names::
     engines/<gpu>-sm<cc>-trt<version>/model.<precision>.engine (+ timing.cache)
     bench/report.{json,md,csv,png}  bench/zoo.{json,md}        bench reports
     selftest/report.{json,md}                    `edge selftest --tensorrt`
+    <run>-deploy.tar.gz                          `edge pack`'s bundle
+    model.int8-*.rejected.onnx                   a quantization not accepted, beside the accepted model it did not replace
+    history/<UTC time>/...                       the previous files a stage replaced, at the same relative paths
     demo.mp4                                     the camera demo video (in the folder it is asked for)
 
-Every artifact file has its manifest beside it (``<file>.json``, :mod:`edge.manifest`).
+Every artifact file has its manifest beside it (``<file>.json``, :mod:`edge.manifest`). Nothing is
+replaced without a copy: a stage first keeps the files it would replace under ``history/<UTC time>/``
+(:mod:`edge.history`), and training a run again retires its training outputs and everything made
+from them (:meth:`RunDir.retired_by_training`).
 """
 
 from __future__ import annotations
@@ -47,13 +53,29 @@ REPORT = "report"  # report.json / .md / .csv / .png in bench/ and selftest/
 REPORT_FORMATS = ("json", "csv", "md", "png")
 ZOO_REPORT = "zoo"  # zoo.json / zoo.md
 SELFTEST_DIR = "selftest"
+DEPLOY_BUNDLE_SUFFIX = "-deploy.tar.gz"  # RUN/<run name>-deploy.tar.gz
+REJECTED_SUFFIX = ".rejected.onnx"  # model.int8-cpu.rejected.onnx: not accepted, beside an accepted model
+HISTORY_DIR = "history"  # history/<UTC time>/<the same relative path>: what a stage replaced
 DEMO_VIDEO = "demo.mp4"
+
+# What training writes, and what later stages make from its checkpoint: training a run again retires
+# both (files, then folders).
+TRAINING_FILES = (CHECKPOINT, LAST_CHECKPOINT, SPLITS_FILE, TRAIN_METRICS_JSON, TRAIN_METRICS_CSV, TRAIN_SUMMARY)
+TRAINING_PLOTS = (TRAIN_CURVES, TRAIN_CONFUSION)
+DERIVED_FILES = (ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_TRT)
+DERIVED_DIRS = (CALIBRATION_DIR, ENGINES_DIR, BENCH_DIR, SELFTEST_DIR)
 
 
 def layer_report_name(quantized: str | os.PathLike[str]) -> str:
     """``model.int8-cpu.onnx`` -> ``model.int8-cpu.layers.json`` (the quantizer's per-layer report)."""
     name = Path(quantized).name
     return name.removesuffix(".onnx") + ".layers.json"
+
+
+def rejected_name(quantized: str | os.PathLike[str]) -> str:
+    """``model.int8-cpu.onnx`` -> ``model.int8-cpu.rejected.onnx`` (a result not accepted, written beside
+    the accepted model it must not replace)."""
+    return Path(quantized).name.removesuffix(".onnx") + REJECTED_SUFFIX
 
 
 def report_paths(
@@ -146,6 +168,24 @@ class RunDir:
     @property
     def selftest(self) -> Path:
         return self.root / SELFTEST_DIR
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_DIR
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / f"{self.root.name}{DEPLOY_BUNDLE_SUFFIX}"
+
+    def retired_by_training(self) -> list[Path]:
+        """What training this run again moves to history: the previous training's outputs and every
+        artifact made from its checkpoint (stale once the checkpoint changes), those that exist."""
+        derived = [*DERIVED_FILES, *(rejected_name(name) for name in (ONNX_INT8_CPU, ONNX_INT8_TRT))]
+        layer_reports = [layer_report_name(name) for name in derived if name != ONNX_FP32]
+        files = [self.root / name for name in (*TRAINING_FILES, *TRAINING_PLOTS, *derived, *layer_reports)]
+        files.append(self.bundle)
+        folders = [self.root / name for name in DERIVED_DIRS]
+        return [p for p in files if p.is_file()] + [p for p in folders if p.is_dir()]
 
     def require(self, path: Path, how: str) -> Path:
         """``path`` if it exists, else a UserError that names the command that makes it."""

@@ -2,7 +2,7 @@
 
 Builds FP32, FP16 and INT8 engines from the ImageNet-pretrained run, runs them on scikit-image's
 real photos, compares their logits and top-1 with ONNX Runtime, times them, and writes
-RUN/selftest/report.{json,md}.
+RUN/selftest/report.{json,md} (a report already there is kept under RUN/history/<UTC time>/ first).
 
 INT8 is built from the run's TensorRT-targeted QDQ model (RUN/model.int8-trt.onnx). Where the run
 has none, the selftest makes it: `edge quantize RUN --target trt` without data, calibrated on
@@ -93,6 +93,7 @@ def evaluation_photos() -> dict[str, np.ndarray]:
 def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) -> dict[str, Any]:
     """Build, run, compare and time; returns the report (also written to ``out``)."""
     from edge.atomic import atomic_write_json, atomic_write_text
+    from edge.history import history_root, keeping_previous
     from edge.runners import select_runner
     from edge.runners.tensorrt_engines import UNVERIFIED
     from edge.tensorrt.build import build_engines, validate_request
@@ -133,8 +134,9 @@ def selftest(run_path: Path, out: Path | None, iters: int, env: dict[str, str]) 
     }
     out = out or run.selftest
     paths = report_paths(out, formats=("json", "md"))
-    atomic_write_json(paths["json"], report)
-    atomic_write_text(paths["md"], _markdown(report))
+    with keeping_previous(history_root(paths["json"], run.root), paths.values(), "edge selftest replaces them"):
+        atomic_write_json(paths["json"], report)
+        atomic_write_text(paths["md"], _markdown(report))
     report["written_to"] = str(out)
     return report
 

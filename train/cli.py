@@ -4,7 +4,9 @@ Writes RUN/checkpoint.pt (best validation top-1; what export, quantize and bench
 (resumable: --resume), metrics.csv/json, curves.png and confusion.png. Explicit flags beat the
 --preset, which beats the defaults. Ctrl-C writes a resumable checkpoint and exits. A validation
 split under 200 images (or 20 of some class) is named in a warning and in summary.json
-(``small_sets``): the best checkpoint and later choices made on it rest on noise.
+(``small_sets``): the best checkpoint and later choices made on it rest on noise. Training into a
+run that already holds a training (without --resume) first moves it, and every artifact made from
+it, to RUN/history/<UTC time>/ and says so in one line.
 
 Examples:
   edge train --out runs/demo --preset demo
@@ -98,7 +100,11 @@ def _add_speed_and_memory(group: argparse._ArgumentGroup) -> None:
 def _add_runs(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--seed", type=int, help=f"makes a run repeatable {_default('seed')}")
     group.add_argument(
-        "--resume", action="store_true", default=None, help="continue RUN/last.pt exactly (optimizer, schedule, RNG)"
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue RUN/last.pt exactly (optimizer, schedule, RNG); without it, a run's previous training and "
+        "everything made from it move to RUN/history/<time>/ first",
     )
 
 

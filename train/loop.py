@@ -7,6 +7,10 @@
 - ``last.pt``       — the latest state with optimizer, scheduler, scaler and RNG, for ``--resume``
 - ``metrics.csv`` / ``metrics.json``, ``curves.png``, ``confusion.png``, ``summary.json``
 
+Training a run that already holds these (without ``--resume``) first moves them, and every artifact
+made from the previous checkpoint (ONNX and INT8 models, the calibration set, engines, bench
+reports), to ``RUN/history/<UTC time>/`` and says so in one line (``edge.history``).
+
 Each epoch trains on the global batches in micro-batches (halved on CUDA out-of-memory), evaluates
 on the validation split, keeps the best epoch and stops early after ``patience`` epochs without a
 gain. The parts it uses: what trains and how fast (``train.schedule``), evaluation
@@ -35,6 +39,7 @@ import numpy as np
 
 from edge.atomic import atomic_write_json
 from edge.errors import UserError, require
+from edge.history import retire_previous_training
 from edge.manifest import update_metrics
 from edge.run import TRAIN_CONFUSION, TRAIN_CURVES, TRAIN_SUMMARY, RunDir
 from edge.spec import PreprocessSpec
@@ -235,11 +240,16 @@ class Trainer:
 
     def _pin_splits(self, data: Any) -> dict[str, str]:
         """RUN/splits.json: which items are train, val and test, for every later stage. Only the main
-        process writes it (and the manifests that name its fingerprints)."""
+        process writes it (and the manifests that name its fingerprints). A new training (not
+        --resume) first moves the run's previous training and everything made from it to
+        RUN/history/<time>/."""
         if not self.dist.is_main:
             return {}
         self.out.mkdir(parents=True, exist_ok=True)
-        pinned = pin_splits(RunDir(self.out), self.config.data, data, seed=self.config.seed)
+        run = RunDir(self.out)
+        if not self.config.resume:  # the first write of a new training: the previous one moves to history
+            retire_previous_training(run)
+        pinned = pin_splits(run, self.config.data, data, seed=self.config.seed)
         return {name: pinned.fingerprint(name) for name in ("train", "val", "test")}
 
     # ---- resume ---------------------------------------------------------------------------

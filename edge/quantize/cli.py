@@ -34,7 +34,9 @@ labelled data (scikit-image photos, for a pretrained ImageNet model) only the ag
 measured and decides; top-1 and the drop are n/a. A result that is not accepted is still written,
 marked `accepted: false` with the reason in its manifest, and the command exits 1 with that reason
 on one line; `edge pack` and `edge engine` then refuse it unless --force, and `edge bench` marks
-its row rejected. Accuracy of a target-trt model measured here is simulated: ONNX Runtime's CPU
+its row rejected. It never replaces an accepted model: where one is, the result goes beside it as
+model.int8-<target>.rejected.onnx (with its manifest and layer report), which no other stage reads.
+Any previous file a result replaces is kept under RUN/history/<UTC time>/ first. Accuracy of a target-trt model measured here is simulated: ONNX Runtime's CPU
 kernels do not reproduce TensorRT's arithmetic.
 
 Exit status: 0 accepted, 1 written but not accepted, 2 a user error (nothing written).
@@ -64,7 +66,7 @@ from edge.quantize.search import (
 )
 from edge.quantize.targets import TARGETS
 from edge.quantize.weights import ROUNDINGS
-from edge.run import RunDir
+from edge.run import REJECTED_SUFFIX, RunDir
 
 WORST_LAYERS = 10
 
@@ -240,10 +242,11 @@ def run(args: argparse.Namespace) -> int:
     console.print(worst_layers_table(path, manifest.provenance))
     console.print(result_table(path, manifest.provenance, manifest.metrics))
     if not manifest.metrics["accepted"]:
-        print(
-            f"edge quantize: not accepted: {manifest.metrics['reason']}; {path.name} written, marked accepted: false",
-            file=sys.stderr,
-        )
+        where = f"{path.name} written"
+        if path.name.endswith(REJECTED_SUFFIX):  # an accepted model was there: it stays
+            accepted = path.with_name(path.name.removesuffix(REJECTED_SUFFIX) + ".onnx")
+            where = f"written beside the accepted {accepted.name}, which is unchanged, as {path}"
+        print(f"edge quantize: not accepted: {manifest.metrics['reason']}; {where}, marked accepted: false", file=sys.stderr)
         return 1
     return 0
 

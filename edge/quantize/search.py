@@ -15,7 +15,9 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
    better (:meth:`Budget.best`; a tie keeps the uncorrected model);
 6. the choice is judged on the test split (:func:`judge`: :mod:`edge.measure.acceptance`, the rule
    `edge check` applies, on as many test images as resolve the budget), and the model, its per-layer error
-   report and its manifest (``accepted``, and the ``reason`` when not) are written either way.
+   report and its manifest (``accepted``, and the ``reason`` when not) are written either way: the
+   previous ones go to RUN/history/<time>/ first, and a result not accepted never replaces an
+   accepted model (it is written beside it, ``model.int8-<target>.rejected.onnx``).
 
 :class:`QuantizeOptions` holds what the user asked for and checks it. ``quantize_run`` and
 `edge quantize` (``edge.quantize.cli``) are the entry points.
@@ -40,7 +42,8 @@ from edge.atomic import atomic_path, atomic_write_json
 from edge.environment import environment_fingerprint
 from edge.errors import UserError
 from edge.export import load_onnx_checked
-from edge.manifest import write_manifest
+from edge.history import history_root, keeping_previous
+from edge.manifest import manifest_path, read_manifest, write_manifest
 from edge.measure.acceptance import (
     DEFAULT_MAX_DROP,
     DEFAULT_MIN_AGREEMENT,
@@ -70,7 +73,7 @@ from edge.quantize.targets import (
     target_config,
 )
 from edge.quantize.weights import ROUNDINGS, GPTQRounding, InputStatistics
-from edge.run import RunDir, layer_report_name
+from edge.run import RunDir, layer_report_name, rejected_name
 from edge.spec import PreprocessSpec
 from edge.verify import verify_artifact
 
@@ -315,12 +318,16 @@ class QuantizeSearch:
 
     def run(self) -> Path:
         """Search, accept the choice on the test split, write the model, its layer report and its
-        manifest; returns the model's path."""
+        manifest (the previous ones kept in RUN/history/<time>/; a result not accepted goes beside an
+        accepted model instead: :func:`result_path`); returns the model's path."""
         best, layers = self.search()
         searched_s = self.elapsed()  # calibration + quantization, before acceptance
         acceptance = self.accept(best)
-        report_path = self.write_model(best, layers)
-        self.write_manifest(best, acceptance, report_path, searched_s)
+        self.out_path = result_path(self.out_path, acceptance.accepted)
+        replaced = [self.out_path.with_name(layer_report_name(self.out_path)), self.out_path]  # in the order written
+        with keeping_previous(history_root(self.out_path, self.run_dir.root), replaced, "edge quantize replaces them"):
+            report_path = self.write_model(best, layers)
+            self.write_manifest(best, acceptance, report_path, searched_s)
         return self.out_path
 
     # ---- calibration and tries -----------------------------------------------------------
@@ -613,6 +620,24 @@ class QuantizeSearch:
             "min_agreement": self.options.min_agreement,
             "layer_report": report_path.name,
         }
+
+
+def result_path(out: Path, accepted: bool) -> Path:
+    """Where a result is written: ``out``, except that a result not accepted never replaces an
+    accepted model there; it goes beside it (``model.int8-cpu.rejected.onnx``)."""
+    if accepted or not _holds_accepted_model(out):
+        return out
+    return out.with_name(rejected_name(out))
+
+
+def _holds_accepted_model(path: Path) -> bool:
+    """Whether ``path`` is a model whose manifest says ``accepted: true``."""
+    if not path.is_file() or not manifest_path(path).is_file():
+        return False
+    try:
+        return read_manifest(path).metrics.get("accepted") is True
+    except UserError:  # a damaged manifest accepts nothing
+        return False
 
 
 def check_val_size(val: EvalSet, options: QuantizeOptions) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.artifact_spec import artifact_spec
 from edge.errors import UserError
+from edge.history import keeping_previous
 from edge.lineage import is_stale
 from edge.manifest import manifest_path, read_manifest, write_manifest
 from edge.run import ONNX_FP16_AUTOCAST, TIMING_CACHE, RunDir, engine_precision, trt_version_tuple
@@ -260,15 +261,29 @@ def build_engines(request: BuildRequest) -> list[dict[str, Any]]:
 
 
 def _build_one(trt_module: Any, request: BuildRequest, precision: str, env: dict[str, str]) -> dict[str, Any]:
-    run = request.run
-    parent = engine_parent(run, precision)
-    spec = artifact_spec(parent)  # the manifest's spec, else the ONNX metadata
+    """Build one engine; the engine already at its path (and its FP16 source) is kept under
+    RUN/history/<time>/engines/... first."""
     settings = build_settings(env["tensorrt_version"], precision, request.dla_core, request.version_compatible)
-    target = run.engine_file(env["gpu_name"], env["compute_capability"], env["tensorrt_version"], precision)
+    target = request.run.engine_file(env["gpu_name"], env["compute_capability"], env["tensorrt_version"], precision)
+    autocast = target.parent / ONNX_FP16_AUTOCAST if settings.onnx_source == "fp16-autocast" else None
+    replaced = [path for path in (autocast, target) if path is not None]
+    with keeping_previous(request.run.root, replaced, "edge engine replaces it"):
+        return _build_engine(trt_module, request, precision, env, settings, target, autocast)
+
+
+def _build_engine(
+    trt_module: Any,
+    request: BuildRequest,
+    precision: str,
+    env: dict[str, str],
+    settings: BuildSettings,
+    target: Path,
+    autocast: Path | None,
+) -> dict[str, Any]:
+    parent = engine_parent(request.run, precision)
+    spec = artifact_spec(parent)  # the manifest's spec, else the ONNX metadata
     cache = request.timing_cache or target.parent / TIMING_CACHE
-    onnx = parent
-    if settings.onnx_source == "fp16-autocast":
-        onnx = autocast_fp16(parent, target.parent / ONNX_FP16_AUTOCAST, spec)
+    onnx = parent if autocast is None else autocast_fp16(parent, autocast, spec)
     started = time.perf_counter()
     plan, details = build_serialized(trt_module, onnx, settings, request.batch, spec, request.workspace_gib, cache)
     from edge.atomic import atomic_write_bytes

@@ -3,7 +3,8 @@
     edge engine RUN --precision fp16 --batch 1:8:32
 
 writes RUN/engines/<gpu>-sm<cc>-trt<version>/model.<precision>.engine and its manifest, so one
-machine's engines never overwrite another's. An int8 engine is refused when edge quantize did not
+machine's engines never overwrite another's (an engine already there is kept under
+RUN/history/<UTC time>/ first). An int8 engine is refused when edge quantize did not
 accept model.int8-trt.onnx (its manifest says accepted: false), unless --force. FP32 and FP16 engines come from model.onnx, INT8 from
 the TensorRT-targeted QDQ model (model.int8-trt.onnx, explicit quantization, no calibrator).
 TensorRT 10.x and 11.x differ in precision control; build_settings() is the only place that branches

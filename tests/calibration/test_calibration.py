@@ -173,3 +173,16 @@ def test_observers_see_every_tensor_and_the_input_range_is_refined(fashion_onnx_
     np.testing.assert_allclose(np.ravel(plain["minmax"].data["input"].range_value), [noise.min(), noise.max()])
     symmetric = collect_ranges(fashion_onnx_run / "model.onnx", iter_batches(tensor, 16), ("minmax",), symmetric=True)
     np.testing.assert_allclose(np.ravel(symmetric["minmax"].data["input"].range_value), [-1, 1])
+
+
+def test_calibrating_again_keeps_the_previous_set_in_history(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(fashion_onnx_run, run)
+    first = build_calibration_set(run, "fashion-mnist", size=8, seed=0, progress=False)
+    before = {name: (run / "calibration" / name).read_bytes() for name in ("calibration.npy", "calibration.npy.json")}
+    second = build_calibration_set(run, "fashion-mnist", size=8, seed=1, progress=False)
+    assert second.content_hash != first.content_hash
+    (kept,) = list((run / "history").iterdir())
+    for name, data in before.items():  # same relative path under history/<time>/
+        assert (kept / "calibration" / name).read_bytes() == data, name
+    assert load_calibration_set(kept / "calibration" / "calibration.npy").content_hash == first.content_hash

@@ -146,3 +146,21 @@ def test_cli_export_falls_back_to_torchscript_and_records_it(
     assert manifest.metrics["verify_source"] == "fashion-mnist:test"
     assert manifest.metrics["verify_count"] == 8
     assert main(["export", str(run), "--opset", "99"]) == 2
+
+
+def test_export_over_a_model_keeps_the_previous_one_in_history(
+    fashion_onnx_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    run = tmp_path / "run"
+    shutil.copytree(fashion_onnx_run, run)
+    before = {name: (run / name).read_bytes() for name in ("model.onnx", "model.onnx.json")}
+    with caplog.at_level(logging.INFO):
+        export_onnx(run, verify_limit=4, exporter="torchscript")
+    (kept,) = list((run / "history").iterdir())
+    for name, data in before.items():
+        assert (kept / name).read_bytes() == data, name
+    assert read_manifest(run / "model.onnx").provenance["exporter"] == "torchscript"  # the new one is in place
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept the previous")]
+    assert lines == [f"kept the previous model.onnx (with its manifest) in {kept}/ (edge export replaces it)"]

@@ -181,3 +181,57 @@ def test_photo_calibration_val_and_test_sets_share_no_image(pretrained_int8_run:
     test = _row_hashes(eval_set_from_photos(24, spec, role="test").tensor)
     assert len(calibration) == 32 and len(val) == len(test) == 24
     assert not calibration & val and not calibration & test and not val & test
+
+
+# ---- an unaccepted result never replaces an accepted model (issue 25, item 2) ---------------------
+
+
+def test_a_rejected_requantization_is_written_beside_the_accepted_model(
+    calibrated_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run, run)
+    argv = ["quantize", str(run), "--target", "cpu", "--method", "minmax", "--data", "fashion-mnist"]
+    argv += ["--eval-limit", "100", "--weight-rounding", "nearest"]
+    monkeypatch.setattr(search, "judge", lambda figures, max_drop, min_agreement, what="": (None, 3))
+    assert main(argv) == 0
+    accepted = run / "model.int8-cpu.onnx"
+    kept = {p.name: p.read_bytes() for p in (accepted, run / "model.int8-cpu.onnx.json", run / "model.int8-cpu.layers.json")}
+    assert read_manifest(accepted).metrics["accepted"] is True
+
+    monkeypatch.setattr(search, "judge", lambda figures, max_drop, min_agreement, what="": ("forced: not good enough", 3))
+    capsys.readouterr()
+    assert main(argv) == 1
+    for name, data in kept.items():  # the accepted model, its manifest and its layer report are untouched
+        assert (run / name).read_bytes() == data, name
+    rejected = run / "model.int8-cpu.rejected.onnx"
+    manifest = read_manifest(rejected)
+    assert manifest.metrics["accepted"] is False and manifest.metrics["reason"] == "forced: not good enough"
+    assert manifest.provenance["layer_report"] == "model.int8-cpu.rejected.layers.json"
+    assert (run / "model.int8-cpu.rejected.layers.json").is_file()
+    assert not (run / "history").exists()  # nothing was replaced
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edge quantize: not accepted: forced: not good enough; ")
+    assert str(rejected) in lines[0] and "model.int8-cpu.onnx" in lines[0], lines
+
+    from edge.measure.rows import run_artifacts
+    from edge.run import RunDir
+
+    assert rejected not in run_artifacts(RunDir(run)).values()  # bench, inspect and pack see only the accepted one
+
+
+def test_a_requantization_keeps_the_previous_model_in_history(calibrated_run: Path, tmp_path: Path) -> None:
+    from edge.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run, run)
+    (run / "model.int8-cpu.onnx").write_bytes(b"the previous int8 model")  # no manifest: not an accepted one
+    (run / "model.int8-cpu.layers.json").write_text("{}\n")
+    argv = ["quantize", str(run), "--target", "cpu", "--method", "minmax", "--data", "fashion-mnist"]
+    main([*argv, "--eval-limit", "100", "--weight-rounding", "nearest", "--min-agreement", "50"])
+    (kept,) = list((run / "history").iterdir())
+    assert (kept / "model.int8-cpu.onnx").read_bytes() == b"the previous int8 model"
+    assert (kept / "model.int8-cpu.layers.json").read_text() == "{}\n"
+    assert read_manifest(run / "model.int8-cpu.onnx").file == "model.int8-cpu.onnx"

@@ -459,6 +459,21 @@ def test_stale_precisions_finds_changed_parents_and_foreign_engines(tmp_path):
     assert T.stale_precisions(run, H200_TRT10) == ["int8"]
 
 
+def test_rebuilding_an_engine_keeps_the_previous_one_in_history(tmp_path, monkeypatch):
+    # issue 25: nothing is replaced without a copy; the build itself is faked (no TensorRT here)
+    run = run_dir_with_onnx(tmp_path, int8=True, accepted=True)
+    old = fake_engine(run, recorded("h200-trt10.13-int8.json"), parent=run.int8_trt)
+    before = {p.name: p.read_bytes() for p in (old, old.with_name(old.name + ".json"))}
+    monkeypatch.setattr(T, "build_serialized", lambda *args: (b"the new plan", {"input": "input"}))
+    request = T.BuildRequest(run, ("int8",), (1, 8, 32), 2.0, None, None, False, False)
+    row = T._build_one(None, request, "int8", {**H200_TRT10, "hostname": "test"})
+    assert Path(row["engine"]) == old and old.read_bytes() == b"the new plan"
+    (kept,) = list((run.root / "history").iterdir())
+    for name, data in before.items():  # same relative path: history/<time>/engines/<machine>/
+        assert (kept / old.relative_to(run.root).parent / name).read_bytes() == data, name
+    assert run.engine_files() == [old]  # the kept one is not an engine of the run
+
+
 # ---- TensorRT API names per version branch ------------------------------------------------------
 
 _MODULE_NAMES = {"trt", "trt_module"}
