@@ -133,7 +133,7 @@ def test_cli_not_accepted_exits_1_with_one_line_and_keeps_the_file(
     manifest = read_manifest(out)  # written, marked not accepted, with the reason
     metrics = manifest.metrics
     assert code == 1 and out.exists() and metrics["accepted"] is False
-    assert metrics["drop_points"] >= 10.0 and metrics["drop_lower_points"] > 1.0 and metrics["confidence"] == 0.95
+    assert metrics["lost"] >= 10 and metrics["drop_lower_points"] > 1.0 and metrics["confidence"] == 0.95
     assert metrics["reason"].startswith("top-1 drop +")
     assert "significantly above the 1 pt budget (--max-drop) on 100 test images" in metrics["reason"]
     lines = captured.err.strip().splitlines()
