@@ -51,19 +51,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge.quantize.search import (
+from edge.measure.acceptance import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
+from edge.quantize.options import (
     CHOICES,
     DEFAULT_CALIB_SIZE,
     DEFAULT_EVAL_LIMIT,
-    DEFAULT_MAX_DROP,
     DEFAULT_MAX_EXCLUDED,
-    DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_VAL_IMAGES,
     DEFAULT_VAL_LIMIT,
     QuantizeOptions,
-    QuantizeSearch,
-    na,
 )
+from edge.quantize.search import QuantizeSearch, na
 from edge.quantize.targets import TARGETS
 from edge.quantize.weights import ROUNDINGS
 from edge.run import REJECTED_SUFFIX, RunDir
@@ -97,7 +95,7 @@ def quantize_run(
     for auto, the test split for acceptance); None means the run's pinned data, else unlabelled
     scikit-image photos (agreement only). ``max_drop`` is in points of top-1, ``min_agreement`` in
     percent: auto's budget on the val split and the acceptance rule on the test split
-    (``edge.quantize.search.judge``); a result that misses is written with ``accepted: false``
+    (``edge.quantize.tries.judge``); a result that misses is written with ``accepted: false``
     (read its manifest). ``val_limit``/``eval_limit``: 0 = the whole split (``eval_limit`` None: as many as resolve ``max_drop``). ``weight_rounding``: ``gptq``
     (output-aware, the default) or ``nearest`` (quantize_static's own). ``bias_correction``: correct
     the chosen model's biases (``edge.quantize.bias``; auto keeps it when val scores it at least as

@@ -19,8 +19,9 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
    previous ones go to RUN/history/<time>/ first, and a result not accepted never replaces an
    accepted model (it is written beside it, ``model.int8-<target>.rejected.onnx``).
 
-:class:`QuantizeOptions` holds what the user asked for and checks it. ``quantize_run`` and
-`edge quantize` (``edge.quantize.cli``) are the entry points.
+What the user asked for and its checks are ``edge.quantize.options``; the tries, the budget and the
+verdict ``edge.quantize.tries``. ``quantize_run`` and `edge quantize` (``edge.quantize.cli``) are the
+entry points.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +45,7 @@ from edge.export import load_onnx_checked
 from edge.history import history_root, keeping_previous
 from edge.manifest import manifest_path, read_manifest, write_manifest
 from edge.measure.acceptance import (
-    DEFAULT_MAX_DROP,
-    DEFAULT_MIN_AGREEMENT,
     acceptance_count,
-    judge_agreement,
-    judge_drop,
     resolution_line,
 )
 from edge.measure.paired import CONFIDENCE, flips_from_counts, resolves
@@ -64,15 +60,16 @@ from edge.quantize.evaluate import (
     predict,
     weight_sensitivity,
 )
+from edge.quantize.options import PHOTO_EVAL_COUNT, QuantizeOptions, check_val_size
 from edge.quantize.targets import (
-    TARGETS,
     check_tensorrt_rules,
     default_reduce_range,
     prepare_float_model,
     quantize_onnx,
     target_config,
 )
-from edge.quantize.weights import ROUNDINGS, GPTQRounding, InputStatistics
+from edge.quantize.tries import Acceptance, Try, judge
+from edge.quantize.weights import GPTQRounding, InputStatistics
 from edge.run import RunDir, layer_report_name, rejected_name
 from edge.spec import PreprocessSpec
 from edge.verify import verify_artifact
@@ -82,195 +79,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile")
-CHOICES = (*METHODS, "auto")
-# Agreement is what auto reads closest: on 500 images one flip is 0.2% and the noise about 0.5%,
-# on 2000 about 0.2%. Full INT8 on 2 cores evaluates 2000 images of 64 px in about a second.
-DEFAULT_VAL_LIMIT = 2000
-# auto refuses to choose on fewer labelled val images (one of 200 is half a point of top-1); the
-# same floor as training's small-set warning (train.splits.MIN_VAL_IMAGES).
-DEFAULT_MIN_VAL_IMAGES = 200
-DEFAULT_EVAL_LIMIT = None  # acceptance images: as many as resolve --max-drop (edge.measure.acceptance.acceptance_count)
-DEFAULT_MAX_EXCLUDED = 8
-DEFAULT_CALIB_SIZE = 512
-PHOTO_EVAL_COUNT = 24  # unlabelled photo sets: a few dozen images at most
 DEBUG_PIXELS = 32 * 64 * 64  # per-layer report: 32 images at 64 px, fewer at larger sizes (it keeps every tensor)
 DEBUG_BATCH = 16
 SPEED_BATCH = 8
 SPEED_ROUNDS = 5
 SPEED_WINDOW_S = 0.2
-SPEED_TOLERANCE = 0.05  # tries within 5% of the fastest count as equally fast: accuracy decides
 SENSITIVE_DB = 40.0  # logits SQNR below which a layer's int8 weights are worth keeping in float
-
-
-@dataclass
-class Try:
-    """One quantization configuration and its validation result (one row of the tries table)."""
-
-    method: str
-    excluded: list[str]
-    path: Path
-    val: dict[str, Any] = field(default_factory=dict)  # compare() on the val split: percent, drop in points
-    speedup: float | None = None  # throughput against the float model (auto, target cpu)
-    rounding: dict[str, Any] = field(default_factory=lambda: {"rounding": "nearest"})
-    bias: dict[str, Any] | None = None  # correct_biases()'s summary; None: biases as quantized
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "excluded": list(self.excluded),
-            "bias_corrected": self.bias is not None,
-            **{k: self.val[k] for k in ("top1", "drop_points", "agreement", "eval_count") if k in self.val},
-            **({"speedup": round(self.speedup, 3)} if self.speedup is not None else {}),
-        }
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What auto accepts: a top-1 drop of at most ``max_drop`` points and a top-1 agreement with the
-    float parent of at least ``min_agreement`` percent."""
-
-    max_drop: float
-    min_agreement: float
-
-    def fits(self, candidate: Try) -> bool:
-        """Within both budgets on the val split (unlabelled photos: agreement alone)."""
-        val = candidate.val
-        return bool(val) and _drop(val) <= self.max_drop and val["agreement"] >= self.min_agreement
-
-    def best(self, tries: list[Try]) -> Try:
-        """Within the drop budget the highest agreement (flips are a steadier signal than a small
-        drop, which noise can even make negative), then the lowest drop, then the fewest float nodes."""
-        scored = [t for t in tries if t.val] or tries
-        return min(
-            scored,
-            key=lambda t: (
-                _drop(t.val) > self.max_drop,
-                -t.val.get("agreement", 100.0),
-                _drop(t.val),
-                len(t.excluded),
-            ),
-        )
-
-    def fastest(self, tries: list[Try]) -> Try:
-        """The fastest try that fits (within SPEED_TOLERANCE, the most accurate of those); when
-        none fits, the most accurate (:meth:`best`). Untimed tries count as equally fast."""
-        fitting = [t for t in tries if self.fits(t)]
-        if not fitting:
-            return self.best(tries)
-        timed = [t.speedup for t in fitting if t.speedup is not None]
-        if timed:
-            floor = max(timed) * (1 - SPEED_TOLERANCE)
-            fitting = [t for t in fitting if t.speedup is None or t.speedup >= floor]
-        return self.best(fitting)
-
-
-def _drop(figures: dict[str, Any]) -> float:
-    """The drop in points; 0 where it cannot be measured (unlabelled photos: agreement decides)."""
-    drop = figures.get("drop_points")
-    return 0.0 if drop is None else float(drop)
-
-
-@dataclass(frozen=True)
-class Acceptance:
-    """The chosen model against its float parent on the test split, and the verdict (:func:`judge`)."""
-
-    source: str  # the test set's name
-    figures: dict[str, Any]  # compare(): top-1, top-5 and agreement in percent, the drop in points
-    accepted: bool
-    reason: str | None  # why not, one line (None when accepted)
-    max_flips: int  # the most flips --min-agreement tolerates on these test images
-
-
-def judge(figures: dict[str, Any], max_drop: float, min_agreement: float, what: str = "test images") -> tuple[str | None, int]:
-    """The acceptance rule on the test split (:mod:`edge.measure.acceptance`, the gate's own): why
-    the result is not accepted (None: it is), and the flips it may have. Rejected when the drop's
-    exact one-sided lower bound exceeds ``max_drop`` points (labelled data only: the gate's test on
-    the same counts), or when its flips against the float parent show an agreement below
-    ``min_agreement`` percent, both at the gate's confidence."""
-    count, flips = int(figures["eval_count"]), int(figures["flips"])
-    reasons = []
-    if figures.get("lost") is not None:
-        paired = flips_from_counts(count, figures["lost"], figures["gained"], count - flips, CONFIDENCE)
-        verdict = judge_drop(paired, max_drop)
-        if verdict.significant:
-            reasons.append(f"top-1 {verdict.detail} (--max-drop) on {count} {what}")
-    disagreement, limit = judge_agreement(count, flips, min_agreement, CONFIDENCE, what)
-    if disagreement:
-        reasons.append(disagreement)
-    return ("; ".join(reasons) or None), limit
-
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """What one quantization asks for: ``quantize_run``'s arguments but the paths."""
-
-    target: str = "cpu"
-    method: str = "auto"
-    data: str | None = None
-    max_drop: float = DEFAULT_MAX_DROP
-    min_agreement: float = DEFAULT_MIN_AGREEMENT
-    reduce_range: bool | None = None
-    val_limit: int = DEFAULT_VAL_LIMIT
-    eval_limit: int | None = DEFAULT_EVAL_LIMIT  # None: the count that resolves max_drop
-    calib_size: int = DEFAULT_CALIB_SIZE
-    seed: int = 0
-    max_excluded: int = DEFAULT_MAX_EXCLUDED
-    weight_rounding: str = "gptq"
-    min_val_images: int = DEFAULT_MIN_VAL_IMAGES
-    bias_correction: bool = True
-
-    @property
-    def auto(self) -> bool:
-        return self.method == "auto"
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        return METHODS if self.auto else (self.method,)
-
-    @property
-    def budget(self) -> Budget:
-        return Budget(self.max_drop, self.min_agreement)
-
-    def weights_reduce_range(self) -> bool:
-        """--reduce-range, else the default: 7-bit weights on x86 CPUs without VNNI (target cpu only)."""
-        if self.reduce_range is not None:
-            return self.reduce_range
-        return default_reduce_range() if self.target == "cpu" else False
-
-    def validate(self) -> None:
-        """Refuse bad options with a UserError that names the flag, before any work."""
-        if self.target not in TARGETS:
-            raise UserError(f"unknown target {self.target!r}: use cpu (ONNX Runtime) or trt (TensorRT)")
-        if self.method not in CHOICES:
-            raise UserError(
-                f"unknown method {self.method!r}: use {', '.join(CHOICES)} (ORT's Distribution calibrator is for float8)"
-            )
-        if self.max_drop < 0:
-            raise UserError(f"--max-drop must be >= 0 points, got {self.max_drop}")
-        check_agreement_percent(self.min_agreement)
-        for name, value in (
-            ("--val-limit", self.val_limit),
-            ("--eval-limit", self.eval_limit or 0),
-            ("--max-excluded", self.max_excluded),
-            ("--min-val-images", self.min_val_images),
-        ):
-            if value < 0:
-                raise UserError(f"{name} must be >= 0 (0 = all / none), got {value}")
-        if self.calib_size < 1:
-            raise UserError(f"--calib-size must be at least 1, got {self.calib_size}")
-        if self.weight_rounding not in ROUNDINGS:
-            raise UserError(f"unknown weight rounding {self.weight_rounding!r}: use {' or '.join(ROUNDINGS)}")
-
-
-def check_agreement_percent(value: float) -> None:
-    """--min-agreement is a percentage in (0, 100]; a value up to 1 is a fraction by mistake."""
-    if not 0 < value <= 100:
-        raise UserError(f"--min-agreement is a percentage in (0, 100], got {value:g}")
-    if value <= 1:
-        raise UserError(
-            f"--min-agreement is a percentage, e.g. 99, not a fraction: got {value:g} (for {100 * value:g}% pass {100 * value:g})"
-        )
 
 
 class QuantizeSearch:
@@ -638,29 +452,6 @@ def _holds_accepted_model(path: Path) -> bool:
         return read_manifest(path).metrics.get("accepted") is True
     except UserError:  # a damaged manifest accepts nothing
         return False
-
-
-def check_val_size(val: EvalSet, options: QuantizeOptions) -> None:
-    """Refuse (UserError) to let auto choose on fewer labelled val images than --min-val-images,
-    saying why and what to change. The unlabelled photo set (no data: at most PHOTO_EVAL_COUNT
-    photos, agreement only) is what exists for a pretrained model, and is only named in the log."""
-    count, floor = len(val), options.min_val_images
-    if val.labels is None:
-        log.info(
-            "auto chooses on %d unlabelled photos (%s): agreement only; --data gives it a labelled val split", count, val.name
-        )
-        return
-    if count >= floor:
-        return
-    if options.val_limit and count >= options.val_limit:
-        fix = f"raise --val-limit to {floor} or more (0 = the whole split)"
-    else:
-        fix = "add images to the training data (val is drawn from it)"
-    raise UserError(
-        f"--method auto would choose on {count} validation image{'' if count == 1 else 's'} ({val.name}), fewer than "
-        f"--min-val-images {floor}: one image moves top-1 by {100 / max(count, 1):.2f} points, so the choice would rest "
-        f"on noise; {fix}, or pass --min-val-images {count} to choose on these anyway, or name a --method yourself"
-    )
 
 
 def _with_run_data(run: RunDir, options: QuantizeOptions) -> QuantizeOptions:

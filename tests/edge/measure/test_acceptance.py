@@ -10,7 +10,7 @@ import pytest
 from bench.gate import _drop_check, resolution_check
 from edge.measure.acceptance import acceptance_count, allowed_flips, judge_drop, resolution_line
 from edge.measure.paired import flips_from_counts, min_detectable_drop, min_resolving_count
-from edge.quantize.search import judge
+from edge.quantize.tries import judge
 
 
 def _tail(k: int, n: int, p: Fraction) -> Fraction:

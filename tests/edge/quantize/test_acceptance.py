@@ -16,7 +16,7 @@ from edge.manifest import read_manifest
 from edge.measure.acceptance import allowed_flips
 from edge.measure.paired import min_detectable_drop
 from edge.quantize import search
-from edge.quantize.search import judge
+from edge.quantize.tries import judge
 
 
 def _figures(count: int, flips: int, lost: int | None, gained: int = 0) -> dict:
@@ -67,7 +67,7 @@ def test_judge_without_labels_rests_on_agreement() -> None:
 
 
 def test_auto_budget_on_unlabelled_val_is_agreement_alone() -> None:
-    from edge.quantize.search import Budget, Try
+    from edge.quantize.tries import Budget, Try
 
     budget = Budget(max_drop=0.5, min_agreement=95.0)
     photos = Try("minmax", [], Path("a.onnx"), {"drop_points": None, "agreement": 96.0, "top1": None})

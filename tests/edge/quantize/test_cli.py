@@ -16,8 +16,8 @@ from edge.errors import UserError
 from edge.manifest import read_manifest
 from edge.photos import PHOTO_CLASSES
 from edge.quantize.cli import quantize_run
-from edge.quantize.search import Budget, Try
 from edge.quantize.targets import check_tensorrt_rules, default_reduce_range
+from edge.quantize.tries import Budget, Try
 
 ACCEPTANCE_KEYS = {
     "top1",

@@ -12,7 +12,7 @@ import pytest
 
 from edge.errors import UserError
 from edge.quantize.evaluate import EvalSet
-from edge.quantize.search import DEFAULT_MIN_VAL_IMAGES, QuantizeOptions, check_val_size
+from edge.quantize.options import DEFAULT_MIN_VAL_IMAGES, QuantizeOptions, check_val_size
 
 
 def labelled(count: int) -> EvalSet:
