@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:
     from bench.matrix import BenchPlan, run_matrix, select_artifacts
-    from bench.report import KEPT_REASON, build_report, forget, keep_previous, plot_unavailable, rich_headline, write_report
+    from bench.plots import plot_unavailable
+    from bench.report import KEPT_REASON, build_report, forget, keep_previous, rich_headline, write_report
     from edge.history import kept_line
     from edge.run import RunDir
 

@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.report import plot_unavailable
+from bench.plots import plot_unavailable
 from edge.atomic import atomic_paths
 from edge.errors import UserError
 from edge.measure.report import read_report
@@ -324,7 +324,7 @@ def render_png(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.report import bar_panel
+    from bench.plots import bar_panel
 
     timed = [r for r in rows if r.get("p50_b1_ms") is not None or r.get("best_images_per_s") is not None]
     labels = [f"{r['report']} {r['device']} {r['artifact']}" for r in timed]

@@ -185,7 +185,8 @@ def write_zoo(out: Path, rows: list[dict[str, Any]], header: list[str], lines: l
     import csv
     import io
 
-    from bench.report import bench_environment, plot_unavailable
+    from bench.plots import plot_unavailable
+    from bench.report import bench_environment
     from edge.atomic import atomic_write_json, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +216,7 @@ def plot_zoo(path: Path, rows: list[dict[str, Any]], batches: list[int]) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.report import bar_panel
+    from bench.plots import bar_panel
     from edge.atomic import atomic_path
 
     measured = [r for r in rows if r.get("status") == "ok"]

@@ -69,6 +69,11 @@ def run_artifacts(run: RunDir) -> dict[str, Path]:
     return found
 
 
+def ok_cell(row: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    """A row's timed cell at ``batch`` (None when it was not timed, skipped or errored there)."""
+    return next((c for c in row.get("cells") or [] if c.get("batch") == batch and c.get("status") == "ok"), None)
+
+
 def round_p50s(cell: dict[str, Any]) -> list[float]:
     """The p50 of each timing round of a cell (empty for a cell timed before rounds existed)."""
     return [r["p50_ms"] for r in (cell.get("compute") or {}).get("rounds") or []]

@@ -12,7 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from bench.report import build_report, plot_unavailable, write_report
+from bench.plots import plot_unavailable
+from bench.report import build_report, write_report
 from edge.manifest import read_manifest
 from edge.measure.report import read_report
 from edge.verify import verify_file
@@ -108,7 +109,9 @@ def test_a_real_bench_without_matplotlib(pretrained_run: Path, tmp_path: Path):
     assert f"note: {NOTE}" in stdout and stdout.count("report.png not written") == 1
     assert f"report: {out / 'report.json'} (also report.csv, report.md)" in stdout
     assert "Traceback" not in proc.stderr and "matplotlib" not in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.json", "report.json.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["history", "report.csv", "report.json", "report.json.json", "report.md"]
+    (kept,) = (out / "history").glob("*/report.png")  # the earlier bench's plot is kept, not deleted
+    assert kept.read_bytes() == b"\x89PNG an earlier bench's plot"
     report = json.loads((out / "report.json").read_text())
     (row,) = report["rows"]
     assert row["status"] == "ok" and row["cells"][0]["compute"]["samples"] >= 2

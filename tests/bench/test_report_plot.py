@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from bench.report import MIN_ACCURACY_SPAN, report_figure  # noqa: E402
+from bench.plots import MIN_ACCURACY_SPAN, report_figure  # noqa: E402
 from tests.bench.test_gate import make_report  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def test_point_labels_and_latency_ticks_stay_readable(axes):
 def test_bar_panels_start_at_zero_write_values_and_say_n_a():
     import matplotlib.pyplot as plt
 
-    from bench.report import bar_panel
+    from bench.plots import bar_panel
 
     fig, (linear, wide) = plt.subplots(1, 2)
     bar_panel(linear, ["a", "b", "c"], [1.27, None, 0.45], "p50 at batch 1 (ms)")
