@@ -16,6 +16,7 @@ ARGS       ?=
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS     ?= train,cpu,opencv,openvino,dev
 TRT_STUBS  ?= tensorrt-stubs==10.13.0.35.1
+PYTRITON_SPEC ?= nvidia-pytriton==0.7.0
 
 # On a Jetson (or where the system Python already has TensorRT) the venv sees the system packages
 # and only what cannot be imported is installed: JetPack's torch, TensorRT, OpenCV and
@@ -48,6 +49,9 @@ else
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[$(INSTALL_EXTRAS)]"
 endif
+	@# dev: the tritonserver that `edge serve` runs (and its tests start), without nvidia-pytriton's own
+	@# dependencies, which would pin numpy < 2 (edge/triton/serve.py uses only the bundled server's files)
+	$(if $(filter dev,$(subst $(comma), ,$(INSTALL_EXTRAS))),$(PY) -m pip install -q --no-deps $(PYTRITON_SPEC))
 	echo "$(INSTALL_EXTRAS)" > $(VENV)/.extras
 	touch $@
 
@@ -56,11 +60,16 @@ $(VENV)/.installed: $(INSTALLED)
 
 install: $(VENV)/.installed system-deps
 
-# Debian packages the project reads or drives: Fashion-MNIST (demo and tests), Chromium (camera page test).
+# Debian packages the project reads or drives: Fashion-MNIST (demo and tests), libpython3.11 (edge serve's
+# bundled Triton stub), Chromium (camera page test).
 system-deps:
 	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
 	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or be online for torchvision's download)"; fi; \
+	fi
+	@# the shared libpython the bundled Triton Python-backend stub links (edge serve and its tests)
+	@if ! ldconfig -p 2>/dev/null | grep -q "libpython3\.11\.so" && [ "$$(id -u)" = 0 ] && [ -z "$$EDGE_NO_LIBPYTHON" ]; then \
+	  (apt-get update -qq && apt-get install -y -qq libpython3.11) >/dev/null 2>&1 || echo "libpython3.11 could not be installed: the edge serve tests will skip"; \
 	fi
 	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && [ -z "$$EDGE_NO_CHROMIUM" ]; then \
 	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the browser test will skip"; \

@@ -23,7 +23,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -289,7 +288,7 @@ def listening_sockets() -> dict[int, list[str]]:
     """TCP sockets in LISTEN on this machine, by port: {8000: ["127.0.0.1:8000"]} (Linux /proc/net;
     {} elsewhere)."""
     found: dict[int, list[str]] = {}
-    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -303,7 +302,10 @@ def listening_sockets() -> dict[int, list[str]]:
             # /proc/net stores each 32-bit word of the address in host (little-endian) order
             packed = b"".join(packed[i : i + 4][::-1] for i in range(0, len(packed), 4))
             port = int(port_hex, 16)
-            found.setdefault(port, []).append(f"{url_host(socket.inet_ntop(family, packed))}:{port}")
+            address = ipaddress.ip_address(packed)
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped  # an IPv6 socket bound to ::ffff:127.0.0.1 listens on 127.0.0.1
+            found.setdefault(port, []).append(f"{url_host(str(address))}:{port}")
     return found
 
 

@@ -67,15 +67,27 @@ def wait_for(url: str, model: str, process: subprocess.Popen, timeout: float = 1
     raise AssertionError(f"{model} not ready after {timeout} s")
 
 
-def test_serve_returns_the_local_runners_logits_and_stops_cleanly(triton_run: Path, photos: dict) -> None:
+def test_serve_returns_the_local_runners_logits_and_stops_cleanly(triton_run: Path, photos: dict, tmp_path: Path) -> None:
     from edge.artifact_spec import artifact_spec
     from edge.runners import select_runner
+    from edge.triton.serve import listening_sockets
 
     port = free_port_block()
     command = [sys.executable, "-m", "edge", "serve", str(triton_run), "--artifact", "onnx-fp32", "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    work = tmp_path / "tmp"  # the server's work folder goes here: it must be gone afterwards
+    work.mkdir()
+    env = dict(os.environ, TMPDIR=str(work), PYTHONUNBUFFERED="1", COLUMNS="200")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_for(f"localhost:{port}", "fashion-onnx-fp32", process)
+        said = ""
+        while "Ctrl-C stops it" not in said:  # edge serve says what it bound once the server is ready
+            line = process.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"edge serve ended before it said what it serves: {said}"
+            said += line
+        listening = listening_sockets()  # HTTP, gRPC and metrics on loopback only (no --host given)
+        assert [listening.get(p) for p in (port, port + 1, port + 2)] == [[f"127.0.0.1:{p}"] for p in (port, port + 1, port + 2)]
+        assert [p.name for p in work.iterdir()][0].startswith("edge-serve-")
         spec = artifact_spec(triton_run / "model.onnx")
         batch = np.stack([spec.apply(frame) for frame in photos.values()]).astype(np.float32)
         client = triton_http.InferenceServerClient(f"localhost:{port}")
@@ -97,6 +109,9 @@ def test_serve_returns_the_local_runners_logits_and_stops_cleanly(triton_run: Pa
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "stopped fashion-onnx-fp32" in out
+    said = " ".join(said.split())
+    assert f"HTTP 127.0.0.1:{port}, gRPC 127.0.0.1:{port + 1}, metrics 127.0.0.1:{port + 2}" in said
+    assert not list(work.glob("edge-serve-*"))  # the work folder (repository, backend links, log) is removed
     for listening in (port, port + 1, port + 2):  # nothing answers any more: the server is gone
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", listening), timeout=2).close()
