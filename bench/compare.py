@@ -11,7 +11,7 @@ CPU, GPU, driver, CUDA and package versions, and its evaluation set.
 Accuracy is put side by side only for reports evaluated on the same set (the same evaluation
 fingerprint as the first report that has one); the others read "different eval set". --out DIR
 writes compare.csv, compare.md and compare.png (the PNG needs matplotlib; without it a note says
-so). A report that is not a readable bench report, or reports of different schema versions, stop
+so); the files they replace are kept under DIR/history/<UTC time>/, and a line says so. A report that is not a readable bench report, or reports of different schema versions, stop
 the command with one line (exit 2).
 """
 
@@ -21,12 +21,14 @@ import argparse
 import csv
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.plots import plot_unavailable
 from edge.atomic import atomic_paths
 from edge.errors import UserError
+from edge.history import history_root, keeping_previous, replaces
 from edge.measure.report import read_report
 
 DIFFERENT_EVAL = "different eval set"
@@ -65,7 +67,11 @@ MACHINE_COLUMNS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reports", nargs="+", metavar="REPORT", help="bench report.json files (or their run / bench folders)")
-    parser.add_argument("--out", default=None, help="folder for compare.csv, compare.md and compare.png")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for compare.csv, compare.md and compare.png (the previous ones are kept in its history/)",
+    )
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -342,12 +348,16 @@ def render_png(rows: list[dict[str, Any]], path: Path) -> None:
         plt.close(fig)
 
 
-def write_outputs(out: Path, machines: list[dict[str, Any]], rows: list[dict[str, Any]]) -> tuple[list[Path], str | None]:
-    """compare.{csv,md,png} in ``out``, written together; the note on a PNG that could not be drawn."""
+def write_outputs(
+    out: Path, machines: list[dict[str, Any]], rows: list[dict[str, Any]], say: Callable[[str], object] | None = None
+) -> tuple[list[Path], str | None]:
+    """compare.{csv,md,png} in ``out``, written together; the note on a PNG that could not be drawn.
+    The previous files are kept under ``out/history/<UTC time>/``; ``say`` gets the line."""
     out.mkdir(parents=True, exist_ok=True)
     note = plot_unavailable()
     targets = [out / "compare.csv", out / "compare.md"] + ([] if note else [out / "compare.png"])
-    with atomic_paths(*targets) as staged:
+    reason = replaces("edge compare", targets)
+    with keeping_previous(history_root(targets[0]), targets, reason, say=say), atomic_paths(*targets) as staged:
         staged[0].write_text(render_csv(machines, rows))
         staged[1].write_text(render_markdown(machines, rows))
         if not note:
@@ -369,8 +379,11 @@ def run(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
     if args.out:
-        written, note = write_outputs(Path(args.out), machines, rows)
+        kept: list[str] = []
+        written, note = write_outputs(Path(args.out), machines, rows, say=kept.append)
         console.print("wrote " + ", ".join(str(p) for p in written), soft_wrap=True)
+        for line in kept:
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
         if note:
             console.print(f"note: {note}", soft_wrap=True)
     return 0

@@ -45,6 +45,7 @@ from bench.checks import Check, same_machine
 from bench.latency_gate import check_latency
 from edge.atomic import atomic_write_text
 from edge.errors import UserError
+from edge.history import history_root, keeping_previous, replaces
 from edge.measure.acceptance import DEFAULT_MAX_DROP, judge_drop, resolution_line
 from edge.measure.paired import CONFIDENCE, RESOLUTION, PairedFlips, flips_from_counts, paired_flips, resolves
 from edge.measure.report import MEASURED, ROW_STATUSES, read_report
@@ -93,7 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="warn instead of failing on rows whose model file has no manifest (made outside edge, or its manifest deleted)",
     )
-    parser.add_argument("--junit", type=Path, help="write JUnit XML here (for CI test reports)")
+    parser.add_argument(
+        "--junit", type=Path, help="write JUnit XML here (for CI test reports; a previous file is kept under history/ beside it)"
+    )
 
 
 def _row_key(row: dict[str, Any]) -> str:
@@ -410,8 +413,12 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     console.print(gate_table(checks, f"edge check: {args.report}"))
     if args.junit:
-        write_junit(args.junit, checks)
+        kept: list[str] = []
+        with keeping_previous(history_root(args.junit), [args.junit], replaces("edge check", [args.junit]), say=kept.append):
+            write_junit(args.junit, checks)
         console.print(f"JUnit XML: {args.junit}")
+        for line in kept:  # the previous XML, under history/ beside it
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
     failed = [c for c in checks if c.status == "fail"]
     if failed:
         for check in failed:  # one greppable line each, unwrapped, for CI logs

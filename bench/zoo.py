@@ -11,6 +11,7 @@ the same. Each model x device runs in its own worker process (``bench.worker``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -175,19 +176,31 @@ def run_zoo(
                 progress.advance(task)
     header, lines = zoo_table(rows, batches)
     console.print(zoo_rich_table(header, lines))
-    written = write_zoo(out or DEFAULT_ZOO_OUT, rows, header, lines, batches)
+    kept: list[str] = []
+    written = write_zoo(out or DEFAULT_ZOO_OUT, rows, header, lines, batches, say=kept.append)
     console.print(f"zoo report: {', '.join(str(p) for p in written)}", highlight=False)
+    for line in kept:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     return 0 if any(r.get("status") == "ok" for r in rows) else 1
 
 
-def write_zoo(out: Path, rows: list[dict[str, Any]], header: list[str], lines: list[list[str]], batches: list[int]) -> list[Path]:
-    """zoo.json (every figure), zoo.md and zoo.csv (the table), zoo.png (p50 per model, where matplotlib is)."""
+def write_zoo(
+    out: Path,
+    rows: list[dict[str, Any]],
+    header: list[str],
+    lines: list[list[str]],
+    batches: list[int],
+    say: Callable[[str], object] | None = None,
+) -> list[Path]:
+    """zoo.json (every figure), zoo.md and zoo.csv (the table), zoo.png (p50 per model, where matplotlib
+    is). The previous files of that set are kept under ``out/history/<UTC time>/``; ``say`` gets the line."""
     import csv
     import io
 
     from bench.plots import plot_unavailable
     from bench.report import bench_environment
     from edge.atomic import atomic_write_json, atomic_write_text
+    from edge.history import history_root, keeping_previous, replaces
 
     out.mkdir(parents=True, exist_ok=True)
     data = {
@@ -197,15 +210,18 @@ def write_zoo(out: Path, rows: list[dict[str, Any]], header: list[str], lines: l
         "batch_sizes": batches,
         "rows": rows,
     }
-    written = [atomic_write_json(out / f"{ZOO_REPORT}.json", data)]
-    md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    md += ["| " + " | ".join(line) + " |" for line in lines]
-    written.append(atomic_write_text(out / f"{ZOO_REPORT}.md", "\n".join(md) + "\n"))
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows([header, *lines])
-    written.append(atomic_write_text(out / f"{ZOO_REPORT}.csv", buffer.getvalue()))
-    if plot_unavailable() is None:
-        written.append(plot_zoo(out / f"{ZOO_REPORT}.png", rows, batches))
+    plot = plot_unavailable() is None
+    targets = [out / f"{ZOO_REPORT}.{fmt}" for fmt in ("json", "md", "csv", *(("png",) if plot else ()))]
+    with keeping_previous(history_root(targets[0]), targets, replaces("edge bench --zoo", targets), say=say):
+        written = [atomic_write_json(targets[0], data)]
+        md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        md += ["| " + " | ".join(line) + " |" for line in lines]
+        written.append(atomic_write_text(targets[1], "\n".join(md) + "\n"))
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([header, *lines])
+        written.append(atomic_write_text(targets[2], buffer.getvalue()))
+        if plot:
+            written.append(plot_zoo(targets[3], rows, batches))
     return written
 
 

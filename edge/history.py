@@ -2,7 +2,8 @@
 ``RUN/history/<UTC time>/``, at the same relative paths, and says so in one line.
 
 - :func:`keeping_previous` wraps a stage's write of a new version (export, calibrate, quantize,
-  engine, pack, bench). Each previous file, with its manifest and the extra files the manifest names
+  engine, pack, bench; camera's recording and log, check's JUnit XML, compare's tables, triton's
+  model folders). Each previous file, with its manifest and the extra files the manifest names
   (a layer report, external data), is hard-linked into the history folder, or copied where the file
   system has no hard links (vfat, exFAT); it stays in place until the stage's atomic write replaces
   it. When the write fails before replacing anything, the copy is dropped again (:func:`forget`).
@@ -28,7 +29,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from edge.atomic import atomic_path, check_writable, fsync_directory, fsync_file
@@ -102,19 +103,40 @@ def keep_previous(
 
 
 @contextlib.contextmanager
-def keeping_previous(root: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]], reason: str) -> Iterator[Path | None]:
+def keeping_previous(
+    root: str | os.PathLike[str],
+    paths: Iterable[str | os.PathLike[str]],
+    reason: str,
+    *,
+    say: Callable[[str], object] | None = None,
+) -> Iterator[Path | None]:
     """Keep the previous ``paths`` (:func:`keep_previous`) around the block that writes their new
-    versions; the line is logged once the block succeeded. A block that fails drops the kept copy
-    again, unless some file was already replaced (then the copy is the only one, and is said)."""
+    versions; the line is logged (or handed to ``say``: a command whose stdout is data prints it on
+    stderr) once the block succeeded. A block that fails drops the kept copy again, unless some file
+    was already replaced (then the copy is the only one, and is said)."""
     kept = keep_previous(root, paths, reason, announce=False)
+
+    def announce(folder: Path) -> None:
+        line = kept_line(folder, reason)
+        if say is None:
+            log.info("%s", line)
+        else:
+            say(line)
+
     try:
         yield kept
     except BaseException:
         if kept is not None and not forget(kept):
-            log.info("%s", kept_line(kept, reason))
+            announce(kept)
         raise
     if kept is not None:
-        log.info("%s", kept_line(kept, reason))
+        announce(kept)
+
+
+def replaces(command: str, paths: Iterable[str | os.PathLike[str]]) -> str:
+    """The reason a keep gives: "edge check replaces it" (one of ``paths`` is there), else "... them"."""
+    present = sum(Path(p).is_file() for p in paths)
+    return f"{command} replaces {'it' if present == 1 else 'them'}"
 
 
 def forget(kept: Path | None) -> bool:

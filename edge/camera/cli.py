@@ -132,8 +132,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     out = parser.add_argument_group("outputs")
     out.add_argument("--show", action="store_true", help="show an OpenCV window (q or Esc quits); headless without a display")
-    out.add_argument("--record", metavar="OUT.mp4", default=None, help="write the annotated video (.mp4 or .avi)")
-    out.add_argument("--jsonl", metavar="PATH|-", default=None, help="one JSON line per classified frame (- for stdout)")
+    out.add_argument(
+        "--record",
+        metavar="OUT.mp4",
+        default=None,
+        help="write the annotated video (.mp4 or .avi; a file it replaces is kept in history/)",
+    )
+    out.add_argument(
+        "--jsonl",
+        metavar="PATH|-",
+        default=None,
+        help="one JSON line per classified frame (- for stdout; a file it replaces is kept in history/)",
+    )
     out.add_argument(
         "--serve",
         metavar="HOST:PORT",

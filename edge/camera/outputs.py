@@ -3,16 +3,19 @@ and the served page (:class:`RunOutputs` hands each result to all that a run has
 
 Files are written beside their target under a temporary name and renamed when the run ends (also
 after Ctrl-C), so a recording is always a finished, playable file and a JSONL log never ends in a
-half-written line.
+half-written line. A file they replace is kept first under ``history/<UTC time>/`` (the run's when
+the file lies in the run given to ``edge camera``, else beside it; :mod:`edge.history`) and one line
+says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +25,7 @@ import numpy as np
 from edge.camera.metrics import format_figure
 from edge.camera.sources import Frame
 from edge.errors import UserError, require
+from edge.history import history_root, keeping_previous, replaces
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,11 @@ class VideoRecorder:
             self._writer.write(frame)
             self.frames += 1
 
+    @property
+    def pending(self) -> bool:
+        """Whether a recording waits to be moved into place (no frame written: nothing to move)."""
+        return self._writer is not None
+
     def close(self) -> Path | None:
         """Finish the file (release writes the index that makes it playable) and move it into place."""
         if self._writer is None or self._tmp is None:
@@ -149,6 +158,11 @@ class JsonlLog:
         self._handle.flush()
         self.lines += 1
 
+    @property
+    def pending(self) -> bool:
+        """Whether a log file waits to be moved into place (not stdout, not closed yet)."""
+        return self._tmp is not None and not self._handle.closed
+
     def close(self) -> None:
         if self._tmp is None:
             self._handle.flush()
@@ -156,6 +170,12 @@ class JsonlLog:
         if not self._handle.closed:
             self._handle.close()
             os.replace(self._tmp, self.target)
+
+    def discard(self) -> None:
+        """Drop the log file that was not moved into place."""
+        if self._tmp is not None and not self._handle.closed:
+            self._handle.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 def jsonl_record(
@@ -300,8 +320,10 @@ class RunOutputs:
     its last frame.
     """
 
-    def __init__(self, unix_offset: float) -> None:
+    def __init__(self, unix_offset: float, run_root: Path | None = None, say: Callable[[str], None] | None = None) -> None:
         self.unix_offset = unix_offset  # time.time() - time.monotonic(): the JSONL's times are Unix times
+        self.run_root = run_root  # the run the model came from: a file replaced inside it is kept in RUN/history/
+        self.say = say  # where the line on the files kept goes (None: the log)
         self.jsonl: JsonlLog | None = None
         self.recorder: VideoRecorder | None = None
         self.server: Any = None
@@ -381,16 +403,43 @@ class RunOutputs:
         return True
 
     def finish(self) -> None:
-        """Move the recording and the JSONL log into place and close the window (the page stays up)."""
-        if self.recorder is not None:
-            path = self.recorder.close()
-            if path is not None:
-                self.files["recording"] = str(path)
-        if self.jsonl is not None:
-            self.jsonl.close()
-            self.files["jsonl"] = self.jsonl.target
-        if self.window is not None:
-            self.window.close()
+        """Move the recording and the JSONL log into place, keeping the files they replace, and close
+        the window (the page stays up)."""
+        try:
+            with self._keeping_replaced():
+                if self.recorder is not None:
+                    path = self.recorder.close()
+                    if path is not None:
+                        self.files["recording"] = str(path)
+                if self.jsonl is not None:
+                    self.jsonl.close()
+                    self.files["jsonl"] = self.jsonl.target
+        finally:
+            if self.window is not None:
+                self.window.close()
+
+    @contextlib.contextmanager
+    def _keeping_replaced(self) -> Iterator[None]:
+        """Keep the files the recording and the log are about to replace around their move into
+        place: one history folder per place (the run's, else beside the file), one line each."""
+        replaced: dict[Path, list[Path]] = {}
+        pending: list[tuple[VideoRecorder | JsonlLog, Path]] = []
+        if self.recorder is not None and self.recorder.pending:
+            pending.append((self.recorder, self.recorder.path))
+        if self.jsonl is not None and self.jsonl.pending:
+            pending.append((self.jsonl, Path(self.jsonl.target)))
+        for _, path in pending:
+            if path.is_file():
+                replaced.setdefault(history_root(path, self.run_root), []).append(path)
+        with contextlib.ExitStack() as keeping:
+            try:
+                for root, paths in replaced.items():
+                    keeping.enter_context(keeping_previous(root, paths, replaces("edge camera", paths), say=self.say))
+            except OSError:
+                for output, _ in pending:  # nothing was replaced; the error names the file that was to be
+                    output.discard()
+                raise
+            yield
 
     def close(self) -> None:
         """Stop serving."""

@@ -84,7 +84,7 @@ def run_camera(
         capture.release()
         raise
 
-    session = _Session(runners, choice, source, options, stop, console)
+    session = _Session(runners, choice, source, options, stop, console, run_root=Path(model) if Path(model).is_dir() else None)
     session.capture = capture
     # The handler stays through close: a Ctrl-C while the files are finished is recorded (as a later
     # reason, so it changes nothing) instead of cutting the finishing short; a second one still does.
@@ -136,6 +136,7 @@ class _Session:
         options: CameraOptions,
         stop: threading.Event,
         console: Any,
+        run_root: Path | None = None,
     ):
         # setting -> its runners (one per stream): one setting, or the candidates while they are measured
         self.runners = runners
@@ -154,7 +155,8 @@ class _Session:
         self.grabber: FrameGrabber | None = None
         self.capture: Any = None  # released here unless the grabber took it over
         self.started = time.monotonic()
-        self.outputs = RunOutputs(unix_offset=time.time() - self.started)
+        # A file the outputs replace is kept (in the run's history/ when it lies in the run) and said, even under --quiet.
+        self.outputs = RunOutputs(unix_offset=time.time() - self.started, run_root=run_root, say=self.progress.say)
         self._last_stats = -1.0
         self._stats: dict[str, Any] = {}
         self._last_predictions: list[Prediction] = []

@@ -6,7 +6,9 @@
 
 One model per artifact: model.onnx and model.int8-cpu.onnx as platform onnxruntime_onnx, the
 engines under RUN/engines/ as platform tensorrt_plan with one plan per GPU architecture
-(cc_model_filenames). Names, dtypes and dims come from the models; max_batch_size from the dynamic
+(cc_model_filenames). A model folder of the same name is replaced; its files (and the previous
+REPO/README.md) are kept under history/<UTC time>/ beside REPO, or in RUN/history/ when REPO is in
+the run. Names, dtypes and dims come from the models; max_batch_size from the dynamic
 batch axis or the engine profile; preferred batch sizes from RUN/bench/report.json where there is
 one (else 4, 8, 16); class names as label_filename. REPO/README.md gives the server command and the
 client-side preprocessing. Every config.pbtxt is checked against Triton's schema when tritonclient
@@ -22,7 +24,11 @@ from edge.triton.models import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, Option
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory")
-    parser.add_argument("--out", required=True, help="model repository folder (created; other models in it are kept)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="model repository folder (created; other models in it are left alone, those replaced kept in history/ beside it)",
+    )
     parser.add_argument("--name", default=None, help="model name prefix (default: the run folder's name)")
     parser.add_argument("--artifacts", default=None, help="comma list of onnx-fp32,int8-cpu,int8-trt,trt-fp16,... (default: all)")
     parser.add_argument("--gpu", action="store_true", help="ONNX models on KIND_GPU with ONNX Runtime's TensorRT accelerator")
@@ -71,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from edge.triton.pbtxt import schema_available
     from edge.triton.repository import write_repository
 
-    plans, notes = write_repository(args.run, args.out, options_from(args))
+    kept: list[str] = []
+    plans, notes = write_repository(args.run, args.out, options_from(args), say=kept.append)
     table = make_table(
         "model", "platform", "device", "max batch", "preferred", "files", title=f"Triton model repository {args.out}"
     )
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         )
     console = make_console()
     console.print(table)
+    for line in kept:  # the model folders and README it replaced, beside the repository
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     for note in notes:
         console.print(f"note: {note}", soft_wrap=True)
     if not schema_available():

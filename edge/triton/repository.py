@@ -4,7 +4,10 @@ Triton's rules.
 Each model is written into a hidden staging folder inside REPO, checked (its config parsed into
 Triton's ``ModelConfig`` where tritonclient is installed, its layout checked always), then renamed
 into place: a failed or interrupted run never leaves a half-written model that Triton would try to
-load. Other models already in REPO are left alone; a model of the same name is replaced.
+load. Other models already in REPO are left alone; a model of the same name is replaced, and the
+files of its previous folder (and the previous README) are kept first under ``history/<UTC time>/``
+beside REPO (the run's history/ when REPO is in the run), never inside it, where Triton would take
+history/ for a model.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.atomic import atomic_write_text
 from edge.errors import UserError
+from edge.history import history_root, keeping_previous, replaces
 from edge.run import BENCH_DIR, REPORT, RunDir
 from edge.triton.config import choose_preferred, model_config, read_throughputs
 from edge.triton.engines import engine_plans
@@ -99,19 +104,35 @@ def write_model(repo: Path, plan: ModelPlan, text: str) -> Path:
 
 
 def write_repository(
-    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], options: Options
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: Options,
+    say: Callable[[str], object] | None = None,
 ) -> tuple[list[ModelPlan], list[str]]:
-    """Write every model of the run into ``out`` (created if needed), and its README."""
+    """Write every model of the run into ``out`` (created if needed), and its README. The model folders
+    and the README it replaces are kept first (:func:`replaced_files`); ``say`` gets the line."""
     from edge.triton.readme import render_readme
 
     plans, notes = plan_models(run_dir, options)
     repo = Path(out)
     repo.mkdir(parents=True, exist_ok=True)
     texts = {plan.name: config_text(plan, options) for plan in plans}  # all checked before any is written
-    for plan in plans:
-        write_model(repo, plan, texts[plan.name])
-    atomic_write_text(repo / README, render_readme(repo, plans, options))
+    replaced = replaced_files(repo, plans)
+    anchor = repo if repo.name not in ("", "..") else Path(os.path.abspath(repo))  # --out . has a parent too
+    root = history_root(anchor, RunDir.open(run_dir).root)
+    with keeping_previous(root, replaced, replaces("edge triton", replaced), say=say):
+        for plan in plans:
+            write_model(repo, plan, texts[plan.name])
+        atomic_write_text(repo / README, render_readme(repo, plans, options))
     return plans, notes
+
+
+def replaced_files(repo: Path, plans: list[ModelPlan]) -> list[Path]:
+    """Every file a new write of ``plans`` replaces: the whole folder of each model of the same name
+    (a file the new one lacks goes with it) and the README. They are kept beside the repository,
+    under its parent's (or the run's) ``history/``: inside it, Triton would take history/ for a model."""
+    replaced = [path for plan in plans for path in sorted((repo / plan.name).rglob("*")) if path.is_file()]
+    return replaced + [repo / README]
 
 
 # ---- Triton's layout rules ----------------------------------------------------------------------

@@ -143,3 +143,29 @@ def test_the_zoo_writes_its_report_set_where_it_says(tmp_path, monkeypatch):
     ]
     assert "p50 b1 ms" in (out / "zoo.csv").read_text().splitlines()[0]
     assert f"zoo report: {Path('runs/zoo/zoo.json')}" in console.export_text()
+
+
+def test_the_zoo_keeps_the_report_set_it_replaces(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from bench import zoo
+
+    row = {
+        "arch": "resnet18",
+        "device": "cpu",
+        "status": "ok",
+        "params": 1e6,
+        "cells": [{"batch": 1, "compute": {"p50_ms": 2.0, "items_per_s": 500.0}}],
+    }
+    monkeypatch.setattr("bench.processes.run_worker", lambda job, timeout_s: dict(row))
+    out = tmp_path / "zoo"
+    assert zoo.run_zoo("resnet18", ["cpu"], 1, out, 60.0, Console(width=200), [1]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    row["cells"][0]["compute"]["p50_ms"] = 3.0
+    console = Console(record=True, width=400)
+    assert zoo.run_zoo("resnet18", ["cpu"], 1, out, 60.0, console, [1]) == 0
+
+    (kept,) = (out / "history").iterdir()
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    assert (out / "zoo.csv").read_bytes() != before["zoo.csv"]
+    assert f"kept the previous {', '.join(sorted(before))} in {kept}/ (edge bench --zoo replaces them)" in console.export_text()

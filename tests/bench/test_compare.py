@@ -95,3 +95,23 @@ def test_png_is_skipped_with_a_note_without_matplotlib(three_reports: list[Path]
     written, note = write_outputs(tmp_path, compare_module.machine_rows(reports), compare_module.comparison_rows(reports))
     assert [p.name for p in written] == ["compare.csv", "compare.md"] and not (tmp_path / "compare.png").exists()
     assert note == "compare.png not written: it needs matplotlib"
+
+
+def test_out_keeps_the_files_it_replaces(tmp_path: Path, capsys) -> None:
+    from edge.cli import main
+    from tests.bench.test_gate import make_report
+
+    reports = []
+    for name, machine in (("a.json", "m1"), ("b.json", "m2")):
+        reports.append(tmp_path / name)
+        reports[-1].write_text(json.dumps(make_report(machine=machine)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "compare.md").write_text("my own notes on these machines\n")
+    assert main(["compare", *map(str, reports), "--out", str(out)]) == 0
+
+    (kept,) = (out / "history").iterdir()
+    assert [p.name for p in kept.iterdir()] == ["compare.md"]
+    assert (kept / "compare.md").read_text() == "my own notes on these machines\n"
+    assert "my own notes" not in (out / "compare.md").read_text()
+    assert f"kept the previous compare.md in {kept}/ (edge compare replaces it)" in capsys.readouterr().out

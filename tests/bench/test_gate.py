@@ -388,6 +388,17 @@ def test_cli_one_failure_line_and_one_junit_failure_per_failed_check(tmp_path, c
     assert code == 0
 
 
+def test_junit_keeps_the_file_it_replaces(tmp_path, capsys):
+    good = _write(tmp_path, "good.json", make_report())
+    junit = tmp_path / "gate.xml"
+    junit.write_text("<testsuite name='the user's own results'/>\n")
+    assert main(["check", str(good), "--junit", str(junit)]) == 0
+    (kept,) = (tmp_path / "history").iterdir()
+    assert (kept / "gate.xml").read_text() == "<testsuite name='the user's own results'/>\n"
+    assert 'failures="0"' in junit.read_text()
+    assert f"kept the previous gate.xml in {kept}/ (edge check replaces it)" in capsys.readouterr().out
+
+
 def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert main(["check", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err

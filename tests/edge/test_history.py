@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge import history
-from edge.history import forget, history_root, keep_previous, keeping_previous, kept_line
+from edge.history import forget, history_root, keep_previous, keeping_previous, kept_line, replaces
 from edge.manifest import write_manifest
 from edge.spec import PreprocessSpec
 
@@ -152,6 +152,16 @@ def test_keeping_previous_drops_the_copy_when_the_write_fails(tmp_path: Path, ca
     with caplog.at_level(logging.INFO), keeping_previous(tmp_path, [model], "edge quantize replaces it") as kept:
         model.write_bytes(b"new")  # (an atomic write in the stages)
     assert kept is not None and caplog.records[-1].getMessage() == kept_line(kept, "edge quantize replaces it")
+
+
+def test_a_command_that_prints_its_own_lines_gets_the_line_instead_of_the_log(tmp_path: Path, caplog) -> None:
+    model, other = _model(tmp_path), tmp_path / "missing.onnx"
+    assert replaces("edge check", [model, other]) == "edge check replaces it"  # what is there decides
+    assert replaces("edge check", [model, model.with_name("model.int8-cpu.onnx.json")]) == "edge check replaces them"
+    said: list[str] = []
+    with caplog.at_level(logging.INFO), keeping_previous(tmp_path, [model], "edge check replaces it", say=said.append) as kept:
+        model.write_bytes(b"new")
+    assert kept is not None and said == [kept_line(kept, "edge check replaces it")] and not caplog.records
 
 
 def test_two_keeps_in_one_second_get_two_folders(tmp_path: Path) -> None:

@@ -169,3 +169,40 @@ def test_cli_writes_repository_and_fails_in_one_line(triton_run: Path, tmp_path:
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
     bad = run_edge("triton", str(triton_run), "--out", str(tmp_path / "repo3"), "--instances", "0")
     assert bad.returncode == 2 and "--instances 0" in bad.stderr
+
+
+def test_a_replaced_model_folder_and_readme_are_kept_beside_the_repository(
+    triton_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.cli import main
+
+    repo = tmp_path / "repo"
+    args = ["triton", str(triton_run), "--out", str(repo), "--name", "fm", "--artifacts", "onnx-fp32"]
+    assert main(args) == 0
+    (repo / "fm-onnx-fp32" / "2").mkdir()
+    (repo / "fm-onnx-fp32" / "2" / "model.onnx").write_bytes(b"a version the user added")
+    (repo / "theirs" / "1").mkdir(parents=True)  # another model: left alone, nothing of it kept
+    (repo / "theirs" / "config.pbtxt").write_text('name: "theirs"\n')
+    before = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*args, "--max-batch", "16"]) == 0
+
+    (kept,) = (tmp_path / "history").iterdir()  # beside the repository: Triton would load history/ as a model
+    assert not (repo / "history").exists()
+    saved = {p.relative_to(kept).as_posix(): p.read_bytes() for p in kept.rglob("*") if p.is_file()}
+    assert saved == {name: data for name, data in before.items() if not name.startswith("repo/theirs/")}
+    assert not (repo / "fm-onnx-fp32" / "2").exists()  # the new model folder replaced the whole old one
+    assert "max_batch_size: 16" in (repo / "fm-onnx-fp32" / "config.pbtxt").read_text()
+    assert (repo / "theirs" / "config.pbtxt").read_text() == 'name: "theirs"\n'
+    out = capsys.readouterr().out
+    assert f"kept the previous {', '.join(sorted(saved))} in {kept}/ (edge triton replaces them)" in out
+
+
+def test_a_repository_in_the_run_keeps_its_history_in_the_run(triton_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    args = ["triton", str(triton_run), "--out", str(triton_run / "triton"), "--name", "fm", "--artifacts", "onnx-fp32"]
+    assert main(args) == 0 and main(args) == 0
+    (kept,) = (triton_run / "history").iterdir()
+    assert (kept / "triton" / "fm-onnx-fp32" / "config.pbtxt").is_file() and (kept / "triton" / "README.md").is_file()
+    assert not (triton_run / "triton" / "history").exists()
