@@ -45,10 +45,10 @@ def test_eval_classes_must_match_the_model_labels(pretrained_run: Path, tmp_path
     # session's shared pretrained run (later quantize tests would find a 2-class split there).
     run = tmp_path / "run"
     shutil.copytree(pretrained_run, run)
-    for cls in ("cat", "dog"):
+    for offset, cls in enumerate(("cat", "dog")):  # every image distinct: no content in two splits
         (tmp_path / "data" / cls).mkdir(parents=True)
         for i in range(8):
-            cv2.imwrite(str(tmp_path / "data" / cls / f"{i}.png"), np.full((16, 16, 3), i * 20, np.uint8))
+            cv2.imwrite(str(tmp_path / "data" / cls / f"{i}.png"), np.full((16, 16, 3), i * 20 + offset * 7, np.uint8))
     assert main(["bench", str(run), "--eval", str(tmp_path / "data"), "--devices", "cpu"]) == 2
     assert "does not match torch-fp32's labels" in capsys.readouterr().err
 
