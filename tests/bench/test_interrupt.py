@@ -127,7 +127,8 @@ def test_sigterm_first_sigkill_after_the_grace_period(tmp_path: Path, ignore_ter
     pressed = stop_process_group(proc, grace_s=10.0 if not ignore_term else 0.5)
     assert proc.returncode == -ended_by and pressed is False
     worker, grandchild = _pids(pids)
-    assert not _alive(grandchild) and not _group(worker)
+    # SIGKILL went to the whole group; on a loaded machine the grandchild can take a moment to die
+    _wait_for(lambda: not _alive(grandchild) and not _group(worker), 10, "the grandchild to end")
 
 
 _DRIVER = """
