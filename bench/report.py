@@ -279,14 +279,13 @@ def _p50(cell: dict[str, Any] | None) -> str:
 
 
 def absent_devices(rows: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
-    """Devices on which every row was skipped for one reason (no CUDA here): device -> (rows, reason).
-    Tables show such a device as one line, not a row of n/a per artifact."""
+    """Devices on which every row was skipped (no CUDA here): device -> (rows, their reasons, each
+    once). Tables show such a device as one line, not a row of n/a per artifact."""
     out = {}
     for device in dict.fromkeys(r.get("device") for r in rows):
         mine = [r for r in rows if r.get("device") == device]
-        reasons = {r.get("reason") for r in mine}
-        if len(mine) > 1 and all(r.get("status") == "skipped" for r in mine) and len(reasons) == 1:
-            out[str(device)] = (len(mine), str(reasons.pop()))
+        if len(mine) > 1 and all(r.get("status") == "skipped" for r in mine):
+            out[str(device)] = (len(mine), "; ".join(dict.fromkeys(str(r.get("reason")) for r in mine)))
     return out
 
 

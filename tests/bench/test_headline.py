@@ -62,6 +62,12 @@ def test_an_absent_device_is_one_line():
     assert cuda == [["all 3 artifacts", "cuda", *["n/a"] * (len(lines[0]) - 3), "skipped: no CUDA device"]]
     assert len(lines) == 4  # three cpu rows and the one cuda line
     assert len([x for x in csv_rows(report) if x["device"] == "cuda"]) == 3  # the data keeps every row
+    report["rows"].append(
+        {"artifact": "openvino-fp32", "device": "cuda", "status": "skipped", "reason": "OpenVINO runs on the CPU"}
+    )
+    _, lines = headline(report)
+    (cuda,) = [line for line in lines if line[1] == "cuda"]  # different reasons: still one line, each reason once
+    assert cuda[0] == "all 4 artifacts" and cuda[-1] == "skipped: no CUDA device; OpenVINO runs on the CPU"
 
 
 def test_a_device_with_one_skipped_row_among_measured_ones_keeps_its_rows():
