@@ -118,9 +118,8 @@ def test_zoo_job_measures_a_model_without_weights():
     assert line[header.index("p50 b2 ms")] == f"{row['cells'][1]['compute']['p50_ms']:.2f}"
 
 
-def test_the_zoo_writes_its_report_set_where_it_says(tmp_path, monkeypatch):
-    from bench import zoo
-
+def _stub_zoo_worker(monkeypatch) -> dict:
+    """Every zoo row comes back measured at once: resnet18 on cpu, 2 ms at batch 1 (the row, to change)."""
     row = {
         "arch": "resnet18",
         "device": "cpu",
@@ -129,6 +128,13 @@ def test_the_zoo_writes_its_report_set_where_it_says(tmp_path, monkeypatch):
         "cells": [{"batch": 1, "compute": {"p50_ms": 2.0, "items_per_s": 500.0}}],
     }
     monkeypatch.setattr("bench.processes.run_worker", lambda job, timeout_s: dict(row))
+    return row
+
+
+def test_the_zoo_writes_its_report_set_where_it_says(tmp_path, monkeypatch):
+    from bench import zoo
+
+    _stub_zoo_worker(monkeypatch)
     monkeypatch.chdir(tmp_path)
     from rich.console import Console
 
@@ -150,14 +156,7 @@ def test_the_zoo_keeps_the_report_set_it_replaces(tmp_path, monkeypatch):
 
     from bench import zoo
 
-    row = {
-        "arch": "resnet18",
-        "device": "cpu",
-        "status": "ok",
-        "params": 1e6,
-        "cells": [{"batch": 1, "compute": {"p50_ms": 2.0, "items_per_s": 500.0}}],
-    }
-    monkeypatch.setattr("bench.processes.run_worker", lambda job, timeout_s: dict(row))
+    row = _stub_zoo_worker(monkeypatch)
     out = tmp_path / "zoo"
     assert zoo.run_zoo("resnet18", ["cpu"], 1, out, 60.0, Console(width=200), [1]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
