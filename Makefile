@@ -34,6 +34,9 @@ comma := ,
 LAST_EXTRAS := $(shell cat $(VENV)/.extras 2>/dev/null)
 INSTALL_EXTRAS := $(if $(filter file,$(origin EXTRAS)),$(or $(LAST_EXTRAS),$(EXTRAS)),$(EXTRAS))
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(INSTALL_EXTRAS))
+# The extras whose packages import torch (training, the tests); the others only run models.
+TORCH_EXTRAS := train dev
+NEEDS_TORCH := $(filter $(TORCH_EXTRAS),$(subst $(comma), ,$(INSTALL_EXTRAS)))
 
 $(INSTALLED): pyproject.toml
 ifeq ($(SYSTEM_STACK),1)
@@ -46,7 +49,9 @@ ifeq ($(SYSTEM_STACK),1)
 else
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	@# torch / torchvision (pinned, with their CUDA libraries: ~5 GB) only for the extras that train or test;
+	@# a device's `EXTRAS=cpu,opencv` (or gpu, tensorrt, openvino) runs models without them
+	$(if $(NEEDS_TORCH),$(PY) -c "import torch$(comma) torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC))
 	$(PY) -m pip install -q -e ".[$(INSTALL_EXTRAS)]"
 endif
 	@# dev: the tritonserver that `edge serve` runs (and its tests start), without nvidia-pytriton's own
