@@ -141,9 +141,12 @@ quantize: export calibrate
 	$(EDGE) quantize $(RUN) --target cpu --data $(DATA) --method auto
 	$(EDGE) quantize $(RUN) --target trt --data $(DATA) --method auto
 
+# ...and proves them: the engines against the float logits of the bundle's verification set (or of the
+# run's pinned test split), exit 1 when one disagrees beyond what it was accepted with.
 engine: install
 	$(EDGE) engine $(RUN) --precision fp16
 	$(EDGE) engine $(RUN) --precision int8
+	$(EDGE) verify $(RUN) --artifacts 'trt-*'
 
 bench: install
 	$(EDGE) bench $(RUN) --eval $(DATA) $(ARGS)
@@ -173,6 +176,10 @@ device-check:
 	mkdir -p $${OUT:-runs/device-check}
 	PYTHONPATH=. $(PYTHON) -m pytest -q -m "gpu or tensorrt" -rs tests 2>&1 | tee $${OUT:-runs/device-check}/pytest.txt
 	PYTHONPATH=. $(PYTHON) -m bench.scripts.cuda_check --out $${OUT:-runs/device-check} 2>&1 | tee $${OUT:-runs/device-check}/bench.txt
+	@# every artifact of RUN (an unpacked bundle, or a run) on every backend here, over its verification set
+	@if [ -d $(RUN) ]; then PYTHONPATH=. $(PYTHON) -m edge verify $(RUN) --junit $${OUT:-runs/device-check}/verify.xml \
+	  --markdown $${OUT:-runs/device-check}/verify.md 2>&1 | tee $${OUT:-runs/device-check}/verify.txt; \
+	else echo "edge verify skipped: no $(RUN) here (give RUN=the unpacked bundle)"; fi
 
 clean:
 	rm -rf runs typings .pytest_cache .ruff_cache .mypy_cache

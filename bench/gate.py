@@ -326,16 +326,16 @@ def check_exact_agreement(report: dict[str, Any], min_agreement: float) -> list[
 # ---- output ------------------------------------------------------------------------------------
 
 
-def write_junit(path: Path, checks: list[Check]) -> None:
+def write_junit(path: Path, checks: list[Check], suite_name: str = "edge-check") -> None:
     suite = ET.Element(
         "testsuite",
-        name="edge-check",
+        name=suite_name,
         tests=str(len(checks)),
         failures=str(sum(c.status == "fail" for c in checks)),
         skipped=str(sum(c.status == "skip" for c in checks)),
     )
     for check in checks:
-        case = ET.SubElement(suite, "testcase", classname="edge.check", name=check.name)
+        case = ET.SubElement(suite, "testcase", classname=suite_name.replace("-", "."), name=check.name)
         if check.status == "fail":
             ET.SubElement(case, "failure", message=check.detail[:500]).text = check.detail
         elif check.status == "skip":

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "camera": ("edge.camera.cli", "classify a camera or video stream live with any artifact"),
     "inspect": ("edge.inspect", "show a checkpoint's or artifact's spec and manifest"),
     "pack": ("edge.pack", "bundle a run's deployable artifacts for copying to a device"),
+    "verify": ("bench.verify_bundle", "run every artifact on every backend here over the bundle's verification set"),
     "triton": ("edge.triton.cli", "write a Triton Inference Server model repository from a run"),
     "serve": ("edge.triton.serve", "serve a run's ONNX model with Triton Inference Server (HTTP, gRPC, /metrics)"),
     "selftest": ("edge.selftest", f"prove the TensorRT path on this device [{TENSORRT_UNVERIFIED}]"),
@@ -54,6 +55,7 @@ OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "compare": (("out", "dir"),),
     "camera": (("record", "file"), ("jsonl", "file")),
     "pack": (("out", "file"),),
+    "verify": (("junit", "file"), ("markdown", "file")),
     "triton": (("out", "dir"),),
     "selftest": (("out", "dir"),),
 }

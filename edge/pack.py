@@ -12,6 +12,12 @@ The bundle says which backends run each artifact (``onnxruntime`` and ``openvino
 models, ``ort-tensorrt`` too for all but the CPU INT8 model, ``tensorrt`` for engines) and the extra
 that installs each: in its manifest (``provenance.backends`` / ``provenance.install``) and in a
 ``bundle.json`` inside the archive, so the device that unpacks it knows what to install.
+
+The bundle carries its own proof (``--verify-images N``, default 256; 0 leaves it out): a
+verification set (:mod:`edge.verification_set`) of N test images of the run's pinned split, their
+labels and the float model's logits, in ``verification.npz`` with its sha256 in ``bundle.json``.
+``edge verify`` on the device runs every artifact on every backend there over it. The size it adds
+is printed.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from edge.errors import UserError
 from edge.history import history_root, keeping_previous
 from edge.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from edge.measure.rows import TORCH_FP32, run_artifacts
-from edge.run import RunDir
+from edge.run import BUNDLE_INDEX, VERIFICATION_SET, RunDir
 from edge.runners import compatible_backends
+from edge.verification_set import DEFAULT_COUNT, build_verification_set, encode_verification_set, sha256_bytes
 from edge.verify import is_rejected, unverified_reason, verify_file
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force",
         action="store_true",
         help="bundle artifacts that edge quantize did not accept (manifest accepted: false) or without a manifest (unverified)",
+    )
+    parser.add_argument(
+        "--verify-images",
+        type=int,
+        metavar="N",
+        help=f"test images of the run's pinned split in the bundle's verification set, with the float model's logits, "
+        f"for `edge verify` on the device (default {DEFAULT_COUNT} where the run pinned a split, none for a run without "
+        "one, such as a pretrained run; 0: none)",
     )
 
 
@@ -108,10 +123,22 @@ def bundle_index(run: RunDir, contents: list[str], backends: dict[str, list[str]
     return {"run": str(run.root), "contents": contents, "backends": backends, "install": install, "not_accepted": rejected}
 
 
-def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
+def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = False, verify_images: int | None = None) -> Path:
     """Write the bundle (a bundle already there is kept under RUN/history/<time>/ first); refuse an
-    unaccepted artifact (``accepted: false``) unless ``force``."""
+    unaccepted artifact (``accepted: false``) unless ``force``. With ``verify_images`` > 0 the
+    bundle holds a verification set of that many test images (``bundle.json``'s ``verification``);
+    None: DEFAULT_COUNT where the run pinned a split (``splits.json``), else none, said in one line."""
+    if verify_images is not None and verify_images < 0:
+        raise UserError(f"--verify-images must be >= 0 (0: no verification set), got {verify_images}")
     run = RunDir.open(run_path)
+    if verify_images is None:
+        verify_images = DEFAULT_COUNT if run.splits.exists() else 0
+        if not verify_images:
+            log.warning(
+                "no verification set: %s has no pinned test split (%s), so `edge verify` cannot check this bundle",
+                run.root,
+                run.splits.name,
+            )
     files = deployable_files(run, force)
     if not files:
         raise UserError(f"{run.root} has no deployable artifacts: run `edge export {run.root}` first")
@@ -128,17 +155,34 @@ def pack_run(run_path: str | Path, out: str | Path | None = None, force: bool = 
     contents = [str(f.relative_to(run.root)) for f in files]
     index = bundle_index(run, contents, artifact_backends(run, files), rejected)
     index["unverified"] = [str(f.relative_to(run.root)) for f in files if f.suffix != ".json" and unverified_reason(f)]
+    verification = b""
+    if verify_images:
+        vset, info = build_verification_set(run, verify_images)
+        verification = encode_verification_set(vset)
+        index["verification"] = {
+            "file": VERIFICATION_SET,
+            "sha256": sha256_bytes(verification),
+            "size_bytes": len(verification),
+            **info,
+        }
+    else:
+        index["verification"] = None
     with keeping_previous(history_root(out, run.root), [out], "edge pack replaces it"):
         with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
             for path, arcname in zip(files, contents):
                 archive.add(path, arcname=f"{run.root.name}/{arcname}")
-            _add_json(archive, f"{run.root.name}/bundle.json", {**index, "run": run.root.name})
+            if verification:
+                _add_bytes(archive, f"{run.root.name}/{VERIFICATION_SET}", verification)
+            _add_bytes(
+                archive,
+                f"{run.root.name}/{BUNDLE_INDEX}",
+                (json.dumps({**index, "run": run.root.name}, indent=2) + "\n").encode(),
+            )
         write_manifest(out, "bundle", None, provenance=index)
     return out
 
 
-def _add_json(archive: tarfile.TarFile, name: str, data: dict[str, Any]) -> None:
-    payload = (json.dumps(data, indent=2) + "\n").encode()
+def _add_bytes(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(payload)
     info.mode = 0o644
@@ -146,8 +190,20 @@ def _add_json(archive: tarfile.TarFile, name: str, data: dict[str, Any]) -> None
     archive.addfile(info, io.BytesIO(payload))
 
 
+def verification_summary(verification: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What ``edge pack`` prints about the verification set: images, where from, the size it adds."""
+    if not verification:
+        return None
+    return {
+        "images": verification["count"],
+        "from": f"{verification['data']} {verification['split']} split (pinned)",
+        "added_mb": round(verification["size_bytes"] / 1e6, 3),
+        "image_shape": verification["image_shape"],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    out = pack_run(args.run, args.out, force=args.force)
+    out = pack_run(args.run, args.out, force=args.force, verify_images=args.verify_images)
     manifest = read_manifest(out)
     print(
         json.dumps(
@@ -157,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
                 "contents": manifest.provenance["contents"],
                 "backends": manifest.provenance.get("backends", {}),
                 "install": manifest.provenance.get("install", {}),
+                "verification_set": verification_summary(manifest.provenance.get("verification")),
                 **({"not_accepted": manifest.provenance["not_accepted"]} if manifest.provenance["not_accepted"] else {}),
             },
             indent=2,

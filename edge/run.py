@@ -13,6 +13,7 @@ is the only place that spells a run's file names::
     bench/report.{json,md,csv,png}  bench/zoo.{json,md}        bench reports
     selftest/report.{json,md}                    `edge selftest --tensorrt`
     <run>-deploy.tar.gz                          `edge pack`'s bundle
+    bundle.json  verification.npz                inside a bundle: its index, and the verification set `edge verify` runs
     model.int8-*.rejected.onnx                   a quantization not accepted, beside the accepted model it did not replace
     history/<UTC time>/...                       the previous files a stage replaced, at the same relative paths
     demo.mp4                                     the camera demo video (in the folder it is asked for)
@@ -54,6 +55,8 @@ REPORT_FORMATS = ("json", "csv", "md", "png")
 ZOO_REPORT = "zoo"  # zoo.json / zoo.md
 SELFTEST_DIR = "selftest"
 DEPLOY_BUNDLE_SUFFIX = "-deploy.tar.gz"  # RUN/<run name>-deploy.tar.gz
+BUNDLE_INDEX = "bundle.json"  # inside a bundle: what it holds, the backends and extras, the verification set's hash
+VERIFICATION_SET = "verification.npz"  # inside a bundle: test inputs, labels and the float parent's logits
 REJECTED_SUFFIX = ".rejected.onnx"  # model.int8-cpu.rejected.onnx: not accepted, beside an accepted model
 HISTORY_DIR = "history"  # history/<UTC time>/<the same relative path>: what a stage replaced
 DEMO_VIDEO = "demo.mp4"
@@ -176,6 +179,15 @@ class RunDir:
     @property
     def bundle(self) -> Path:
         return self.root / f"{self.root.name}{DEPLOY_BUNDLE_SUFFIX}"
+
+    @property
+    def bundle_index(self) -> Path:
+        """``bundle.json``: present where this directory is an unpacked bundle."""
+        return self.root / BUNDLE_INDEX
+
+    @property
+    def verification_set(self) -> Path:
+        return self.root / VERIFICATION_SET
 
     def retired_by_training(self) -> list[Path]:
         """What training this run again moves to history: the previous training's outputs and every

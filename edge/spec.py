@@ -160,8 +160,18 @@ class PreprocessSpec:
     # ---- the inference-side preprocessing ----------------------------------------------
     def apply(self, frame_bgr_uint8: np.ndarray) -> np.ndarray:
         """One decoded frame (HxWx3 BGR or HxW gray, uint8) -> float32 CHW network input."""
+        return self.to_input(self.resize_crop(frame_bgr_uint8))
+
+    def resize_crop(self, frame_bgr_uint8: np.ndarray) -> np.ndarray:
+        """The first half of :meth:`apply`: the frame resized and cropped, still uint8, in the colour
+        the spec works in (``input_size`` square, HxW gray or HxWx3 BGR). ``to_input`` of it is
+        ``apply`` of the frame, bit for bit: what a bundle's verification set stores (1 byte a pixel)."""
         cv2 = require("cv2", "opencv", "Preprocessing images")
-        image = self._resize_and_crop(cv2, self.working_image(frame_bgr_uint8))
+        return np.asarray(self._resize_and_crop(cv2, self.working_image(frame_bgr_uint8)))
+
+    def to_input(self, image: np.ndarray) -> np.ndarray:
+        """The second half of :meth:`apply`: a :meth:`resize_crop` image -> float32 CHW network input
+        (gray replicated to three channels or BGR put in channel order, then normalised)."""
         if self.color == "gray":
             image = np.repeat(image[:, :, None], 3, axis=2)
         elif self.channel_order == "rgb":

@@ -27,6 +27,7 @@ def test_every_design_subcommand_is_registered():
         "camera",
         "inspect",
         "pack",
+        "verify",
         "triton",
         "serve",
         "selftest",
