@@ -107,3 +107,16 @@ def test_bundle_says_which_backends_run_each_artifact(tmp_path: Path) -> None:
         index = json.load(archive.extractfile("run/bundle.json"))  # type: ignore[arg-type]
     assert index["backends"] == expected and index["install"] == provenance["install"] and index["run"] == "run"
     assert index["contents"] == provenance["contents"] and "bundle.json" not in index["contents"]
+
+
+def test_verification_set_needs_a_pinned_split_and_a_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Asked for, a set needs the run's pinned test split; by default a run without one (a pretrained
+    run) is packed without a set, and the log says so; a negative count is refused before any work."""
+    run = make_run(tmp_path, accepted=True)
+    with pytest.raises(UserError, match=r"has no pinned test split \(splits.json\).*--verify-images 0"):
+        pack_run(run.root, tmp_path / "deploy.tar.gz", verify_images=8)
+    with pytest.raises(UserError, match=r"--verify-images must be >= 0"):
+        pack_run(run.root, tmp_path / "deploy.tar.gz", verify_images=-1)
+    bundle = pack_run(run.root, tmp_path / "deploy.tar.gz")
+    assert read_manifest(bundle).provenance["verification"] is None
+    assert "no verification set" in caplog.text and "run/verification.npz" not in names(bundle)
