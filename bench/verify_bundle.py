@@ -231,7 +231,8 @@ def run_row(row: Row, path: Path, target: Target) -> None:
             raise UserError(f"its preprocess spec differs from the float model's: {spec.to_dict()} vs {target.spec.to_dict()}")
         logits = infer_all(select_runner(path, device=row.device, backend=row.backend), target, path)
     except Exception as exc:  # a row that cannot load or run is recorded, and the other rows still run
-        row.status, row.reason = "error", f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError) else str(exc)
+        row.status = "error"
+        row.reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         return
     row.status = "ok"
     row.figures = figures(logits, target.vset)
@@ -323,7 +324,7 @@ def judge_row(row: Row, path: Path, target: Target, min_exact: float, confidence
 
 # ---- output ------------------------------------------------------------------------------------
 
-COLUMNS = ("artifact", "backend", "n", "agreement %", "top-1 % (float)", "max |logit diff|", "result")
+COLUMNS = ("artifact", "backend", "n", "agreement %", "top-1 % (float)", "max abs logit diff", "result")
 
 
 def table_lines(rows: list[Row], checks: list[Check]) -> list[tuple[str, ...]]:
@@ -392,9 +393,11 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(*line)
         console.print(table)
         console.print(gate_table(checks, "checks"))
-        outputs = {args.junit: lambda p: write_junit(p, checks, suite_name="edge-verify")}
-        outputs[args.markdown] = lambda p: atomic_write_text(p, render_markdown(target, rows, checks))
-        for path, write in outputs.items():
+        writers = [
+            (args.junit, lambda p: write_junit(p, checks, suite_name="edge-verify")),
+            (args.markdown, lambda p: atomic_write_text(p, render_markdown(target, rows, checks))),
+        ]
+        for path, write in writers:
             if path is None:
                 continue
             with keeping_previous(history_root(path), [path], replaces("edge verify", [path])):
