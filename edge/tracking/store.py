@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge.errors import MissingDependencyError, UserError, require
-from edge.tracking.options import LOCAL_DB, TrackingOptions, apply_mlflow_defaults, local_uri
+from edge.tracking.options import LOCAL_ARTIFACTS, LOCAL_DB, TrackingOptions, apply_mlflow_defaults, local_uri
 from edge.tracking.records import TAG_CHECKPOINT, TAG_ROLE, TAG_RUN_DIR, StageRecord
 
 T = TypeVar("T")
@@ -103,6 +103,14 @@ def failure_line(exc: BaseException) -> str:
     return text[:200]
 
 
+def artifact_location(uri: str) -> str | None:
+    """A local SQLite store keeps its artifacts beside it (``mlflow.db`` -> ``mlruns/``); MLflow's own
+    choice would be ``./mlruns`` in whatever folder the command runs in. None: the store decides."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / LOCAL_ARTIFACTS).as_uri()
+
+
 def experiment_id(client: Any, name: str) -> str:
     """The experiment's id, made when it is new (a concurrent maker is fine)."""
     found = client.get_experiment_by_name(name)
@@ -111,7 +119,7 @@ def experiment_id(client: Any, name: str) -> str:
             raise UserError(f"MLflow experiment {name!r} is deleted: restore it (mlflow experiments restore) or use --experiment")
         return str(found.experiment_id)
     try:
-        return str(client.create_experiment(name))
+        return str(client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri)))
     except Exception:
         found = client.get_experiment_by_name(name)
         if found is None:
