@@ -79,10 +79,6 @@ class StageRecord:
     def add_artifacts(self, *paths: Path) -> None:
         self.artifacts += [p for p in paths if p.is_file()]
 
-    def metric_values(self) -> dict[str, float]:
-        """The last value of each metric (as MLflow shows it)."""
-        return {key: value for key, value, _ in sorted(self.metrics, key=lambda m: m[2])}
-
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):

@@ -14,14 +14,14 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from edge.errors import MissingDependencyError, UserError, require
 from edge.tracking.options import LOCAL_ARTIFACTS, LOCAL_DB, TrackingOptions, apply_mlflow_defaults, local_uri
-from edge.tracking.records import TAG_CHECKPOINT, TAG_ROLE, TAG_RUN_DIR, StageRecord
+from edge.tracking.records import TAG_CHECKPOINT, TAG_ROLE, TAG_RUN_DIR, TAG_STAGE, StageRecord
 
 T = TypeVar("T")
 PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's nesting tag
@@ -103,12 +103,13 @@ def failure_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def artifact_location(uri: str) -> str | None:
-    """A local SQLite store keeps its artifacts beside it (``mlflow.db`` -> ``mlruns/``); MLflow's own
-    choice would be ``./mlruns`` in whatever folder the command runs in. None: the store decides."""
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """A local SQLite store keeps its artifacts beside it (``mlflow.db`` -> ``mlruns/<experiment>/``);
+    MLflow's own choice would be ``./mlruns`` in whatever folder the command runs in. None: the store decides."""
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / LOCAL_ARTIFACTS).as_uri()
+    folder = re.sub(r"[^\w.-]+", "-", experiment).strip(".-") or "experiment"
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / LOCAL_ARTIFACTS / folder).as_uri()
 
 
 def experiment_id(client: Any, name: str) -> str:
@@ -119,7 +120,7 @@ def experiment_id(client: Any, name: str) -> str:
             raise UserError(f"MLflow experiment {name!r} is deleted: restore it (mlflow experiments restore) or use --experiment")
         return str(found.experiment_id)
     try:
-        return str(client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri)))
+        return str(client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name)))
     except Exception:
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -170,20 +171,20 @@ def log_record(
     from mlflow.entities import Metric, Param, RunTag
 
     exp_id = experiment_id(client, experiment)
-    parent_tags = {**record.pipeline_tags, **extra_tags, TAG_ROLE: PIPELINE}
     parent = find_pipeline(client, exp_id, record.pipeline_tags)
     if parent is None:
-        parent = str(client.create_run(exp_id, run_name=record.run_dir.name, tags=parent_tags).info.run_id)
-    else:
-        _batches(client, parent, tags=[RunTag(k, v) for k, v in parent_tags.items()])
-    tags = {**record.tags, **extra_tags, PARENT_RUN_ID: parent}
-    run_id = str(client.create_run(exp_id, run_name=record.name, tags=tags).info.run_id)
+        identity = {TAG_ROLE: PIPELINE, TAG_RUN_DIR: record.pipeline_tags[TAG_RUN_DIR]}
+        parent = str(client.create_run(exp_id, run_name=record.run_dir.name, tags=identity).info.run_id)
+    _batches(client, parent, tags=[RunTag(k, v) for k, v in {**record.pipeline_tags, **extra_tags}.items()])
+    nesting = {PARENT_RUN_ID: parent, TAG_STAGE: record.stage}
+    run_id = str(client.create_run(exp_id, run_name=record.name, tags=nesting).info.run_id)
     now = int(time.time() * 1000)
     _batches(
         client,
         run_id,
         params=[Param(k, v) for k, v in record.params.items()],
         metrics=[Metric(k, v, now, step) for k, v, step in record.metrics],
+        tags=[RunTag(k, v) for k, v in {**record.tags, **extra_tags}.items()],
     )
     for path in record.artifacts:
         client.log_artifact(run_id, str(path))
@@ -194,7 +195,7 @@ def log_record(
     return TrackedRun(experiment, exp_id, parent, run_id, record.name)
 
 
-def _batches(client: Any, run_id: str, params: list[Any] = (), metrics: list[Any] = (), tags: list[Any] = ()) -> None:  # type: ignore[assignment]
+def _batches(client: Any, run_id: str, params: Sequence[Any] = (), metrics: Sequence[Any] = (), tags: Sequence[Any] = ()) -> None:
     """log_batch within MLflow's limits: 100 params or tags and 1000 entries a call."""
     params, metrics, tags = list(params), list(metrics), list(tags)
     while params or metrics or tags:

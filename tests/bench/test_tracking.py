@@ -93,7 +93,7 @@ def test_each_stage_is_a_run_under_the_run_directorys_parent(tracked, store: Pat
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["edge.stage"] == name.split("-")[0]
         assert run.info.status == "FINISHED"
-        assert run.info.artifact_uri.startswith((store / "mlruns").as_uri())  # beside the store, not in the cwd
+        assert run.info.artifact_uri.startswith((store / "mlruns" / EXPERIMENT).as_uri())  # beside the store, not in the cwd
         # runs on different data are never compared as equals: the split fingerprints ride along
         assert {tags[f"edge.split.{s}"] for s in splits} == set(splits.values())
         assert tags["edge.model"] == checkpoint.provenance["arch"]

@@ -3,7 +3,7 @@ refused and silent servers, are in tests/bench/test_tracking.py)."""
 
 from __future__ import annotations
 
-from edge.tracking.store import failure_line
+from edge.tracking.store import _batches, failure_line
 
 
 def test_a_tracking_failure_reads_as_a_few_words():
@@ -17,3 +17,18 @@ def test_a_tracking_failure_reads_as_a_few_words():
         "the server did not answer in time"
     )
     assert failure_line(RuntimeError("x" * 500)) == "x" * 200
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+
+    def log_batch(self, run_id, metrics, params, tags):
+        self.calls.append((len(metrics), len(params), len(tags)))
+
+
+def test_a_large_record_goes_out_in_batches_within_mlflows_limits():
+    client = _Recorder()
+    _batches(client, "run", params=list(range(250)), metrics=list(range(2500)), tags=list(range(150)))
+    assert all(p <= 100 and t <= 100 and m + p + t <= 1000 for m, p, t in client.calls)
+    assert [sum(call[i] for call in client.calls) for i in range(3)] == [2500, 250, 150]
