@@ -210,6 +210,7 @@ def test_a_refused_connection_neither_fails_nor_stalls_the_stage(pipeline_report
     pytest.importorskip("mlflow", reason="the tracking extra (mlflow) is not installed")
     uri = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # tracking on, to a server that is not there
+    monkeypatch.delenv("EDGE_TRACKING", raising=False)
     monkeypatch.delenv("EDGE_TRACKING_TIMEOUT", raising=False)
     start = time.perf_counter()
     assert main(["check", str(pipeline_report), "--max-drop", "0.5"]) == 0  # the gate's own verdict stands
