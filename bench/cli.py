@@ -30,6 +30,7 @@ from edge.errors import UserError
 from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.report import MEASURED
 from edge.measure.timing import TimingWindow, percentile_samples_needed
+from edge.tracking import add_tracking_arguments, track_stage
 from edge.verify import verify_artifact
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a row's worker is stopped")
     parser.add_argument("--out", type=Path, help="report directory (default RUN/bench)")
     parser.add_argument("--zoo", help="compare models instead: comma list of architectures (no weights needed)")
+    add_tracking_arguments(parser)
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -171,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
         return run_zoo(args.zoo, devices, args.threads, args.out, args.timeout, console, batches)
     if not args.run:
         raise UserError("give a run directory (edge bench runs/NAME) or --zoo MODELS")
-    return run_bench(args, devices, console)
+    status = run_bench(args, devices, console)
+    track_stage(args, "bench", args.run, report=args.out)
+    return status
 
 
 def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int:

@@ -3,7 +3,8 @@
     edge compare jetson/report.json gpu-server/report.json x86/report.json --out compare/
 
 Each REPORT is an ``edge bench`` report.json (or its run or bench folder), typically one CI job's
-artifact per device. The comparison has one line per report x device x artifact: p50 at batch 1,
+artifact per device, or a run tracked in MLflow (docs/tracking.md): a bench run's or pipeline's run
+id, or an experiment's name (the newest bench of each of its pipelines). The comparison has one line per report x device x artifact: p50 at batch 1,
 the best images/s (and the batch that reached it), top-1, drop and agreement against the float
 parent, J/image where power was measured; and one line per report on its machine: fingerprint,
 CPU, GPU, driver, CUDA and package versions, and its evaluation set.
@@ -30,6 +31,7 @@ from edge.atomic import atomic_paths
 from edge.errors import UserError
 from edge.history import history_root, keeping_previous, replaces
 from edge.measure.report import read_report
+from edge.tracking.readback import looks_like_mlflow
 
 DIFFERENT_EVAL = "different eval set"
 NO_EVAL = "no eval"
@@ -66,7 +68,12 @@ MACHINE_COLUMNS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("reports", nargs="+", metavar="REPORT", help="bench report.json files (or their run / bench folders)")
+    parser.add_argument(
+        "reports",
+        nargs="+",
+        metavar="REPORT",
+        help="bench report.json files (or their run / bench folders), MLflow run ids or experiment names (edge runs)",
+    )
     parser.add_argument(
         "--out",
         default=None,
@@ -78,13 +85,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_reports(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(path, report) for each path, every one a valid bench report of one schema version."""
-    loaded = [(str(path), read_report(path)) for path in paths]
+    """(path, report) for each path, every one a valid bench report of one schema version.
+    A name that is no path is an MLflow run id or experiment (``runs:/<id>/report.json``)."""
+    loaded = []
+    for path in map(str, paths):
+        if not looks_like_mlflow(path):
+            loaded.append((path, read_report(path)))
+            continue
+        try:  # a folder of that name first (runs/ is also the default experiment's name)
+            loaded.append((path, read_report(path)))
+        except UserError as not_a_report:
+            if Path(path).exists():
+                loaded += tracked_reports(path, not_a_report)
+            else:
+                loaded += tracked_reports(path)
     versions = {report["schema_version"] for _, report in loaded}
     if len(versions) > 1:
         listed = ", ".join(f"{path} is version {report['schema_version']}" for path, report in loaded)
         raise UserError(f"the reports have different schema versions ({listed}): rewrite the older ones with `edge bench`")
     return loaded
+
+
+def tracked_reports(name: str, not_a_report: UserError | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The bench reports of an MLflow run id (a bench run or its pipeline) or experiment, read from its
+    artifacts; ``not_a_report``: why a folder of that name was no report (raised when MLflow has none either)."""
+    import tempfile
+
+    from edge.tracking.options import tracking_uri
+    from edge.tracking.readback import bench_runs, download_report
+    from edge.tracking.store import reading_client
+
+    try:
+        client = reading_client(tracking_uri())
+        with tempfile.TemporaryDirectory(prefix="edge-compare-") as tmp:
+            reports = [download_report(client, run, Path(tmp)) for run in bench_runs(client, name)]
+            return [(label, read_report(path)) for label, path in reports]
+    except UserError:
+        if not_a_report is not None:
+            raise not_a_report from None
+        raise
 
 
 def eval_id(report: dict[str, Any]) -> str | None:

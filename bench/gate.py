@@ -50,6 +50,7 @@ from edge.measure.acceptance import DEFAULT_MAX_DROP, judge_drop, resolution_lin
 from edge.measure.paired import CONFIDENCE, RESOLUTION, PairedFlips, flips_from_counts, paired_flips, resolves
 from edge.measure.report import MEASURED, ROW_STATUSES, read_report
 from edge.measure.rows import float_parent, is_exact_conversion
+from edge.tracking import add_tracking_arguments, track_stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--junit", type=Path, help="write JUnit XML here (for CI test reports; a previous file is kept under history/ beside it)"
     )
+    add_tracking_arguments(parser)
 
 
 def _row_key(row: dict[str, Any]) -> str:
@@ -383,6 +385,12 @@ def gate_table(checks: list[Check], title: str) -> Any:
     return table
 
 
+def _gate_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The gate's thresholds and allowances, as tracking logs them."""
+    names = ("baseline", "max_drop", "max_latency_regression", "confidence", "min_exact_agreement", "strict_latency")
+    return {name: getattr(args, name) for name in names} | {k: v for k, v in vars(args).items() if k.startswith("allow_")}
+
+
 def run(args: argparse.Namespace) -> int:
     from edge.console import make_console
 
@@ -419,6 +427,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"JUnit XML: {args.junit}")
         for line in kept:  # the previous XML, under history/ beside it
             console.print(line, soft_wrap=True, markup=False, highlight=False)
+    track_stage(args, "check", args.report, report=args.report, checks=checks, settings=_gate_settings(args), junit=args.junit)
     failed = [c for c in checks if c.status == "fail"]
     if failed:
         for check in failed:  # one greppable line each, unwrapped, for CI logs

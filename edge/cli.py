@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench.cli", "latency, throughput and accuracy of every artifact on every device"),
     "check": ("bench.gate", "CI gate: fail on accuracy drops or latency regressions"),
     "compare": ("bench.compare", "one table across bench reports from several machines"),
+    "runs": ("edge.tracking.runs", "list an MLflow experiment's tracked runs as one table"),
     "camera": ("edge.camera.cli", "classify a camera or video stream live with any artifact"),
     "inspect": ("edge.inspect", "show a checkpoint's or artifact's spec and manifest"),
     "pack": ("edge.pack", "bundle a run's deployable artifacts for copying to a device"),
@@ -70,6 +71,14 @@ def check_outputs(args: argparse.Namespace) -> None:
         if value is None or str(value) in ("", "-"):
             continue
         check_writable(value, directory=kind == "dir")
+
+
+def _check_tracking(args: argparse.Namespace) -> None:
+    """A command with the tracking flags: mlflow must be there before the work starts (edge.tracking)."""
+    if hasattr(args, "track"):
+        from edge.tracking import check_tracking
+
+        check_tracking(args)
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -130,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, verbose = f"edge {args.command}", args.verbose
         _setup_logging(args.verbose)
         check_outputs(args)
+        _check_tracking(args)
         module = importlib.import_module(args._module)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

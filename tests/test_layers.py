@@ -1,6 +1,6 @@
 """The layering is a checked rule: the import-linter contracts in pyproject.toml hold on this tree
 and break on a deliberate violation, and no module of the deployable core (nor any `edge` command
-module) imports torch, TensorRT, OpenCV or ONNX Runtime when it is imported."""
+module) imports torch, TensorRT, OpenCV, ONNX Runtime or MLflow when it is imported."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("edge", "train", "calibration", "bench")
-HEAVY = ("torch", "tensorrt", "cv2", "onnxruntime")
+HEAVY = ("torch", "tensorrt", "cv2", "onnxruntime", "mlflow")
 
 
 def _lint_imports() -> str:

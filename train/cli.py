@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from edge.tracking import add_tracking_arguments, track_stage
 from train.config import AUGMENTS, MODES, OPTIMIZERS, PRESETS, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data(parser.add_argument_group("data"))
     _add_speed_and_memory(parser.add_argument_group("speed and memory"))
     _add_runs(parser.add_argument_group("runs"))
+    add_tracking_arguments(parser, models=True)
 
 
 def _add_transfer_learning(group: argparse._ArgumentGroup) -> None:
@@ -123,4 +125,5 @@ def run(args: argparse.Namespace) -> int:
         explicit["out"] = PRESETS[explicit["preset"]].get("out")
     config = resume_config(explicit) if explicit.get("resume") else resolve_config(explicit)
     train(config)
+    track_stage(args, "train", config.out)
     return 0

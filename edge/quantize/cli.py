@@ -65,6 +65,7 @@ from edge.quantize.search import QuantizeSearch, na
 from edge.quantize.targets import TARGETS
 from edge.quantize.weights import ROUNDINGS
 from edge.run import REJECTED_SUFFIX, RunDir
+from edge.tracking import add_tracking_arguments, track_stage
 
 WORST_LAYERS = 10
 
@@ -205,6 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
+    add_tracking_arguments(parser, models=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -239,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(tries_table(manifest.provenance))
     console.print(worst_layers_table(path, manifest.provenance))
     console.print(result_table(path, manifest.provenance, manifest.metrics))
+    track_stage(args, "quantize", args.run, artifact=path)
     if not manifest.metrics["accepted"]:
         where = f"{path.name} written"
         if path.name.endswith(REJECTED_SUFFIX):  # an accepted model was there: it stays

@@ -24,6 +24,7 @@ def test_every_design_subcommand_is_registered():
         "bench",
         "check",
         "compare",
+        "runs",
         "camera",
         "inspect",
         "pack",
