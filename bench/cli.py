@@ -264,7 +264,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     scenarios, options = planned_scenarios(args), scenario_options(args)
     run_dir = RunDir.open(args.run)
     artifacts = select_artifacts(run_dir, args.artifacts)
-    for path in artifacts.values():  # before any worker starts: a damaged file is one line, not an error row
+    for path in [] if args.url else artifacts.values():  # before any worker starts: a damaged file is one line, not an error row
         verify_artifact(path)
         if path.suffix in CHECKPOINT_SUFFIXES:
             load_checkpoint(path)  # and so is a checkpoint that only an unsafe (pickle) load could read
@@ -316,7 +316,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     console.print(f"report: {paths['json']} (also {others})", soft_wrap=True, highlight=False)
     if previous is not None:
         console.print(kept_line(previous, KEPT_REASON), soft_wrap=True, highlight=False, markup=False)
-    if "png" not in paths:
+    if "png" not in paths and report["rows"]:
         console.print(f"note: {plot_unavailable()}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     stopped = next((r for r in rows if r.get("status") == "interrupted"), None)
     if stopped is not None:  # Ctrl-C: the worker is gone, what was measured is written; one line

@@ -464,7 +464,8 @@ def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dic
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     every = report_paths(out_dir)
-    formats = ["json", "csv", "md"] if plot_unavailable() else ["json", "csv", "md", "png"]
+    # no rows (a served endpoint's scenarios alone): nothing to plot
+    formats = ["json", "csv", "md"] if plot_unavailable() or not report["rows"] else ["json", "csv", "md", "png"]
     paths = {fmt: every[fmt] for fmt in formats}
     texts = {
         "json": json.dumps(report, indent=2, sort_keys=True, default=_jsonable) + "\n",

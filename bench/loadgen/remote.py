@@ -136,7 +136,7 @@ class RemoteSUT:
         if self._grpc is not None:
             self._grpc.close()
 
-    def _inputs(self, sample: Any) -> list[Any]:
+    def inputs(self, sample: Any) -> list[Any]:
         data = self.library.batch([sample.index]).astype(_DTYPES[self.endpoint.datatype][1], copy=False)
         if self.endpoint.max_batch_size == 0:
             data = data[0]
@@ -156,7 +156,7 @@ class RemoteSUT:
             if self._grpc is not None:
                 self._grpc.async_infer(
                     self.endpoint.model,
-                    self._inputs(sample),
+                    self.inputs(sample),
                     lambda result, error, sample=sample: self._done(
                         sample, arrived, None if error else result.as_numpy(self.endpoint.output_name), error
                     ),
@@ -170,7 +170,7 @@ class RemoteSUT:
         if client is None:
             client = self._local.client = self.module.InferenceServerClient(self.endpoint.address)
         try:
-            logits, error = client.infer(self.endpoint.model, self._inputs(sample)).as_numpy(self.endpoint.output_name), None
+            logits, error = client.infer(self.endpoint.model, self.inputs(sample)).as_numpy(self.endpoint.output_name), None
         except Exception as exc:  # answered with zeros so LoadGen finishes; the run then fails with it
             logits, error = None, exc
         self._done(sample, arrived, logits, error)
@@ -187,7 +187,7 @@ def probe_latency_ms(sut: RemoteSUT, library: SampleLibrary, count: int = 20) ->
         times = []
         for _ in range(count):
             started = time.perf_counter()
-            client.infer(sut.endpoint.model, sut._inputs(_Sample(0)))
+            client.infer(sut.endpoint.model, sut.inputs(_Sample(0)))
             times.append((time.perf_counter() - started) * 1000.0)
     finally:
         client.close()

@@ -15,7 +15,6 @@ import pytest
 
 from bench.loadgen import NOT_AUDITED
 from edge.cli import main
-from tests.bench.conftest import edge_cli
 
 pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen (the loadgen extra, in dev) runs the scenarios")
 
@@ -25,13 +24,14 @@ EVAL_COUNT = "200"
 @pytest.fixture(scope="module")
 def scenario_report(pipeline_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("scenarios") / "bench"
-    edge_cli(
+    code = main([
         "bench", str(pipeline_run), "--artifacts", "onnx-fp32", "--devices", "cpu", "--batch-sizes", "1,8",
         "--eval", "fashion-mnist", "--eval-count", EVAL_COUNT, "--warmup-s", "0.05", "--min-iters", "3",
         "--min-seconds", "0", "--rounds", "3", "--single-stream", "0", "--threads", "1", "--out", str(out),
         "--scenario", "single-stream,multi-stream", "--scenario", "offline", "--scenario", "server",
         "--quick", "--loadgen-mode", "both", "--latency-bound", "50",
-    )  # fmt: skip
+    ])  # fmt: skip
+    assert code == 0
     return out / "report.json"
 
 
@@ -98,25 +98,17 @@ def test_csv_and_markdown_carry_the_scenarios_with_the_note(scenario_report: Pat
     assert "| onnx-fp32 | cpu | multi-stream | performance | INVALID | " in md
 
 
-def test_check_and_compare_read_the_scenarios(scenario_report: Path, tmp_path: Path) -> None:
+def test_check_and_compare_read_the_scenarios(scenario_report: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     junit = tmp_path / "gate.xml"
-    edge_cli(
-        "check",
-        str(scenario_report),
-        "--baseline",
-        str(scenario_report),
-        "--allow-small-eval",
-        "--allow-unmeasured",
-        "--junit",
-        str(junit),
-    )
+    args = ["check", str(scenario_report), "--baseline", str(scenario_report), "--allow-small-eval", "--allow-unmeasured"]
+    assert main([*args, "--junit", str(junit)]) == 0
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
     for name in ("single-stream p90", "multi-stream p99", "offline ms/sample", "server p99"):
         case = cases[f"LoadGen {name} onnx-fp32@cpu"]  # judged by the interval rule of every latency
         text = " ".join(e.text or "" for e in case.iter() if e is not case)
         assert "new/old 1.000 [" in text and "over 10+10 rounds" in text, text
-    compare = edge_cli("compare", str(scenario_report), "--out", str(tmp_path / "compare"))
-    assert "MLPerf LoadGen scenarios" in compare.stdout
+    assert main(["compare", str(scenario_report), "--out", str(tmp_path / "compare")]) == 0
+    assert "MLPerf LoadGen scenarios" in capsys.readouterr().out
     md = (tmp_path / "compare" / "compare.md").read_text()
     assert NOT_AUDITED in md and "| multi-stream | performance | INVALID |" in md
 
