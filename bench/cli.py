@@ -303,7 +303,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     )
     report["noise"] = noise_figures(rows, load_before, _load_average())
     out_dir = args.out or run_dir.bench
-    if scenarios:
+    if scenarios and not any(r.get("status") == "interrupted" for r in rows):
         report["loadgen"] = _loadgen_section(args, plan, rows, scenarios, options, out_dir, run_dir.root, console)
     previous = keep_previous(out_dir, run_dir.root)
     try:
@@ -318,7 +318,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
         console.print(kept_line(previous, KEPT_REASON), soft_wrap=True, highlight=False, markup=False)
     if "png" not in paths and report["rows"]:
         console.print(f"note: {plot_unavailable()}", style="yellow", highlight=False, markup=False, soft_wrap=True)
-    stopped = next((r for r in rows if r.get("status") == "interrupted"), None)
+    stopped = next((r for r in rows + (report.get("loadgen") or {}).get("entries", []) if r.get("status") == "interrupted"), None)
     if stopped is not None:  # Ctrl-C: the worker is gone, what was measured is written; one line
         done, planned = sum(r.get("status") != "interrupted" for r in rows), len(artifacts) * len(devices)
         before = f"{done} of {planned} rows finished before it" if done else "no row finished before it"

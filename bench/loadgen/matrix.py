@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.loadgen import NOT_AUDITED
 from bench.loadgen.scenarios import ScenarioOptions
-from bench.processes import run_worker
+from bench.processes import WorkerInterrupted, run_worker
 from edge.measure.report import MEASURED
 from edge.measure.rows import OTHER_BACKEND
 
@@ -86,8 +86,12 @@ def run_scenarios(
         if on_row is not None:
             on_row(row)
         job = scenario_job(row, plan, scenarios, mode, options, budget_mib, out)
-        result = run_worker(job, plan.timeout_s * max(1, len(scenarios)), module="bench.loadgen.job")
         where = {"artifact": row["artifact"], "device": row["device"]}
+        try:
+            result = run_worker(job, plan.timeout_s * max(1, len(scenarios)), module="bench.loadgen.job")
+        except WorkerInterrupted as exc:  # Ctrl-C: its worker is stopped; the rest is not run, the report is written
+            entries += [{**where, "scenario": s, "mode": mode, **exc.row} for s in scenarios]
+            break
         if result.get("status") != "ok":
             detail = {k: result[k] for k in ("error", "reason") if k in result}
             entries += [

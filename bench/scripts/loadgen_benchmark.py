@@ -33,7 +33,7 @@ from typing import Any
 TARGET_PCT = 5.0
 
 
-def bench(run: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+def bench(run: Path, out: Path, args: argparse.Namespace, extra: list[str], quick: bool) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
@@ -48,7 +48,7 @@ def bench(run: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> d
         str(out),
     ]
     command += ["--threads", str(args.threads)] if args.threads else []
-    command += ["--quick"] if args.quick else []
+    command += ["--quick"] if quick else []
     proc = subprocess.run(command + extra, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"edge bench failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -85,7 +85,8 @@ def served(run: Path, out: Path, args: argparse.Namespace, dynamic: bool, direct
         assert spec is not None
         library = SampleLibrary(spec, synthetic_frames(spec, 1), None, 16)
         one_ms = probe_latency_ms(RemoteSUT(loadgen(), library, endpoint), library, count=200)
-        report = bench(run, out, args, ["--scenario", "server", "--url", url, "--latency-bound", str(args.latency_bound)])
+        extra = ["--scenario", "server", "--url", url, "--latency-bound", str(args.latency_bound)]
+        report = bench(run, out, args, extra, args.quick or args.quick_served)
     entry = report["loadgen"]["entries"][0]
     return {
         "dynamic_batching": dynamic,
@@ -98,7 +99,8 @@ def served(run: Path, out: Path, args: argparse.Namespace, dynamic: bool, direct
         "served_batch1_ms": one_ms,
         "direct_batch1_ms": direct_ms,
         "overhead_ratio": one_ms / direct_ms,
-        "settings": entry["effective"],
+        "settings": "quick" if args.quick or args.quick_served else "LoadGen defaults",
+        "effective": entry["effective"],
     }
 
 
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-bound", type=float, default=50.0, help="the Server scenario's p99 bound (ms)")
     parser.add_argument("--quick", action="store_true", help="LoadGen's --quick settings (CI), not its defaults")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--quick-served", action="store_true", help="--quick for the served model's find-peak runs only")
     parser.add_argument("--no-serve", action="store_true", help="skip the served model (no tritonserver here)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     report = bench(
         args.run, out / "bench", args,
         ["--artifacts", args.artifact, "--devices", "cpu", "--batch-sizes", "1,8,32", "--single-stream", "0", "--no-end-to-end", "--scenario", "all"],
+        args.quick,
     )  # fmt: skip
     row = report["rows"][0]
     cells = {c["batch"]: c["compute"] for c in row["cells"] if c.get("status") == "ok"}
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["served"] = [served(args.run, out / f"served-{d}", args, d, one["p50_ms"]) for d in (True, False)]
         for entry in figures["served"]:
             lines.append(
-                f"served ({'dynamic batching' if entry['dynamic_batching'] else 'no dynamic batching'}): peak {entry['peak_qps']:.1f} queries/s "
+                f"served ({'dynamic batching' if entry['dynamic_batching'] else 'no dynamic batching'}, {entry['settings']}): peak {entry['peak_qps']:.1f} queries/s "
                 f"under p99 <= {entry['latency_bound_ms']:g} ms (LoadGen {entry['validity']}, {entry['queries']} queries, p99 "
                 f"{entry['p99_ms']:.2f} ms); batch 1 one at a time {entry['served_batch1_ms']:.3f} ms served vs "
                 f"{entry['direct_batch1_ms']:.3f} ms direct: overhead x{entry['overhead_ratio']:.2f} (200 requests)"
