@@ -123,6 +123,9 @@ def add_loadgen_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--find-peak", action="store_true", help="Server: LoadGen's find-peak mode, the highest rate within the bound"
     )
+    group.add_argument(
+        "--loadgen-seconds", type=float, help="LoadGen's minimum duration of a performance run (its default: 10 s)"
+    )
     group.add_argument("--qsl-memory-mib", type=float, default=256.0, help="preprocessed samples LoadGen may load (MiB)")
     group.add_argument("--url", help="Server scenario against a live Triton (http://HOST:PORT or grpc://HOST:PORT)")
     group.add_argument("--model", help="with --url: the model's name (default: the server's only model)")
@@ -140,6 +143,7 @@ def scenario_options(args: argparse.Namespace) -> Any:
         ("--latency-bound", args.latency_bound),
         ("--server-qps", args.server_qps),
         ("--qsl-memory-mib", args.qsl_memory_mib),
+        ("--loadgen-seconds", args.loadgen_seconds),
     ):
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
@@ -148,6 +152,7 @@ def scenario_options(args: argparse.Namespace) -> Any:
         latency_bound_ms=args.latency_bound,
         server_qps=args.server_qps,
         find_peak=args.find_peak or bool(args.url),
+        min_duration_ms=None if args.loadgen_seconds is None else int(args.loadgen_seconds * 1000),
     )
 
 

@@ -170,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_serve:
         figures["served"] = [served(args.run, out / f"served-{d}", args, d, one["p50_ms"]) for d in (True, False)]
         for entry in figures["served"]:
+            peak = "n/a" if entry["peak_qps"] is None else f"{entry['peak_qps']:.1f}"
+            why = f" ({'; '.join(entry['invalid_reasons'])})" if entry["invalid_reasons"] else ""
             lines.append(
-                f"served ({'dynamic batching' if entry['dynamic_batching'] else 'no dynamic batching'}, {entry['settings']}): peak {entry['peak_qps']:.1f} queries/s "
-                f"under p99 <= {entry['latency_bound_ms']:g} ms (LoadGen {entry['validity']}, {entry['queries']} queries, p99 "
-                f"{entry['p99_ms']:.2f} ms); batch 1 one at a time {entry['served_batch1_ms']:.3f} ms served vs "
-                f"{entry['direct_batch1_ms']:.3f} ms direct: overhead x{entry['overhead_ratio']:.2f} (200 requests)"
+                f"served ({'dynamic batching' if entry['dynamic_batching'] else 'no dynamic batching'}, {entry['settings']}): peak {peak} queries/s "
+                f"under p99 <= {entry['latency_bound_ms']:g} ms (LoadGen {entry['validity']}{why}, {entry['queries']} queries); batch 1 one at "
+                f"a time {entry['served_batch1_ms']:.3f} ms served vs {entry['direct_batch1_ms']:.3f} ms direct: overhead x{entry['overhead_ratio']:.2f} (200 requests)"
             )
     (out / "loadgen_benchmark.json").write_text(json.dumps(figures, indent=2) + "\n")
     print("\n".join(lines))
