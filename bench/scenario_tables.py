@@ -77,6 +77,19 @@ def scenario_lines(report: dict[str, Any]) -> list[list[str]]:
     return [scenario_line(e) for e in (report.get("loadgen") or {}).get("entries", [])]
 
 
+def _library_line(report: dict[str, Any]) -> list[str]:
+    """How many preprocessed samples LoadGen could load, of how many, within which memory budget."""
+    qsl = next((e["qsl"] for e in (report.get("loadgen") or {}).get("entries", []) if e.get("qsl")), None)
+    if qsl is None:
+        return []
+    return [
+        "",
+        f"Sample library: {qsl['performance_count']} of {qsl['total_count']} test images preprocessed in memory for a "
+        f"performance run ({qsl['sample_bytes']} bytes each, budget {qsl['budget_mib']:g} MiB: `--qsl-memory-mib`); "
+        "an accuracy run walks all of them.",
+    ]
+
+
 def markdown_section(report: dict[str, Any]) -> list[str]:
     """The report.md section (empty when the report has no scenarios)."""
     lines = scenario_lines(report)
@@ -88,6 +101,7 @@ def markdown_section(report: dict[str, Any]) -> list[str]:
         "",
         f"**{NOT_AUDITED}.** Figures, verdicts and settings are LoadGen's own (its logs: `loadgen/<artifact>/<scenario>/`); "
         "SingleStream's estimate is its early-stopping p90, MultiStream's the p99 per 8-sample query; QPS is samples/s.",
+        *_library_line(report),
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
