@@ -100,6 +100,85 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="report directory (default RUN/bench)")
     parser.add_argument("--zoo", help="compare models instead: comma list of architectures (no weights needed)")
     add_tracking_arguments(parser)
+    add_loadgen_arguments(parser)
+
+
+# ---- MLPerf LoadGen scenarios and sustained runs (bench.loadgen, bench.sustain) ------------------
+
+
+def add_loadgen_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("MLPerf LoadGen scenarios (the loadgen extra) and sustained runs")
+    group.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help="single-stream, multi-stream, offline, server or all (repeat it or give a comma list): run through MLPerf LoadGen after the cells",
+    )
+    group.add_argument("--quick", action="store_true", help="LoadGen runs shortened for CI (LoadGen judges them as it does)")
+    group.add_argument(
+        "--loadgen-mode", choices=("performance", "accuracy", "both"), default="performance", help="LoadGen's test mode"
+    )
+    group.add_argument(
+        "--latency-bound", type=float, metavar="MS", help="Server: the p99 latency bound (LoadGen's default 100 ms)"
+    )
+    group.add_argument("--server-qps", type=float, help="Server: Poisson arrivals per second (default: half the best images/s)")
+    group.add_argument(
+        "--find-peak", action="store_true", help="Server: LoadGen's find-peak mode, the highest rate within the bound"
+    )
+    group.add_argument(
+        "--loadgen-seconds", type=float, help="LoadGen's minimum duration of a performance run (its default: 10 s)"
+    )
+    group.add_argument("--qsl-memory-mib", type=float, default=256.0, help="preprocessed samples LoadGen may load (MiB)")
+    group.add_argument("--url", help="Server scenario against a live Triton (http://HOST:PORT or grpc://HOST:PORT)")
+    group.add_argument("--model", help="with --url: the model's name (default: the server's only model)")
+    group.add_argument("--sustain", metavar="DURATION", help="a sustained run of one artifact instead: 90s, 10m, 1h")
+    group.add_argument(
+        "--sustain-windows", type=int, default=20, help="windows of a sustained run (p50, p99, images/s, sensors each)"
+    )
+    group.add_argument("--sustain-batch", type=int, default=1, help="batch size of a sustained run's fixed load")
+
+
+def scenario_options(args: argparse.Namespace) -> Any:
+    from bench.loadgen.scenarios import ScenarioOptions
+
+    for flag, value in (
+        ("--latency-bound", args.latency_bound),
+        ("--server-qps", args.server_qps),
+        ("--qsl-memory-mib", args.qsl_memory_mib),
+        ("--loadgen-seconds", args.loadgen_seconds),
+    ):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    return ScenarioOptions(
+        quick=args.quick,
+        latency_bound_ms=args.latency_bound,
+        server_qps=args.server_qps,
+        find_peak=args.find_peak or bool(args.url),
+        min_duration_ms=None if args.loadgen_seconds is None else int(args.loadgen_seconds * 1000),
+    )
+
+
+def planned_scenarios(args: argparse.Namespace) -> list[str]:
+    """The scenarios asked for, checked before any work: LoadGen installed, the flags that need them."""
+    from bench.loadgen.scenarios import loadgen, parse_scenarios
+
+    scenarios = parse_scenarios(args.scenario)
+    if not scenarios:
+        for flag, given in (
+            ("--quick", args.quick),
+            ("--find-peak", args.find_peak),
+            ("--url", args.url),
+            ("--latency-bound", args.latency_bound),
+        ):
+            if given:
+                raise UserError(f"{flag} belongs to a LoadGen run: add --scenario (e.g. --scenario single-stream)")
+        return []
+    loadgen()
+    if not args.eval:
+        raise UserError("--scenario needs --eval DATA: LoadGen's samples are the run's pinned test split")
+    if args.url and scenarios != ["server"]:
+        raise UserError("--url measures a live endpoint in the Server scenario only: --scenario server")
+    return scenarios
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -173,6 +252,10 @@ def run(args: argparse.Namespace) -> int:
         return run_zoo(args.zoo, devices, args.threads, args.out, args.timeout, console, batches)
     if not args.run:
         raise UserError("give a run directory (edge bench runs/NAME) or --zoo MODELS")
+    if args.sustain:
+        from bench.sustain import run_sustain
+
+        return run_sustain(args, devices, console)
     status = run_bench(args, devices, console)
     track_stage(args, "bench", args.run, report=args.out)
     return status
@@ -187,9 +270,10 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
 
     settings = _settings(args)
     window = _timing_window(settings)
+    scenarios, options = planned_scenarios(args), scenario_options(args)
     run_dir = RunDir.open(args.run)
     artifacts = select_artifacts(run_dir, args.artifacts)
-    for path in artifacts.values():  # before any worker starts: a damaged file is one line, not an error row
+    for path in [] if args.url else artifacts.values():  # before any worker starts: a damaged file is one line, not an error row
         verify_artifact(path)
         if path.suffix in CHECKPOINT_SUFFIXES:
             load_checkpoint(path)  # and so is a checkpoint that only an unsafe (pickle) load could read
@@ -209,7 +293,7 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
         max_drop=args.max_drop,
     )
     load_before = _load_average()
-    rows = run_matrix(plan, labels, console)
+    rows = [] if args.url else run_matrix(plan, labels, console)
     report = build_report(
         {
             "run": str(run_dir.root),
@@ -228,6 +312,8 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     )
     report["noise"] = noise_figures(rows, load_before, _load_average())
     out_dir = args.out or run_dir.bench
+    if scenarios and not any(r.get("status") == "interrupted" for r in rows):
+        report["loadgen"] = _loadgen_section(args, plan, rows, scenarios, options, out_dir, run_dir.root, console)
     previous = keep_previous(out_dir, run_dir.root)
     try:
         paths = write_report(report, out_dir, spec=_report_spec(artifacts))
@@ -239,9 +325,9 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
     console.print(f"report: {paths['json']} (also {others})", soft_wrap=True, highlight=False)
     if previous is not None:
         console.print(kept_line(previous, KEPT_REASON), soft_wrap=True, highlight=False, markup=False)
-    if "png" not in paths:
+    if "png" not in paths and report["rows"]:
         console.print(f"note: {plot_unavailable()}", style="yellow", highlight=False, markup=False, soft_wrap=True)
-    stopped = next((r for r in rows if r.get("status") == "interrupted"), None)
+    stopped = next((r for r in rows + (report.get("loadgen") or {}).get("entries", []) if r.get("status") == "interrupted"), None)
     if stopped is not None:  # Ctrl-C: the worker is gone, what was measured is written; one line
         done, planned = sum(r.get("status") != "interrupted" for r in rows), len(artifacts) * len(devices)
         before = f"{done} of {planned} rows finished before it" if done else "no row finished before it"
@@ -252,7 +338,41 @@ def run_bench(args: argparse.Namespace, devices: list[str], console: Any) -> int
             flush=True,
         )
         return 130
-    return 0 if any(r.get("status") in MEASURED for r in rows) else 1  # rejected rows were measured: the gate fails them
+    measured = any(e.get("status") == "ok" for e in (report.get("loadgen") or {}).get("entries", []))
+    return (
+        0 if measured or any(r.get("status") in MEASURED for r in rows) else 1
+    )  # rejected rows were measured: the gate fails them
+
+
+def _loadgen_section(
+    args: argparse.Namespace,
+    plan: Any,
+    rows: list[dict[str, Any]],
+    scenarios: list[str],
+    options: Any,
+    out_dir: Path,
+    run_root: Path,
+    console: Any,
+) -> dict[str, Any]:
+    """The report's ``loadgen`` section: each measured row's scenarios, or the endpoint at --url;
+    LoadGen's logs under OUT/loadgen/ (the previous ones kept under history/ first)."""
+    from bench.loadgen.matrix import run_scenarios
+    from edge.history import history_root, keep_previous
+
+    logs = out_dir / "loadgen"
+    if logs.is_dir():
+        keep_previous(
+            history_root(logs, run_root), [p for p in logs.rglob("*") if p.is_file()], "edge bench --scenario replaces them"
+        )
+    if args.url:
+        from bench.loadgen.remote import run_remote
+
+        return run_remote(args.url, args.model, plan, options, args.loadgen_mode, args.qsl_memory_mib, logs)
+
+    def on_row(row: dict[str, Any]) -> None:
+        console.print(f"LoadGen: {', '.join(scenarios)} on {row['artifact']}@{row['device']}", highlight=False)
+
+    return run_scenarios(rows, plan, scenarios, args.loadgen_mode, options, args.qsl_memory_mib, logs, on_row)
 
 
 def _load_average() -> float | None:

@@ -99,7 +99,8 @@ def load_reports(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
                 loaded += tracked_reports(path, not_a_report)
             else:
                 loaded += tracked_reports(path)
-    versions = {report["schema_version"] for _, report in loaded}
+    # version 5 only adds the optional LoadGen section: a version-4 report sits beside it as it is
+    versions = {4 if report["schema_version"] >= 4 else report["schema_version"] for _, report in loaded}
     if len(versions) > 1:
         listed = ", ".join(f"{path} is version {report['schema_version']}" for path, report in loaded)
         raise UserError(f"the reports have different schema versions ({listed}): rewrite the older ones with `edge bench`")
@@ -330,13 +331,48 @@ def rich_tables(machines: list[dict[str, Any]], rows: list[dict[str, Any]]) -> l
     return [table, results]
 
 
+def scenario_table(scenarios: list[list[str]]) -> list[Any]:
+    """The LoadGen scenarios of every report as one rich table (none without scenarios)."""
+    from bench.scenario_tables import HEADER
+    from edge.console import make_table
+    from edge.measure.report import SCENARIO_NOTE as NOT_AUDITED
+
+    if not scenarios:
+        return []
+    table = make_table(title=f"MLPerf LoadGen scenarios ({NOT_AUDITED})")
+    for name in ("report", *HEADER):
+        table.add_column(name)
+    for line in scenarios:
+        table.add_row(*line)
+    return [table]
+
+
 def _markdown_table(columns: list[str], lines: list[dict[str, Any]]) -> list[str]:
     out = ["| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(fmt(c, line.get(c)).replace("|", "\\|") for c in columns) + " |" for line in lines]
     return out
 
 
-def render_markdown(machines: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+def scenario_rows(reports: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+    """One line per report x LoadGen scenario run: the report's label, then the bench's own columns."""
+    from bench.scenario_tables import scenario_lines
+
+    return [[label, *line] for label, (_, report) in zip(report_labels(reports), reports) for line in scenario_lines(report)]
+
+
+def scenario_markdown(scenarios: list[list[str]]) -> list[str]:
+    from bench.scenario_tables import HEADER
+    from edge.measure.report import SCENARIO_NOTE as NOT_AUDITED
+
+    if not scenarios:
+        return []
+    header = ["report", *HEADER]
+    lines = ["", "## MLPerf LoadGen scenarios", "", f"**{NOT_AUDITED}.** Figures and verdicts are LoadGen's own.", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in scenarios]
+
+
+def render_markdown(machines: list[dict[str, Any]], rows: list[dict[str, Any]], scenarios: list[list[str]] | None = None) -> str:
     lines = ["# edge compare", "", "## Machines", ""]
     lines += _markdown_table(list(MACHINE_COLUMNS), machines)
     lines += ["", "## Results", ""]
@@ -344,8 +380,9 @@ def render_markdown(machines: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     lines += [
         "",
         f'Accuracy is side by side only for reports on the same evaluation set; the others read "{DIFFERENT_EVAL}".',
-        "",
     ]
+    lines += scenario_markdown(scenarios or [])
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -388,7 +425,11 @@ def render_png(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_outputs(
-    out: Path, machines: list[dict[str, Any]], rows: list[dict[str, Any]], say: Callable[[str], object] | None = None
+    out: Path,
+    machines: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    say: Callable[[str], object] | None = None,
+    scenarios: list[list[str]] | None = None,
 ) -> tuple[list[Path], str | None]:
     """compare.{csv,md,png} in ``out``, written together; the note on a PNG that could not be drawn.
     The previous files are kept under ``out/history/<UTC time>/``; ``say`` gets the line."""
@@ -398,7 +439,7 @@ def write_outputs(
     reason = replaces("edge compare", targets)
     with keeping_previous(history_root(targets[0]), targets, reason, say=say), atomic_paths(*targets) as staged:
         staged[0].write_text(render_csv(machines, rows))
-        staged[1].write_text(render_markdown(machines, rows))
+        staged[1].write_text(render_markdown(machines, rows, scenarios))
         if not note:
             render_png(rows, staged[2])
     return targets, note.replace("report.png", "compare.png") if note else None
@@ -410,7 +451,8 @@ def run(args: argparse.Namespace) -> int:
     reports = load_reports(args.reports)
     machines, rows = machine_rows(reports), comparison_rows(reports)
     console = make_console()
-    for table in rich_tables(machines, rows):
+    scenarios = scenario_rows(reports)
+    for table in rich_tables(machines, rows) + scenario_table(scenarios):
         console.print(table)
     if len({eval_id(r) for _, r in reports if eval_id(r) is not None}) > 1:
         console.print(
@@ -419,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.out:
         kept: list[str] = []
-        written, note = write_outputs(Path(args.out), machines, rows, say=kept.append)
+        written, note = write_outputs(Path(args.out), machines, rows, say=kept.append, scenarios=scenarios)
         console.print("wrote " + ", ".join(str(p) for p in written), soft_wrap=True)
         for line in kept:
             console.print(line, soft_wrap=True, highlight=False, markup=False)

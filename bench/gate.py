@@ -113,17 +113,36 @@ def _measured(row: dict[str, Any]) -> bool:
 # ---- what was run ------------------------------------------------------------------------------
 
 
+def _scenario_entries(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return (report.get("loadgen") or {}).get("entries") or []
+
+
 def check_measured(report: dict[str, Any]) -> list[Check]:
     """An empty or all-skipped report proves nothing: it fails."""
     rows = report["rows"]
     measured = [r for r in rows if _measured(r)]
-    if measured:
-        return [Check("anything measured", "pass", f"{len(measured)} of {len(rows)} rows measured")]
+    scenarios = [e for e in _scenario_entries(report) if e.get("status") == "ok"]
+    if measured or scenarios:
+        also = f", {len(scenarios)} LoadGen scenario runs" if scenarios else ""
+        return [Check("anything measured", "pass", f"{len(measured)} of {len(rows)} rows measured{also}")]
     if not rows:
         return [Check("anything measured", "fail", "the report has no rows: nothing was measured")]
     counts = {s: sum(r.get("status") == s for r in rows) for s in ROW_STATUSES}
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     return [Check("anything measured", "fail", f"nothing was measured ({len(rows)} rows: {summary})")]
+
+
+def check_scenario_runs(report: dict[str, Any]) -> list[Check]:
+    """A LoadGen scenario that errored fails; a skipped one is listed. LoadGen's INVALID verdict is
+    shown, not failed: ``--quick`` runs are short on purpose, and a regression is the baseline's job."""
+    checks = []
+    for e in _scenario_entries(report):
+        name = f"LoadGen {e['scenario']} ({e['mode']}) {e['artifact']}@{e['device']}"
+        if e.get("status") == "ok":
+            continue
+        status = "skip" if e.get("status") == "skipped" else "fail"
+        checks.append(Check(name, status, str(e.get("error") or e.get("reason") or e.get("status"))))
+    return checks
 
 
 def check_runs(report: dict[str, Any], allow_unverified: bool = False) -> list[Check]:
@@ -290,6 +309,13 @@ def check_baseline_coverage(report: dict[str, Any], baseline: dict[str, Any]) ->
                 checks.append(
                     Check(f"missing {key} batch {cell['batch']}", "fail", "timed in the baseline, absent from this report")
                 )
+    now = {(e["artifact"], e["device"], e["scenario"], e["mode"]) for e in _scenario_entries(report) if e.get("status") == "ok"}
+    for e in _scenario_entries(baseline):
+        if e.get("status") == "ok":
+            counted += 1
+            if (e["artifact"], e["device"], e["scenario"], e["mode"]) not in now:
+                name = f"missing LoadGen {e['scenario']} ({e['mode']}) {e['artifact']}@{e['device']}"
+                checks.append(Check(name, "fail", "run in the baseline, absent from this report"))
     if not checks:
         checks.append(Check("baseline coverage", "pass", f"all {counted} rows and cells measured in the baseline are here"))
     return checks
@@ -363,7 +389,8 @@ def evaluate_gate(
     allow_unverified: bool = False,
 ) -> list[Check]:
     """Every check of the gate, in order: what ran, drops vs parent, then baseline comparisons."""
-    checks = check_measured(report) + check_runs(report, allow_unverified) + check_stale(report, allow_stale)
+    checks = check_measured(report) + check_runs(report, allow_unverified) + check_scenario_runs(report)
+    checks += check_stale(report, allow_stale)
     checks += check_parent_drops(report, max_drop, confidence, allow_unmeasured, allow_small_eval)
     checks += check_exact_agreement(report, min_exact_agreement)
     if baseline is not None:

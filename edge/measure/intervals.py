@@ -50,6 +50,41 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     return x[k - 1], x[n - k], 1 - 2 * _binom_tail(k - 1, n)
 
 
+def quantile_interval(values: list[float], q: float, confidence: float = CONFIDENCE) -> tuple[float, float, float | None]:
+    """(low, high, level): the distribution-free order-statistic interval for the ``q`` quantile
+    (0 < q < 1) of the population ``values`` were drawn from; the narrowest pair of order statistics
+    symmetric in rank around ``q * n`` that covers at ``confidence`` (the widest available otherwise).
+    ``median_interval`` is the q = 0.5 case with exact binomial tails."""
+    x = sorted(float(v) for v in values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values")
+    if n == 1:
+        return x[0], x[0], None
+    log_pmf = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(q) + (n - i) * math.log1p(-q)
+        for i in range(n + 1)
+    ]
+    cumulative, total = [], 0.0
+    for value in log_pmf:
+        total += math.exp(value)
+        cumulative.append(total)
+
+    def cdf(k: int) -> float:  # P(Binomial(n, q) <= k)
+        return cumulative[k]
+
+    centre = q * n
+    best = (0, n - 1)
+    for half in range(1, n + 1):
+        lo, hi = max(0, int(math.floor(centre)) - half), min(n - 1, int(math.ceil(centre)) + half - 1)
+        best = (lo, hi)
+        if cdf(hi) - cdf(lo) >= confidence or (lo == 0 and hi == n - 1):
+            break
+    lo, hi = best
+    level = cdf(hi) - cdf(lo)  # P(x_(lo+1) <= quantile < x_(hi+1)) in 1-based order statistics
+    return x[lo], x[hi], level
+
+
 def spread_pct(values: list[float]) -> float | None:
     """(max - min) / median of round figures, in percent: how much the rounds disagreed."""
     if len(values) < 2:

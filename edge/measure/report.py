@@ -16,6 +16,12 @@
                  compute / end_to_end timing stats with their rounds, device_ms, energy_j_per_image,
                  single_stream (batch 1 stats with its sample count), and accuracy: top1, top5 and
                  the per-image top-1 ``predictions``, plus ``vs_parent`` (drop, agreement, flips)
+    loadgen      (version 5, optional) MLPerf LoadGen scenarios: ``note``, ``scenarios``, ``mode`` and
+                 ``entries[]``, one per artifact x device x scenario x mode: status, LoadGen's
+                 validity with ``invalid_reasons``, ``early_stopping_met``, ``estimate_ms`` (SingleStream
+                 p90, MultiStream p99 early-stopping estimate), ``qps`` / ``peak_qps``, LoadGen's
+                 ``latency_ms`` percentiles, the ``effective`` settings, the sample library, the
+                 ``rounds_ms`` the gate compares, ``accuracy`` (accuracy mode) and the paths of its logs
 
 The per-image predictions are stored (not just counts) so that ``edge check`` can recount the
 paired flips against the float parent, and against a baseline report on the same evaluation set.
@@ -42,8 +48,13 @@ SCHEMA = "edge-bench-report"
 # carry timing ``rounds`` with p50 intervals; ratios to the float parent (``vs_parent_latency``).
 # 4: rows may be ``unverified`` (a model file without its manifest, measured): a version-3 gate would
 # pass them unseen.
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 5: an optional ``loadgen`` section (MLPerf LoadGen scenarios); a version-4 reader would drop it unseen.
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+SCENARIO_NOTE = "MLPerf LoadGen scenario, not an audited MLPerf result"  # on every page that shows one
+SCENARIO_NAMES = ("single-stream", "multi-stream", "offline", "server")
+SCENARIO_MODES = ("performance", "accuracy", "find-peak", "both")
+ENTRY_STATUSES = ("ok", "error", "skipped", "interrupted")
 MEASURED = ("ok", "rejected", "unverified")  # row statuses with numbers in them
 HARNESS_PACKAGES = ("edge", "train", "bench", "calibration")  # the harness's own code: its source is hashed
 
@@ -179,6 +190,27 @@ def _validate_row(row: Any, where: str, n_labels: int | None) -> None:
         _validate_vs_parent(accuracy["vs_parent"], f"{where}.accuracy.vs_parent", n_labels)
 
 
+def _validate_loadgen(section: Any, where: str) -> None:
+    _need(section, dict, where, "an object")
+    _field(section, "note", str, where, "the 'not an audited MLPerf result' note")
+    for i, entry in enumerate(_field(section, "entries", list, where, "a list of scenario runs")):
+        at = f"{where}.entries[{i}]"
+        _need(entry, dict, at, "an object")
+        _field(entry, "artifact", str, at, "the artifact's bench name")
+        _field(entry, "device", str, at, "a device name")
+        for key, allowed in (("scenario", SCENARIO_NAMES), ("mode", SCENARIO_MODES), ("status", ENTRY_STATUSES)):
+            value = _field(entry, key, str, at, f"one of {', '.join(allowed)}")
+            if value not in allowed:
+                raise _Invalid(f"{at}.{key} must be one of {', '.join(allowed)}, got {value!r}")
+        if entry["status"] != "ok":
+            continue
+        _field(entry, "validity", str, at, "LoadGen's VALID or INVALID", required=entry["mode"] != "accuracy")
+        for key in ("estimate_ms", "qps", "peak_qps"):
+            _field(entry, key, _NUMBER, at, "a number", required=False)
+        for j, value in enumerate(_field(entry, "rounds_ms", list, at, "a list of round figures", required=False) or []):
+            _need(value, _NUMBER, f"{at}.rounds_ms[{j}]", "a number")
+
+
 def validate_report(data: Any, source: str = "report") -> dict[str, Any]:
     """``data`` if it is a bench report the tools can read; else one UserError naming the problem.
 
@@ -211,6 +243,8 @@ def validate_report(data: Any, source: str = "report") -> dict[str, Any]:
                 n_labels = len(_int_list(labels, "eval.labels"))
         for i, row in enumerate(_need(data["rows"], list, "rows", "a list")):
             _validate_row(row, f"rows[{i}]", n_labels)
+        if data.get("loadgen") is not None:
+            _validate_loadgen(data["loadgen"], "loadgen")
     except _Invalid as exc:
         raise UserError(f"{source} is a malformed bench report: {exc}; rewrite it with `edge bench`") from exc
     return data

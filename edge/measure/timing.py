@@ -244,12 +244,15 @@ class RoundTimer:
 
     def stats(self) -> dict[str, Any]:
         """Pooled statistics; ``p50_ms`` is the median of round p50s, with its interval and spread."""
-        from edge.measure.intervals import median_interval, spread_pct
+        from edge.measure.intervals import median_interval, quantile_interval, spread_pct
 
         out = summarize(self._samples, self._wall, self.items_per_call).to_dict()
         p50s = [r["p50_ms"] for r in self.rounds]
         low, high, level = median_interval(p50s)
+        p90_low, p90_high, p90_level = quantile_interval(self._samples, 0.9)  # every call's time, pooled
         out.update(
+            p90_ci_ms=[p90_low, p90_high],
+            p90_ci_level=p90_level,
             p50_ms=float(np.median(p50s)),
             p50_ci_ms=[low, high],
             ci_level=level,

@@ -112,16 +112,19 @@ def backend_folder(files: ServerFiles, workdir: Path) -> Path:
     return python.parent
 
 
-def python_model_config(plan: ModelPlan, options: Options) -> dict[str, Any]:
-    """``edge triton``'s config for ``plan``, run by the Python backend (no warm-up: the stub starts cold anyway)."""
+def python_model_config(plan: ModelPlan, options: Options, dynamic_batching: bool = True) -> dict[str, Any]:
+    """``edge triton``'s config for ``plan``, run by the Python backend (no warm-up: the stub starts
+    cold anyway); without ``dynamic_batching`` each request runs alone."""
     config = model_config(plan, options)
     config.pop("platform")
+    if not dynamic_batching:
+        config.pop("dynamic_batching", None)
     config.pop("optimization", None)
     config.pop("model_warmup", None)
     return {"name": config.pop("name"), "backend": "python", **config}
 
 
-def write_python_model(repo: Path, plan: ModelPlan, options: Options) -> Path:
+def write_python_model(repo: Path, plan: ModelPlan, options: Options, dynamic_batching: bool = True) -> Path:
     """``repo/<model>/`` with config.pbtxt, labels.txt, 1/model.onnx and 1/model.py."""
     model_dir = repo / plan.name
     (model_dir / VERSION).mkdir(parents=True)
@@ -130,7 +133,7 @@ def write_python_model(repo: Path, plan: ModelPlan, options: Options) -> Path:
     site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     code = template.replace("SITE_PACKAGES: list = []", f"SITE_PACKAGES: list = {sorted(set(site))!r}", 1)
     (model_dir / VERSION / "model.py").write_text(code)
-    (model_dir / CONFIG).write_text(to_pbtxt(python_model_config(plan, options)))
+    (model_dir / CONFIG).write_text(to_pbtxt(python_model_config(plan, options, dynamic_batching)))
     if plan.spec.labels:
         (model_dir / LABELS).write_text("".join(f"{label}\n" for label in plan.spec.labels))
     return model_dir
@@ -253,7 +256,11 @@ def server_command(files: ServerFiles, workdir: Path, backends: Path, host: str,
 
 
 def start_server(
-    run_dir: str | os.PathLike[str], artifact: str = rows.ONNX_FP32, http_port: int = 8000, host: str = DEFAULT_HOST
+    run_dir: str | os.PathLike[str],
+    artifact: str = rows.ONNX_FP32,
+    http_port: int = 8000,
+    host: str = DEFAULT_HOST,
+    dynamic_batching: bool = True,
 ) -> Server:
     """Write the Python-backend repository for ``artifact`` into a new work folder and start
     tritonserver on it (HTTP on ``http_port``, gRPC on the next port, metrics on the one after, all on
@@ -264,7 +271,7 @@ def start_server(
     workdir = Path(tempfile.mkdtemp(prefix="edge-serve-"))
     try:
         backends = backend_folder(files, workdir)
-        write_python_model(workdir / "repository", plan, options)
+        write_python_model(workdir / "repository", plan, options, dynamic_batching)
         log = workdir / "tritonserver.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
@@ -321,6 +328,9 @@ def add_arguments(parser: Any) -> None:
         default=DEFAULT_HOST,
         help="the address HTTP, gRPC and metrics listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)",
     )
+    parser.add_argument(
+        "--no-dynamic-batching", action="store_true", help="serve each request alone (no dynamic_batching in the config)"
+    )
 
 
 def run(args: Any) -> int:
@@ -336,7 +346,7 @@ def run(args: Any) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, systemd: a clean stop too
     server = None
     try:
-        server = start_server(args.run, args.artifact, args.port, args.host)
+        server = start_server(args.run, args.artifact, args.port, args.host, not args.no_dynamic_batching)
         server.wait_ready()
         bound = server.bound()
         console.print(

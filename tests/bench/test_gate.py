@@ -430,7 +430,7 @@ def _set(path: str, value: object):
     ("mutate", "message"),
     [
         (lambda r: r.clear(), "not an edge bench report"),
-        (_set("schema_version", 99), "schema version 99, this tool reads versions 1, 2, 3, 4: newer than this tool"),
+        (_set("schema_version", 99), "schema version 99, this tool reads versions 1, 2, 3, 4, 5: newer than this tool"),
         (_set("schema_version", "1"), "schema version '1'"),
         (lambda r: r.pop("rows"), "the report has no 'rows'"),
         (_set("rows", {"int8-cpu": {}}), "rows must be a list"),

@@ -182,7 +182,7 @@ def test_report_files_and_manifest(pipeline_report: Path):
     assert manifest.kind == "bench-report"
     assert set(manifest.extra_files) == {"report.md", "report.csv", "report.png"}
     report = json.loads(pipeline_report.read_text())
-    assert report["schema_version"] == SCHEMA_VERSION == 4 and report["environment"]["machine_fingerprint"]
+    assert report["schema_version"] == SCHEMA_VERSION == 5 and report["environment"]["machine_fingerprint"]
     assert report["environment"]["harness"]["source_sha256"] == harness_fingerprint()["source_sha256"]
     with open(bench_dir / "report.csv") as handle:
         lines = list(csv.DictReader(handle))
