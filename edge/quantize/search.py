@@ -109,7 +109,7 @@ class QuantizeSearch:
         verify_artifact(run.require(self.parent, f"export the model first: `edge export {run.root}`"))  # still its manifest's
         load_onnx_checked(self.parent)
         self.spec = artifact_spec(self.parent)
-        self.config = target_config(options.target)
+        self.config = target_config(options.target, self.parent)
         self.reduce_range = options.weights_reduce_range()
         self.out_path = Path(out) if out else (run.int8_cpu if options.target == "cpu" else run.int8_trt)
         self.started = time.perf_counter()
