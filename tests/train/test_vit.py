@@ -42,8 +42,6 @@ def test_cnn_takes_any_size_and_vit_is_built_at_the_size_asked_for(tmp_path):
     model = build_model(VIT, num_classes=3, weights_path=weights, image_size=48).eval()
     assert tuple(model.pos_embed.shape) == (1, 1 + 3 * 3, 64)
     assert model(torch.zeros(2, 3, 48, 48)).shape == (2, 3)
-    tv = build_model("vit_b_16", num_classes=3, image_size=32)
-    assert tv(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
 
 @pytest.fixture(scope="module")
