@@ -583,6 +583,20 @@ def _ratio(ratio: dict[str, Any]) -> str:
     return f"{ratio['estimate']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}]"
 
 
+def save_figures(saved: Path, results: list[dict[str, Any]]) -> None:
+    """One entry per model in ``saved``: these models' entries replaced, the others' kept (runs of
+    other models, in parallel too: the file is locked while it is read and rewritten)."""
+    import fcntl
+
+    from edge.atomic import atomic_write_json
+
+    with open(saved.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = json.loads(saved.read_text())["models"] if saved.exists() else []
+        names = {r["model"] for r in results}
+        atomic_write_json(saved, {"models": [m for m in kept if m.get("model") not in names] + results})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scripts.hard_models_benchmark",
@@ -628,7 +642,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from edge.atomic import atomic_write_json
     from edge.console import make_console
     from train.models import check_image_size, zoo_entry
 
@@ -655,10 +668,7 @@ def _main(args: argparse.Namespace) -> int:
         else:
             print_model(console, figures)
         results.append(figures)
-        # One entry per model: a run of some models updates theirs and keeps the others'.
-        kept = json.loads(saved.read_text())["models"] if saved.exists() else []
-        merged = [m for m in kept if m.get("model") not in args.models] + results
-        atomic_write_json(saved, {"models": merged, "updated_by": {"models": args.models, "argv": sys.argv[1:]}})
+        save_figures(saved, results)
     wall = time.perf_counter() - start
     met = [t["met"] for r in results if "targets" in r for t in r["targets"]]
     print(
