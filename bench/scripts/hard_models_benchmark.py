@@ -610,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-limit", type=int, default=0, help="test images (default 0: the whole split, 10,000)")
     parser.add_argument("--work", default="runs/hard-models", help="where the runs live (default runs/hard-models)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run with the same recipe exists")
+    parser.add_argument("--report", action="store_true", help="only print the tables of WORK/hard_models.json again")
     parser.add_argument("--train-only", action="store_true", help="only train, export and calibrate the runs (for a later run)")
     parser.add_argument(
         "--max-drop", type=float, default=0.5, help="NNCF accuracy control's budget in points (default 0.5, ours)"
@@ -652,6 +653,16 @@ def _main(args: argparse.Namespace) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if args.report:
+        saved = work / "hard_models.json"
+        if not saved.exists():
+            raise UserError(f"{saved} does not exist: run the benchmark first")
+        for figures in json.loads(saved.read_text())["models"]:
+            if "error" in figures:
+                print(f"{figures['model']}: error: {figures['error']}")
+            elif figures["model"] in args.models or args.models == list(DEFAULT_MODELS):
+                print_model(console, figures)
+        return 0
     if args.train_only:
         for arch in args.models:
             train_run(arch, args, work)
