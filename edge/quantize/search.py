@@ -264,7 +264,8 @@ class QuantizeSearch:
     def _scored(self, result: Try) -> Try:
         """``result`` scored on the val split (auto) and added to the tries."""
         if self.val is not None and self.val_parent is not None:
-            result.val = compare(self.val_parent, predict(result.path, self.spec, self.val.tensor), self.val.labels)
+            logits = predict(result.path, self.spec, self.val.tensor)
+            result.val, result.val_top1 = compare(self.val_parent, logits, self.val.labels), logits.argmax(1)
             log.info(
                 "try %d: %s, %d node(s) in float%s: val top-1 %s, drop %s points, agreement %.2f%%",
                 len(self.tries),
@@ -313,7 +314,9 @@ class QuantizeSearch:
         scored on the val split against the float model (``edge.quantize.sensitivity``)."""
         assert self.val is not None and self.val_parent is not None
         variants = VARIANTS if self.options.sensitivity else VARIANTS[:1]
-        report = measure_sensitivity(self.prepared, base.path, self.spec, self.val, self.val_parent, self.work, variants)
+        report = measure_sensitivity(
+            self.prepared, base.path, self.spec, self.val, self.val_parent, self.work, variants, base_top1=base.val_top1
+        )
         report.update(target=self.options.target, method=base.method)
         log.info(
             "sensitivity of %d layers on %d val images in %.1f s: %d hurt, %d indistinguishable from zero, %d help",
