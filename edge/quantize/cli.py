@@ -340,7 +340,7 @@ def sensitivity_table(report_path: Path) -> Any:
 
     report = json.loads(report_path.read_text())
     rows = report["layers"]
-    columns = ["layer", "op", "effect"] + [f"{v.replace('_', '-')} agreement cost (pts)" for v in report["variants"]]
+    columns = ["layer", "op", "float-only effect"] + [f"{v.replace('_', '-')} agreement cost (pts)" for v in report["variants"]]
     if report["labelled"]:
         columns.append("float-only top-1 cost (pts)")
     hurt = len(report["groups"][HURTS])
