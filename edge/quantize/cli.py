@@ -4,14 +4,21 @@
                       [--max-drop 0.5] [--min-agreement 99] [--reduce-range]
                       [--weight-rounding gptq|nearest] [--no-bias-correction]
                       [--val-limit N] [--min-val-images N] [--eval-limit N]
+                      [--sensitivity]
 
 Writes RUN/model.int8-cpu.onnx or RUN/model.int8-trt.onnx (QDQ) with a manifest and a per-layer
 error report (RUN/model.int8-<target>.layers.json). Calibration uses RUN/calibration (from
 `edge calibrate`), or draws a set from --data's training split; the same pass collects the layer
 inputs that GPTQ rounds the int8 weights with (``--weight-rounding``, edge/quantize/weights.py).
 ``--method auto`` tries every method on a validation split drawn from the training data, and when
-the best drop exceeds --max-drop (or agreement falls short of --min-agreement) keeps the layers
-with the worst quantization error in float until the budget holds. On target cpu it then times
+the best drop exceeds --max-drop (or agreement falls short of --min-agreement) keeps layers in
+float one more at a time, in the order of their measured effect on the val split (each layer
+alone in float, paired flips against the float model with the gate's exact bounds:
+edge/quantize/sensitivity.py; layers whose effect cannot be told from zero follow in the order of
+their per-layer error), until the budget holds or --max-excluded layers are float; the manifest and
+the printed table give each float layer's effect and, on target cpu, its cost in speed.
+--sensitivity measures every quantized layer both ways (alone in float, alone quantized) and
+writes model.int8-<target>.sensitivity.json and .png beside the model. On target cpu it then times
 the tries that fit against the float model (ONNX Runtime, batch 8) and takes the fastest: a float
 layer costs conversions at its borders, so full INT8 is usually the one to beat. The choice then
 gets its biases corrected (each layer's per-channel mean output put back where the float model has
@@ -87,6 +94,7 @@ def quantize_run(
     weight_rounding: str = "gptq",
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES,
     bias_correction: bool = True,
+    sensitivity: bool = False,
 ) -> Path:
     """Quantize RUN/model.onnx for ``target``, evaluate it against the float parent and write
     RUN/model.int8-<target>.onnx with its manifest; returns the path.
@@ -99,7 +107,8 @@ def quantize_run(
     (read its manifest). ``val_limit``/``eval_limit``: 0 = the whole split (``eval_limit`` None: as many as resolve ``max_drop``). ``weight_rounding``: ``gptq``
     (output-aware, the default) or ``nearest`` (quantize_static's own). ``bias_correction``: correct
     the chosen model's biases (``edge.quantize.bias``; auto keeps it when val scores it at least as
-    well). ``min_val_images``: auto
+    well). ``sensitivity``: measure every layer's effect on the val split and write
+    ``model.int8-<target>.sensitivity.json``/``.png`` beside the model. ``min_val_images``: auto
     refuses (UserError) to choose on fewer labelled val images (0: no floor). The search itself is
     :class:`edge.quantize.search.QuantizeSearch`.
     """
@@ -118,6 +127,7 @@ def quantize_run(
         weight_rounding=weight_rounding,
         min_val_images=min_val_images,
         bias_correction=bias_correction,
+        sensitivity=sensitivity,
     )
     options.validate()
     run_dir = RunDir.open(run)
@@ -188,7 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-excluded",
         type=int,
         default=DEFAULT_MAX_EXCLUDED,
-        help=f"most nodes auto keeps in float (default {DEFAULT_MAX_EXCLUDED})",
+        help=f"most layers auto keeps in float, one more at a time in the order of their measured effect "
+        f"(a weighted op with its fused activation counts once; default {DEFAULT_MAX_EXCLUDED}; 0 = none)",
     )
     parser.add_argument(
         "--weight-rounding",
@@ -202,6 +213,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="put each layer's mean output back where the float model has it, on calibration images "
         "(default: on; auto keeps it only when the val split ranks it ahead: a tie keeps the uncorrected model)",
+    )
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="measure each quantized layer alone in float and alone quantized on the val split (paired flips, "
+        "exact 95%% bounds) and write model.int8-<target>.sensitivity.json and .png beside the model",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
@@ -232,12 +249,17 @@ def run(args: argparse.Namespace) -> int:
         weight_rounding=args.weight_rounding,
         min_val_images=args.min_val_images,
         bias_correction=args.bias_correction,
+        sensitivity=args.sensitivity,
     )
     manifest = read_manifest(path)
     console = make_console()
     if manifest.provenance["val_set"]:
         console.print(tries_table(manifest.provenance))
     console.print(worst_layers_table(path, manifest.provenance))
+    if manifest.provenance.get("sensitivity"):
+        console.print(sensitivity_table(path.with_name(manifest.provenance["sensitivity"])))
+    if manifest.provenance.get("fallback"):
+        console.print(fallback_table(manifest.provenance["fallback"]))
     console.print(result_table(path, manifest.provenance, manifest.metrics))
     if not manifest.metrics["accepted"]:
         where = f"{path.name} written"
@@ -305,6 +327,68 @@ def worst_layers_table(path: Path, prov: dict[str, Any]) -> Any:
             f"{layer['xmodel_err_db']:.1f}",
         )
     return worst
+
+
+def _interval(cost: dict[str, Any] | None) -> str:
+    return "n/a" if cost is None else f"{cost['points']:+.2f} [{cost['lower']:+.2f}, {cost['upper']:+.2f}]"
+
+
+def sensitivity_table(report_path: Path) -> Any:
+    """The WORST_LAYERS layers of a sensitivity report, ranked, and how many cannot be told from zero."""
+    from edge.console import make_table
+    from edge.quantize.sensitivity import HURTS
+
+    report = json.loads(report_path.read_text())
+    rows = report["layers"]
+    columns = ["layer", "op", "float-only effect"] + [f"{v.replace('_', '-')} agreement cost (pts)" for v in report["variants"]]
+    if report["labelled"]:
+        columns.append("float-only top-1 cost (pts)")
+    hurt = len(report["groups"][HURTS])
+    table = make_table(
+        *columns,
+        title=f"per-layer sensitivity on {report['n']} val images ({report['val_set']}), {report['confidence']:.0%} "
+        f"bounds: {hurt} hurt, {len(rows) - hurt} cannot be told from zero or help (smallest detectable "
+        f"{report['smallest_detectable_points']:.2f} pts; full list in {report_path.name})",
+    )
+    for row in rows[: max(WORST_LAYERS, hurt)]:
+        if row["group"] != HURTS and hurt and row is rows[hurt]:
+            table.add_row(
+                f"... {len(rows) - hurt} layers {row['group']} (one group, graph order)", "", "", *[""] * (len(columns) - 3)
+            )
+        cells = [row["layer"], row["op"], row["group"]] + [_interval(row[v]["agreement"]) for v in report["variants"]]
+        if report["labelled"]:
+            cells.append(_interval(row["float_only"]["top1"]))
+        table.add_row(*cells)
+    return table
+
+
+def fallback_table(fallback: dict[str, Any]) -> Any:
+    """auto's layers in float, in the order tried: measured effect, val figures, speed cost."""
+    from edge.console import make_table
+
+    table = make_table(
+        "#",
+        "layer in float",
+        "effect on val (agreement pts)",
+        "val agreement",
+        "val drop (points)",
+        "speed vs float",
+        "speed cost",
+        title=f"auto: layers kept in float in order of measured effect on {fallback['val_count']} val images "
+        f"(stopped: {fallback['stopped']}; at most {fallback['max_excluded']})",
+    )
+    for i, step in enumerate(fallback["layers"], 1):
+        effect = {"points": step["effect_points"], "lower": step["effect_lower"], "upper": step["effect_upper"]}
+        table.add_row(
+            f"{i}{'*' if step['chosen'] else ''}",
+            step["layer"],
+            f"{_interval(effect)} {step['group']}",
+            na(step["val_agreement"], "{:.2f}%"),
+            na(step["val_drop_points"], "{:.2f}"),
+            na(step["speedup"], "{:.2f}x"),
+            na(step["speed_cost_pct"], "{:+.1f}%"),
+        )
+    return table
 
 
 def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> Any:

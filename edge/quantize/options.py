@@ -28,7 +28,7 @@ DEFAULT_VAL_LIMIT = 2000
 # same floor as training's small-set warning (train.splits.MIN_VAL_IMAGES).
 DEFAULT_MIN_VAL_IMAGES = 200
 DEFAULT_EVAL_LIMIT = None  # acceptance images: as many as resolve --max-drop (edge.measure.acceptance.acceptance_count)
-DEFAULT_MAX_EXCLUDED = 8
+DEFAULT_MAX_EXCLUDED = 8  # layers (a weighted op with its fused activation) auto may keep in float
 DEFAULT_CALIB_SIZE = 512
 PHOTO_EVAL_COUNT = 24  # unlabelled photo sets: a few dozen images at most
 
@@ -51,6 +51,8 @@ class QuantizeOptions:
     weight_rounding: str = "gptq"
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES
     bias_correction: bool = True
+    # per-layer sensitivity (edge.quantize.sensitivity): measured and written beside the model
+    sensitivity: bool = False
 
     @property
     def auto(self) -> bool:

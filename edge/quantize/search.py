@@ -7,8 +7,12 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
    (``edge.quantize.weights``);
 2. each method gives a :class:`Try`: a QDQ model (``edge.quantize.targets``) scored against the
    float parent on the val split (``edge.quantize.evaluate``);
-3. while no try fits the :class:`Budget` (a drop in points, an agreement in percent), the most
-   sensitive layers stay in float, their number doubling up to ``max_excluded``;
+3. while no try fits the :class:`Budget` (a drop in points, an agreement in percent), layers stay
+   in float one more at a time, in the order of their measured effect on the val split
+   (``edge.quantize.sensitivity``: each layer alone in float, paired flips with the gate's bounds;
+   the layers whose effect cannot be told from zero follow in the order of their per-layer error),
+   until the budget holds or ``max_excluded`` layers are in float; ``--sensitivity`` measures every
+   layer both ways and writes the report beside the model even when nothing needs to stay float;
 4. on target cpu the tries are timed against the float model and the fastest that fits is taken;
 5. the choice gets its biases corrected (``edge.quantize.bias``: each layer's mean output put back
    where the float model has it) and, under auto, keeps the correction when the val split scores it
@@ -27,6 +31,7 @@ entry points.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -61,6 +66,15 @@ from edge.quantize.evaluate import (
     weight_sensitivity,
 )
 from edge.quantize.options import PHOTO_EVAL_COUNT, QuantizeOptions, check_val_size
+from edge.quantize.sensitivity import (
+    VARIANTS,
+    Layer,
+    fallback_order,
+    measure_sensitivity,
+    sensitivity_paths,
+    variant,
+    write_sensitivity,
+)
 from edge.quantize.targets import (
     check_tensorrt_rules,
     default_reduce_range,
@@ -113,8 +127,8 @@ class QuantizeSearch:
         self.reduce_range = options.weights_reduce_range()
         self.out_path = Path(out) if out else (run.int8_cpu if options.target == "cpu" else run.int8_trt)
         self.started = time.perf_counter()
-        self.val = self.eval_set("val", options.val_limit) if options.auto else None
-        if self.val is not None:
+        self.val = self.eval_set("val", options.val_limit) if options.auto or options.sensitivity else None
+        if self.val is not None and options.auto:
             check_val_size(self.val, options)  # before the calibration pass: refuse early
         self.calib = calibration_set(run, calibration, options, self.spec)
         self.prepared = prepare_float_model(self.parent, work / "float.onnx")
@@ -126,6 +140,9 @@ class QuantizeSearch:
             for i in range(0, min(debug_images(self.spec), len(self.calib)), DEBUG_BATCH)
         ]
         self.tries: list[Try] = []
+        self.sensitivity: dict[str, Any] | None = None  # measure_sensitivity()'s report, when measured
+        self.fallback: list[tuple[Layer, Try]] = []  # the layers put in float one at a time, with each try
+        self.fallback_base: Try | None = None  # the full-INT8 try the fallback started from
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -138,10 +155,18 @@ class QuantizeSearch:
         searched_s = self.elapsed()  # calibration + quantization, before acceptance
         acceptance = self.accept(best)
         self.out_path = result_path(self.out_path, acceptance.accepted)
-        replaced = [self.out_path.with_name(layer_report_name(self.out_path)), self.out_path]  # in the order written
+        # in the order written; a sensitivity report of an earlier model goes to history even when
+        # none is measured now, so none is left beside a model it does not describe
+        replaced = [*sensitivity_paths(self.out_path), self.out_path.with_name(layer_report_name(self.out_path)), self.out_path]
         with keeping_previous(history_root(self.out_path, self.run_dir.root), replaced, "edge quantize replaces them"):
+            if self.sensitivity is not None:
+                extra = write_sensitivity(self.sensitivity, self.out_path)
+            else:
+                extra = []
+                for stale in sensitivity_paths(self.out_path):
+                    stale.unlink(missing_ok=True)
             report_path = self.write_model(best, layers)
-            self.write_manifest(best, acceptance, report_path, searched_s)
+            self.write_manifest(best, acceptance, report_path, searched_s, extra)
         return self.out_path
 
     # ---- calibration and tries -----------------------------------------------------------
@@ -192,6 +217,26 @@ class QuantizeSearch:
             result.rounding = self.rounding.apply(path)
         return self._scored(result)
 
+    def attempt_float(self, base: Try, layers: list[Layer]) -> Try:
+        """``base`` with ``layers`` in float, scored on the val split: derived from ``base``'s QDQ model
+        as the sensitivity variants are (``edge.quantize.sensitivity.variant``: each layer reads float
+        inputs and float weights, every other layer keeps its ranges and rounded weights), so the
+        fallback keeps in float exactly what was measured. ``nodes_to_exclude`` would not: a layer it
+        excludes still reads its input through the Q/DQ pair its quantized producer writes."""
+        import onnx
+
+        path = self.work / f"try-{len(self.tries)}.onnx"
+        floated = {layer.node for layer in layers}
+        model = variant(onnx.load(str(base.path)), self.float_model, lambda reader, source: reader not in floated)
+        onnx.save(model, str(path))
+        excluded = [node for layer in layers for node in layer.exclude]
+        return self._scored(Try(base.method, excluded, path, rounding=dict(base.rounding)))
+
+    @functools.cached_property
+    def float_model(self) -> Any:
+        """The prepared float model, loaded once for the fallback's variants."""
+        return onnx.load(str(self.prepared))
+
     def corrected(self, chosen: Try) -> Try:
         """A copy of ``chosen`` with its biases corrected on the first calibration images
         (``edge.quantize.bias``), scored on the val split like every try."""
@@ -219,7 +264,8 @@ class QuantizeSearch:
     def _scored(self, result: Try) -> Try:
         """``result`` scored on the val split (auto) and added to the tries."""
         if self.val is not None and self.val_parent is not None:
-            result.val = compare(self.val_parent, predict(result.path, self.spec, self.val.tensor), self.val.labels)
+            logits = predict(result.path, self.spec, self.val.tensor)
+            result.val, result.val_top1 = compare(self.val_parent, logits, self.val.labels), logits.argmax(1)
             log.info(
                 "try %d: %s, %d node(s) in float%s: val top-1 %s, drop %s points, agreement %.2f%%",
                 len(self.tries),
@@ -242,8 +288,11 @@ class QuantizeSearch:
             self.attempt(method, [])
         best = self.budget.best(self.tries)
         layers = self.layer_errors(best)
-        if self.options.auto and not self.budget.fits(best) and self.options.max_excluded > 0:
-            best, layers = self.exclude_worst(best, layers)
+        missed = self.options.auto and not self.budget.fits(best) and self.options.max_excluded > 0
+        if self.options.sensitivity or missed:
+            self.sensitivity = self.measure_sensitivity(best)
+        if missed:
+            best, layers = self.exclude_ranked(best, layers)
         if self.options.auto and self.options.target == "cpu":
             self.time_tries()
             fastest = self.budget.fastest(self.tries)
@@ -260,19 +309,42 @@ class QuantizeSearch:
     def layer_errors(self, chosen: Try) -> list[dict[str, Any]]:
         return layer_errors(self.prepared, chosen.path, self.spec, self.debug_batches)
 
-    def exclude_worst(self, best: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
-        """Keep the most sensitive nodes in float, doubling their number (1, 2, 4, ...) until the
-        budget holds or ``max_excluded`` is reached; returns the best of those tries and its layers."""
-        ranked = self.float_ranking(layers)
-        count = 1
-        chosen = best
-        while count <= min(self.options.max_excluded, len(ranked)):
-            result = self.attempt(best.method, ranked[:count])
+    def measure_sensitivity(self, base: Try) -> dict[str, Any]:
+        """Each quantized layer of ``base`` alone in float (and, with --sensitivity, alone quantized),
+        scored on the val split against the float model (``edge.quantize.sensitivity``)."""
+        assert self.val is not None and self.val_parent is not None
+        variants = VARIANTS if self.options.sensitivity else VARIANTS[:1]
+        report = measure_sensitivity(
+            self.prepared, base.path, self.spec, self.val, self.val_parent, self.work, variants, base_top1=base.val_top1
+        )
+        report.update(target=self.options.target, method=base.method)
+        log.info(
+            "sensitivity of %d layers on %d val images in %.1f s: %d hurt, %d indistinguishable from zero, %d help",
+            len(report["layers"]),
+            report["n"],
+            report["wall_s"],
+            *(len(names) for names in report["groups"].values()),
+        )
+        return report
+
+    def fallback_layers(self, layers: list[dict[str, Any]]) -> list[Layer]:
+        """The order layers go to float: measured effect first, per-layer error among the rest."""
+        assert self.sensitivity is not None
+        return fallback_order(self.sensitivity, self.float_ranking(layers))
+
+    def exclude_ranked(self, best: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
+        """Keep layers in float one more at a time, in :meth:`fallback_layers` order, until the
+        budget holds on val or ``max_excluded`` layers are float; returns the best of those tries
+        (:meth:`Budget.best`) and its per-layer errors."""
+        order = self.fallback_layers(layers)
+        self.fallback_base = chosen = best
+        for count in range(1, min(self.options.max_excluded, len(order)) + 1):
+            result = self.attempt_float(best, order[:count])
+            self.fallback.append((order[count - 1], result))
             if self.budget.best([chosen, result]) is result:
                 chosen = result
             if self.budget.fits(result):
                 break
-            count *= 2
         if chosen is not best:
             layers = self.layer_errors(chosen)
         return chosen, layers
@@ -366,7 +438,9 @@ class QuantizeSearch:
             shutil.copyfile(best.path, staged)
         return report_path
 
-    def write_manifest(self, best: Try, acceptance: Acceptance, report_path: Path, searched_s: float) -> None:
+    def write_manifest(
+        self, best: Try, acceptance: Acceptance, report_path: Path, searched_s: float, extra: list[Path] | None = None
+    ) -> None:
         env = environment_fingerprint()
         metrics = {
             **acceptance.figures,
@@ -388,7 +462,7 @@ class QuantizeSearch:
             parent=self.parent,
             provenance=self.provenance(best, env, report_path),
             metrics=metrics,
-            extra_files=[report_path],
+            extra_files=[report_path, *(extra or [])],
             environment=env,
         )
         log.info(
@@ -433,6 +507,55 @@ class QuantizeSearch:
             "max_drop": self.options.max_drop,
             "min_agreement": self.options.min_agreement,
             "layer_report": report_path.name,
+            "sensitivity": sensitivity_paths(self.out_path)[0].name if self.sensitivity is not None else None,
+            "fallback": self.fallback_record(best),
+        }
+
+    def fallback_record(self, best: Try) -> dict[str, Any] | None:
+        """The layers auto put in float, in the order tried: each one's measured effect (float-only
+        agreement cost on val, with its bounds), the val figures with it and the layers before it
+        in float, and what it cost in speed (target cpu: the throughput lost against the try
+        before it, both timed in the same interleaved rounds; None where not timed)."""
+        if self.fallback_base is None or self.sensitivity is None:
+            return None
+        rows = {row["layer"]: row for row in self.sensitivity["layers"]}
+        previous = self.fallback_base.speedup
+        steps = []
+        for layer, result in self.fallback:
+            effect = rows[layer.node]["float_only"]["agreement"]
+            speed_cost = None
+            if previous is not None and result.speedup is not None:
+                speed_cost = round(100.0 * (1.0 - result.speedup / previous), 2)
+            steps.append(
+                {
+                    "layer": layer.node,
+                    "nodes": list(layer.exclude),
+                    "group": rows[layer.node]["group"],
+                    "effect_points": effect["points"],
+                    "effect_lower": effect["lower"],
+                    "effect_upper": effect["upper"],
+                    "val_agreement": result.val.get("agreement"),
+                    "val_drop_points": result.val.get("drop_points"),
+                    "fits": self.budget.fits(result),
+                    "speedup": round(result.speedup, 3) if result.speedup is not None else None,
+                    "speed_cost_pct": speed_cost,
+                    "chosen": all(node in best.excluded for node in layer.exclude),
+                }
+            )
+            previous = result.speedup
+        fitted = bool(self.fallback) and self.budget.fits(self.fallback[-1][1])
+        return {
+            "ranking": "measured float-only effect on val (paired flips, exact bounds), then per-layer error",
+            "val_count": self.sensitivity["n"],
+            "max_excluded": self.options.max_excluded,
+            "stopped": "budget holds on val"
+            if fitted
+            else ("max_excluded reached" if len(self.fallback) >= self.options.max_excluded else "every layer tried"),
+            "speedup_before": round(self.fallback_base.speedup, 3) if self.fallback_base.speedup is not None else None,
+            "speed": None
+            if previous is None
+            else f"ONNX Runtime CPU, batch {SPEED_BATCH}, {SPEED_ROUNDS} interleaved rounds with the float model",
+            "layers": steps,
         }
 
 

@@ -28,6 +28,7 @@ class Try:
     speedup: float | None = None  # throughput against the float model (auto, target cpu)
     rounding: dict[str, Any] = field(default_factory=lambda: {"rounding": "nearest"})
     bias: dict[str, Any] | None = None  # correct_biases()'s summary; None: biases as quantized
+    val_top1: Any = field(default=None, repr=False)  # its top-1 on the val split (numpy), kept for the sensitivity pass
 
     def row(self) -> dict[str, Any]:
         return {
