@@ -4,6 +4,7 @@
                       [--max-drop 0.5] [--min-agreement 99] [--reduce-range]
                       [--weight-rounding gptq|nearest] [--no-bias-correction]
                       [--val-limit N] [--min-val-images N] [--eval-limit N]
+                      [--qat | --qat-if-needed] [--qat-steps N]
 
 Writes RUN/model.int8-cpu.onnx or RUN/model.int8-trt.onnx (QDQ) with a manifest and a per-layer
 error report (RUN/model.int8-<target>.layers.json). Calibration uses RUN/calibration (from
@@ -87,6 +88,9 @@ def quantize_run(
     weight_rounding: str = "gptq",
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES,
     bias_correction: bool = True,
+    qat: bool = False,
+    qat_if_needed: bool = False,
+    qat_steps: int | None = None,
 ) -> Path:
     """Quantize RUN/model.onnx for ``target``, evaluate it against the float parent and write
     RUN/model.int8-<target>.onnx with its manifest; returns the path.
@@ -100,8 +104,10 @@ def quantize_run(
     (output-aware, the default) or ``nearest`` (quantize_static's own). ``bias_correction``: correct
     the chosen model's biases (``edge.quantize.bias``; auto keeps it when val scores it at least as
     well). ``min_val_images``: auto
-    refuses (UserError) to choose on fewer labelled val images (0: no floor). The search itself is
-    :class:`edge.quantize.search.QuantizeSearch`.
+    refuses (UserError) to choose on fewer labelled val images (0: no floor). ``qat``: fine-tune the
+    checkpoint with fake quantization first; ``qat_if_needed`` (auto): only when PTQ misses the budget
+    on val; ``qat_steps``: optimizer steps instead of the recipe's epochs (``edge.quantize.qat``).
+    The search itself is :class:`edge.quantize.search.QuantizeSearch`.
     """
     options = QuantizeOptions(
         target=target,
@@ -118,6 +124,9 @@ def quantize_run(
         weight_rounding=weight_rounding,
         min_val_images=min_val_images,
         bias_correction=bias_correction,
+        qat=qat,
+        qat_if_needed=qat_if_needed,
+        qat_steps=qat_steps,
     )
     options.validate()
     run_dir = RunDir.open(run)
@@ -203,6 +212,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="put each layer's mean output back where the float model has it, on calibration images "
         "(default: on; auto keeps it only when the val split ranks it ahead: a tie keeps the uncorrected model)",
     )
+    qat = parser.add_argument_group("QAT: quantization-aware fine-tuning when PTQ is not enough (docs/quantize.md#qat)")
+    qat.add_argument(
+        "--qat",
+        action="store_true",
+        help="fine-tune the checkpoint with fake quantization (NVIDIA Model Optimizer) on the pinned train split first: "
+        "about 10%% of the original epochs (at least one), 1%% of its learning rate, cosine",
+    )
+    qat.add_argument(
+        "--qat-if-needed",
+        action="store_true",
+        help="with --method auto: QAT as the last resort, only when PTQ (float layers included) misses the budget on val",
+    )
+    qat.add_argument("--qat-steps", type=int, metavar="N", help="QAT optimizer steps instead of the recipe's epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
 
@@ -232,6 +254,9 @@ def run(args: argparse.Namespace) -> int:
         weight_rounding=args.weight_rounding,
         min_val_images=args.min_val_images,
         bias_correction=args.bias_correction,
+        qat=args.qat,
+        qat_if_needed=args.qat_if_needed,
+        qat_steps=args.qat_steps,
     )
     manifest = read_manifest(path)
     console = make_console()
@@ -267,14 +292,15 @@ def tries_table(prov: dict[str, Any]) -> Any:
     )
     corrected = prov.get("bias_correction") is not None
     for i, row in enumerate(prov["tries"]):
-        chosen = (row["method"], row["excluded"], row.get("bias_corrected", False)) == (
+        chosen = (row["method"], row["excluded"], row.get("bias_corrected", False), row.get("qat", False)) == (
             prov["chosen_method"],
             prov["nodes_excluded"],
             corrected,
+            prov.get("qat") is not None,
         )
         tries.add_row(
             f"{i}{'*' if chosen else ''}",
-            row["method"],
+            row["method"] + (" (QAT)" if row.get("qat") else ""),
             str(len(row["excluded"])),
             "corrected" if row.get("bias_corrected") else "quantized",
             na(row.get("top1"), "{:.2f}%"),
@@ -326,7 +352,8 @@ def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> A
     result.add_row(
         prov["chosen_method"]
         + (f" +{len(prov['nodes_excluded'])} float" if prov["nodes_excluded"] else "")
-        + (" +bias" if prov.get("bias_correction") else ""),
+        + (" +bias" if prov.get("bias_correction") else "")
+        + (f" +QAT ({prov['qat']['steps']} steps)" if prov.get("qat") else ""),
         na(metrics["top1"], "{:.2f}%"),
         na(metrics["parent_top1"], "{:.2f}%"),
         na(metrics["drop_points"], "{:.2f}"),
