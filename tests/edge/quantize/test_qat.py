@@ -15,17 +15,36 @@ from edge.manifest import read_manifest
 from edge.quantize import search
 from edge.quantize.cli import quantize_run
 from edge.quantize.targets import check_tensorrt_rules
+from edge.quantize.tries import Budget, Try
 
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def qat_run(fashion_onnx_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fashion run with a 16-image calibration set."""
-    from calibration.sets import build_calibration_set
+def qat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PTQ-hard run: timm's test_efficientnet (squeeze-excite, SiLU; seeded, not trained), 10
+    Fashion-MNIST classes at 32 px gray, batch 16 in its training config, exported, with a 16-image
+    calibration set."""
+    import torch
 
+    from calibration.sets import build_calibration_set
+    from edge.export import export_onnx
+    from edge.manifest import write_manifest
+    from train.checkpoint import save_checkpoint
+    from train.data import FASHION_MNIST_LABELS
+    from train.models import build_model, pretrained_spec
+
+    arch = "test_efficientnet"
     root = tmp_path_factory.mktemp("qat") / "run"
-    shutil.copytree(fashion_onnx_run, root)
+    root.mkdir()
+    spec = pretrained_spec(arch).replace(
+        labels=list(FASHION_MNIST_LABELS), color="gray", crop="resize", input_size=32, resize_size=32
+    )
+    torch.manual_seed(0)
+    config = {"data": "fashion-mnist", "seed": 0, "batch_size": 16}
+    path = save_checkpoint(root / "checkpoint.pt", build_model(arch, num_classes=10), arch, spec, config=config)
+    write_manifest(path, "checkpoint", spec, provenance={"arch": arch, "trained": False})
+    export_onnx(root, verify_limit=8)
     build_calibration_set(root, "fashion-mnist", size=16, seed=0, progress=False)
     return root
 
@@ -109,13 +128,34 @@ def test_qat_trt_target_is_symmetric(qat_run: Path) -> None:
     assert _runs_in_onnxruntime(path).shape == (4, 10)
 
 
-# ---- auto's last resort: only when asked, only when PTQ missed ------------------------------------
+# ---- auto's last resort: only when PTQ missed -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auto_search(qat_run: Path, tmp_path_factory: pytest.TempPathFactory) -> search.QuantizeSearch:
+    """An auto search (target trt) that asked for --qat-if-needed, calibrated, before its tries."""
+    from edge.quantize.options import QuantizeOptions
+    from edge.run import RunDir
+
+    options = QuantizeOptions(
+        target="trt",
+        method="auto",
+        data="fashion-mnist",
+        val_limit=100,
+        min_val_images=100,
+        max_excluded=0,
+        weight_rounding="nearest",
+        bias_correction=False,
+        qat_if_needed=True,
+    )
+    options.validate()
+    return search.QuantizeSearch(RunDir.open(qat_run), options, tmp_path_factory.mktemp("auto-work"))
 
 
 @pytest.fixture
 def fake_fine_tune(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """QuantizeSearch.fine_tune stubbed: records the call and hands back the float parent as the
-    'fine-tuned' model (the decision logic is under test, not the fine-tune)."""
+    'fine-tuned' model (the decision is under test here; the fine-tune is tested above)."""
     calls: list[str] = []
 
     def fine_tune(self: search.QuantizeSearch) -> Path:
@@ -127,39 +167,36 @@ def fake_fine_tune(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def _auto(run: Path, tmp_path: Path, **budget: float) -> dict:
-    path = quantize_run(
-        run,
-        target="trt",
-        method="auto",
-        data="fashion-mnist",
-        val_limit=100,
-        min_val_images=100,
-        eval_limit=100,
-        max_excluded=0,
-        weight_rounding="nearest",
-        bias_correction=False,
-        qat_if_needed=True,
-        out=tmp_path / "auto.int8-trt.onnx",
-        **budget,
-    )
-    return read_manifest(path).provenance
+def _ptq_try(agreement: float, drop: float) -> Try:
+    return Try("minmax", [], Path("ptq.onnx"), val={"top1": 80.0, "drop_points": drop, "agreement": agreement, "eval_count": 100})
 
 
-def test_qat_if_needed_is_skipped_when_ptq_fits(qat_run: Path, tmp_path: Path, fake_fine_tune: list[str]) -> None:
-    prov = _auto(qat_run, tmp_path, max_drop=100.0, min_agreement=2.0)
-    assert fake_fine_tune == []
-    assert prov["qat"] is None and prov["qat_last_resort"].startswith("not needed")
-    assert not any(row.get("qat") for row in prov["tries"])
+def test_qat_if_needed_is_skipped_when_ptq_fits(auto_search: search.QuantizeSearch, fake_fine_tune: list[str]) -> None:
+    ptq = _ptq_try(agreement=100.0, drop=0.0)
+    assert auto_search.qat_if_needed(ptq, []) == (ptq, [])
+    assert fake_fine_tune == [] and auto_search.qat is None
+    assert auto_search.qat_last_resort is not None and auto_search.qat_last_resort.startswith("not needed")
 
 
-def test_qat_if_needed_runs_when_ptq_misses(qat_run: Path, tmp_path: Path, fake_fine_tune: list[str]) -> None:
-    prov = _auto(qat_run, tmp_path, max_drop=0.0, min_agreement=100.0)  # int8 never agrees on every val image here
+@pytest.mark.parametrize("ptq_wins", [False, True])
+def test_qat_if_needed_searches_again_when_ptq_misses(
+    auto_search: search.QuantizeSearch, fake_fine_tune: list[str], monkeypatch: pytest.MonkeyPatch, ptq_wins: bool
+) -> None:
+    monkeypatch.setattr(auto_search, "budget", Budget(max_drop=0.0, min_agreement=100.0))  # what int8 misses here
+    # PTQ misses either way; it ranks ahead of every QAT try (a drop of -5 points) or behind them
+    ptq = _ptq_try(agreement=99.99, drop=-5.0) if ptq_wins else _ptq_try(agreement=50.0, drop=30.0)
+    auto_search.tries = [ptq]
+    chosen, layers = auto_search.qat_if_needed(ptq, [])
     assert fake_fine_tune == ["trt"]
-    qat_rows = [row for row in prov["tries"] if row.get("qat")]
-    assert len(qat_rows) == 3 and len(prov["tries"]) == 6  # every method again, from the fine-tuned model
-    # the stub's "fine-tuned" model is the float parent: QAT scores the same, so PTQ (first) is kept
-    assert prov["qat_last_resort"].startswith("not taken") and prov["qat"] is None
+    assert [t.qat for t in auto_search.tries] == [False, True, True, True]  # every method again, from the QAT model
+    assert auto_search.qat_last_resort is not None
+    if ptq_wins:
+        assert chosen is ptq and layers == [] and auto_search.qat is None  # the manifest then carries no recipe
+        assert auto_search.qat_last_resort.startswith("not taken")
+    else:
+        assert chosen.qat and chosen in auto_search.tries[1:] and layers
+        assert auto_search.qat == {"library": "stub", "steps": 0}
+        assert auto_search.qat_last_resort.startswith("taken")
 
 
 @pytest.mark.parametrize(
@@ -171,9 +208,9 @@ def test_qat_if_needed_runs_when_ptq_misses(qat_run: Path, tmp_path: Path, fake_
         ({"qat": True, "qat_steps": 0}, "--qat-steps must be at least 1"),
     ],
 )
-def test_bad_qat_options_fail_before_work(fashion_onnx_run: Path, kwargs: dict, message: str) -> None:
+def test_bad_qat_options_fail_before_work(qat_run: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        quantize_run(fashion_onnx_run, target="cpu", **kwargs)
+        quantize_run(qat_run, target="cpu", **kwargs)
 
 
 def test_qat_refuses_a_model_exported_from_another_checkpoint(qat_run: Path, tmp_path: Path) -> None:
