@@ -40,6 +40,11 @@ model.int8-<target>.rejected.onnx (with its manifest and layer report), which no
 Any previous file a result replaces is kept under RUN/history/<UTC time>/ first. Accuracy of a target-trt model measured here is simulated: ONNX Runtime's CPU
 kernels do not reproduce TensorRT's arithmetic.
 
+--qat fine-tunes the run's checkpoint with fake quantization (NVIDIA Model Optimizer) on its pinned
+train split first and quantizes that model (edge/quantize/qat.py, train/qat.py); --qat-if-needed does
+it only when auto's PTQ choice misses the budget on val. The manifest records the recipe
+(provenance.qat).
+
 Exit status: 0 accepted, 1 written but not accepted, 2 a user error (nothing written).
 """
 

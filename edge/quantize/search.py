@@ -19,6 +19,10 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
    previous ones go to RUN/history/<time>/ first, and a result not accepted never replaces an
    accepted model (it is written beside it, ``model.int8-<target>.rejected.onnx``).
 
+With ``--qat`` the float model the steps above quantize is first fine-tuned with fake quantization
+(``edge.quantize.qat``); with ``--qat-if-needed`` (auto) that happens only when the PTQ choice misses
+the budget on val, and the search runs again from the fine-tuned model (:meth:`QuantizeSearch.qat_if_needed`).
+
 What the user asked for and its checks are ``edge.quantize.options``; the tries, the budget and the
 verdict ``edge.quantize.tries``. ``quantize_run`` and `edge quantize` (``edge.quantize.cli``) are the
 entry points.
