@@ -5,6 +5,7 @@
                       [--weight-rounding gptq|nearest] [--no-bias-correction]
                       [--val-limit N] [--min-val-images N] [--eval-limit N]
                       [--sensitivity]
+                      [--qat | --qat-if-needed] [--qat-steps N]
 
 Writes RUN/model.int8-cpu.onnx or RUN/model.int8-trt.onnx (QDQ) with a manifest and a per-layer
 error report (RUN/model.int8-<target>.layers.json). Calibration uses RUN/calibration (from
@@ -45,6 +46,11 @@ its row rejected. It never replaces an accepted model: where one is, the result 
 model.int8-<target>.rejected.onnx (with its manifest and layer report), which no other stage reads.
 Any previous file a result replaces is kept under RUN/history/<UTC time>/ first. Accuracy of a target-trt model measured here is simulated: ONNX Runtime's CPU
 kernels do not reproduce TensorRT's arithmetic.
+
+--qat fine-tunes the run's checkpoint with fake quantization (NVIDIA Model Optimizer) on its pinned
+train split first and quantizes that model (edge/quantize/qat.py, train/qat.py); --qat-if-needed does
+it only when auto's PTQ choice misses the budget on val. The manifest records the recipe
+(provenance.qat).
 
 Exit status: 0 accepted, 1 written but not accepted, 2 a user error (nothing written).
 """
@@ -95,6 +101,9 @@ def quantize_run(
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES,
     bias_correction: bool = True,
     sensitivity: bool = False,
+    qat: bool = False,
+    qat_if_needed: bool = False,
+    qat_steps: int | None = None,
 ) -> Path:
     """Quantize RUN/model.onnx for ``target``, evaluate it against the float parent and write
     RUN/model.int8-<target>.onnx with its manifest; returns the path.
@@ -109,8 +118,10 @@ def quantize_run(
     the chosen model's biases (``edge.quantize.bias``; auto keeps it when val scores it at least as
     well). ``sensitivity``: measure every layer's effect on the val split and write
     ``model.int8-<target>.sensitivity.json``/``.png`` beside the model. ``min_val_images``: auto
-    refuses (UserError) to choose on fewer labelled val images (0: no floor). The search itself is
-    :class:`edge.quantize.search.QuantizeSearch`.
+    refuses (UserError) to choose on fewer labelled val images (0: no floor). ``qat``: fine-tune the
+    checkpoint with fake quantization first; ``qat_if_needed`` (auto): only when PTQ misses the budget
+    on val; ``qat_steps``: optimizer steps instead of the recipe's epochs (``edge.quantize.qat``).
+    The search itself is :class:`edge.quantize.search.QuantizeSearch`.
     """
     options = QuantizeOptions(
         target=target,
@@ -128,6 +139,9 @@ def quantize_run(
         min_val_images=min_val_images,
         bias_correction=bias_correction,
         sensitivity=sensitivity,
+        qat=qat,
+        qat_if_needed=qat_if_needed,
+        qat_steps=qat_steps,
     )
     options.validate()
     run_dir = RunDir.open(run)
@@ -220,6 +234,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure each quantized layer alone in float and alone quantized on the val split (paired flips, "
         "exact 95%% bounds) and write model.int8-<target>.sensitivity.json and .png beside the model",
     )
+    qat = parser.add_argument_group("QAT: quantization-aware fine-tuning when PTQ is not enough (docs/quantize.md#qat)")
+    qat.add_argument(
+        "--qat",
+        action="store_true",
+        help="fine-tune the checkpoint with fake quantization (NVIDIA Model Optimizer) on the pinned train split first: "
+        "about 10%% of the original epochs (at least one), 1%% of its learning rate, cosine",
+    )
+    qat.add_argument(
+        "--qat-if-needed",
+        action="store_true",
+        help="with --method auto: QAT as the last resort, only when PTQ (float layers included) misses the budget on val",
+    )
+    qat.add_argument("--qat-steps", type=int, metavar="N", help="QAT optimizer steps instead of the recipe's epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
 
@@ -250,6 +277,9 @@ def run(args: argparse.Namespace) -> int:
         min_val_images=args.min_val_images,
         bias_correction=args.bias_correction,
         sensitivity=args.sensitivity,
+        qat=args.qat,
+        qat_if_needed=args.qat_if_needed,
+        qat_steps=args.qat_steps,
     )
     manifest = read_manifest(path)
     console = make_console()
@@ -289,14 +319,15 @@ def tries_table(prov: dict[str, Any]) -> Any:
     )
     corrected = prov.get("bias_correction") is not None
     for i, row in enumerate(prov["tries"]):
-        chosen = (row["method"], row["excluded"], row.get("bias_corrected", False)) == (
+        chosen = (row["method"], row["excluded"], row.get("bias_corrected", False), row.get("qat", False)) == (
             prov["chosen_method"],
             prov["nodes_excluded"],
             corrected,
+            prov.get("qat") is not None,
         )
         tries.add_row(
             f"{i}{'*' if chosen else ''}",
-            row["method"],
+            row["method"] + (" (QAT)" if row.get("qat") else ""),
             str(len(row["excluded"])),
             "corrected" if row.get("bias_corrected") else "quantized",
             na(row.get("top1"), "{:.2f}%"),
@@ -410,7 +441,8 @@ def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> A
     result.add_row(
         prov["chosen_method"]
         + (f" +{len(prov['nodes_excluded'])} float" if prov["nodes_excluded"] else "")
-        + (" +bias" if prov.get("bias_correction") else ""),
+        + (" +bias" if prov.get("bias_correction") else "")
+        + (f" +QAT ({prov['qat']['steps']} steps)" if prov.get("qat") else ""),
         na(metrics["top1"], "{:.2f}%"),
         na(metrics["parent_top1"], "{:.2f}%"),
         na(metrics["drop_points"], "{:.2f}"),

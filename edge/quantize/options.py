@@ -53,6 +53,11 @@ class QuantizeOptions:
     bias_correction: bool = True
     # per-layer sensitivity (edge.quantize.sensitivity): measured and written beside the model
     sensitivity: bool = False
+    # QAT (edge.quantize.qat): fine-tune with fake quantization first (qat), or as auto's last
+    # resort when PTQ misses the budget on val (qat_if_needed); qat_steps replaces the recipe's epochs.
+    qat: bool = False
+    qat_if_needed: bool = False
+    qat_steps: int | None = None
 
     @property
     def auto(self) -> bool:
@@ -95,6 +100,18 @@ class QuantizeOptions:
             raise UserError(f"--calib-size must be at least 1, got {self.calib_size}")
         if self.weight_rounding not in ROUNDINGS:
             raise UserError(f"unknown weight rounding {self.weight_rounding!r}: use {' or '.join(ROUNDINGS)}")
+        self._validate_qat()
+
+    def _validate_qat(self) -> None:
+        if self.qat and self.qat_if_needed:
+            raise UserError("--qat always fine-tunes and --qat-if-needed only when PTQ misses the budget: pass one of them")
+        if self.qat_if_needed and not self.auto:
+            raise UserError("--qat-if-needed is auto's last resort: use it with --method auto (or pass --qat)")
+        if self.qat_steps is not None:
+            if not (self.qat or self.qat_if_needed):
+                raise UserError("--qat-steps sets the QAT schedule: pass --qat or --qat-if-needed with it")
+            if self.qat_steps < 1:
+                raise UserError(f"--qat-steps must be at least 1, got {self.qat_steps}")
 
 
 def check_agreement_percent(value: float) -> None:

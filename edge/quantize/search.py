@@ -23,6 +23,10 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
    previous ones go to RUN/history/<time>/ first, and a result not accepted never replaces an
    accepted model (it is written beside it, ``model.int8-<target>.rejected.onnx``).
 
+With ``--qat`` the float model the steps above quantize is first fine-tuned with fake quantization
+(``edge.quantize.qat``); with ``--qat-if-needed`` (auto) that happens only when the PTQ choice misses
+the budget on val, and the search runs again from the fine-tuned model (:meth:`QuantizeSearch.qat_if_needed`).
+
 What the user asked for and its checks are ``edge.quantize.options``; the tries, the budget and the
 verdict ``edge.quantize.tries``. ``quantize_run`` and `edge quantize` (``edge.quantize.cli``) are the
 entry points.
@@ -131,7 +135,11 @@ class QuantizeSearch:
         if self.val is not None and options.auto:
             check_val_size(self.val, options)  # before the calibration pass: refuse early
         self.calib = calibration_set(run, calibration, options, self.spec)
-        self.prepared = prepare_float_model(self.parent, work / "float.onnx")
+        self.files = 0  # models written into ``work`` (try-N.onnx)
+        self.qat: dict[str, Any] | None = None  # the QAT recipe while the tries quantize a fine-tuned model
+        self.qat_last_resort: str | None = None  # --qat-if-needed: what became of it
+        float_model = self.fine_tune() if options.qat else self.parent
+        self.prepared = prepare_float_model(float_model, work / "float.onnx")
         self.ranges, self.rounding = self._calibrate()
         self.calibrated_s = self.elapsed()
         self.val_parent = predict(self.parent, self.spec, self.val.tensor) if self.val is not None else None
@@ -152,6 +160,8 @@ class QuantizeSearch:
         manifest (the previous ones kept in RUN/history/<time>/; a result not accepted goes beside an
         accepted model instead: :func:`result_path`); returns the model's path."""
         best, layers = self.search()
+        if self.options.qat_if_needed:
+            best, layers = self.qat_if_needed(best, layers)
         searched_s = self.elapsed()  # calibration + quantization, before acceptance
         acceptance = self.accept(best)
         self.out_path = result_path(self.out_path, acceptance.accepted)
@@ -174,7 +184,7 @@ class QuantizeSearch:
     def _calibrate(self) -> tuple[dict[str, Any], GPTQRounding | None]:
         """Every method's ranges and, for GPTQ, the layers' inputs: one pass over the calibration set."""
         stats = None
-        if self.options.weight_rounding == "gptq":
+        if self.options.weight_rounding == "gptq" and self.qat is None:  # QAT's weights keep their trained grid
             stats = InputStatistics(onnx.load(str(self.prepared)), seed=self.options.seed)
         ranges = self._collect_ranges([stats] if stats is not None else [])
         return ranges, GPTQRounding(stats) if stats is not None else None
@@ -208,11 +218,10 @@ class QuantizeSearch:
     def attempt(self, method: str, excluded: list[str]) -> Try:
         """Quantize with ``method``'s ranges and the ``excluded`` nodes in float, round the weights,
         and (auto) score the result on the val split."""
-        index = len(self.tries)
         path = quantize_onnx(
-            self.prepared, self.work / f"try-{index}.onnx", self.options.target, self.ranges[method], self.reduce_range, excluded
+            self.prepared, self.work_file(), self.options.target, self.ranges[method], self.reduce_range, excluded
         )
-        result = Try(method, excluded, path)
+        result = Try(method, excluded, path, qat=self.qat is not None)
         if self.rounding is not None:
             result.rounding = self.rounding.apply(path)
         return self._scored(result)
@@ -240,7 +249,7 @@ class QuantizeSearch:
     def corrected(self, chosen: Try) -> Try:
         """A copy of ``chosen`` with its biases corrected on the first calibration images
         (``edge.quantize.bias``), scored on the val split like every try."""
-        path = self.work / f"try-{len(self.tries)}.onnx"
+        path = self.work_file()
         count = bias_images(self.spec.input_size)
         from edge.console import make_progress
 
@@ -260,6 +269,10 @@ class QuantizeSearch:
             bias["largest_shift"],
         )
         return self._scored(dataclasses.replace(chosen, excluded=list(chosen.excluded), path=path, val={}, bias=bias))
+
+    def work_file(self) -> Path:
+        self.files += 1
+        return self.work / f"try-{self.files - 1}.onnx"
 
     def _scored(self, result: Try) -> Try:
         """``result`` scored on the val split (auto) and added to the tries."""
@@ -383,6 +396,36 @@ class QuantizeSearch:
             SPEED_BATCH,
             ", ".join(f"{len(key)} float node(s) {r['ratio']:.2f}x" for key, r in zip(groups, results[1:])),
         )
+
+    # ---- QAT (edge.quantize.qat) ---------------------------------------------------------
+
+    def fine_tune(self) -> Path:
+        """The run's checkpoint fine-tuned with fake quantization, exported into ``work``; sets ``self.qat``."""
+        from edge.quantize.qat import qat_float_model
+
+        bits = 7 if self.reduce_range else 8  # ORT's reduced-range weights: QAT trains on their grid
+        path, self.qat = qat_float_model(self.run_dir, self.calib, self.work, bits, self.options.qat_steps, self.options.data)
+        return path
+
+    def qat_if_needed(self, ptq: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
+        """auto's last resort (--qat-if-needed): when the PTQ choice misses the budget on val, fine-tune
+        with fake quantization and search again from that model; the QAT choice is taken when val
+        ranks it ahead of PTQ's."""
+        if self.budget.fits(ptq):
+            self.qat_last_resort = "not needed: PTQ fits the budget on val"
+            return ptq, layers
+        log.info("PTQ misses the budget on val (%s): fine-tuning with fake quantization (--qat-if-needed)", ptq.row())
+        self.prepared = prepare_float_model(self.fine_tune(), self.work / "qat-float.prepared.onnx")
+        self.ranges, self.rounding = self._calibrate()
+        ptq_tries, self.tries = self.tries, []
+        best, qat_layers = self.search()
+        self.tries = ptq_tries + self.tries
+        if self.budget.best([ptq, best]) is best:
+            self.qat_last_resort = "taken: PTQ missed the budget on val and QAT scored better"
+            return best, qat_layers
+        self.qat_last_resort = "not taken: QAT scored no better than PTQ on val"
+        self.qat = None
+        return ptq, layers
 
     # ---- acceptance and the written result -----------------------------------------------
 
@@ -509,6 +552,8 @@ class QuantizeSearch:
             "layer_report": report_path.name,
             "sensitivity": sensitivity_paths(self.out_path)[0].name if self.sensitivity is not None else None,
             "fallback": self.fallback_record(best),
+            "qat": self.qat,
+            "qat_last_resort": self.qat_last_resort,
         }
 
     def fallback_record(self, best: Try) -> dict[str, Any] | None:
