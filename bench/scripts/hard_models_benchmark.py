@@ -251,14 +251,14 @@ def peer_files(root: Path, args: argparse.Namespace, val: Any) -> dict[str, dict
     skipped = {"nncf-default": args.no_nncf, "nncf-accuracy-control": args.no_nncf, "modelopt": args.no_modelopt}
     files: dict[str, dict[str, Any]] = {}
     for name, (target, suffix, quantize) in wanted.items():
-        if skipped.get(name):
-            files[name] = {"target": target, "error": "skipped by flag"}
-            continue
         detail = f"-{args.max_drop:g}pt-val{len(val)}" if name == "nncf-accuracy-control" else ""
         out = cache / f"{name}-{key}{detail}{suffix}"
         seconds_file = out.with_suffix(".seconds")
-        if out.exists() and seconds_file.exists():
+        if out.exists() and seconds_file.exists():  # a cached file is shown even when the flag says not to run it
             files[name] = {"target": target, "path": out, "seconds": float(seconds_file.read_text()), "cached": True}
+            continue
+        if skipped.get(name):
+            files[name] = {"target": target, "error": "skipped by flag"}
             continue
         print(f"{root.name}: quantizing with {name} on {len(tensor)} calibration images")
         try:
@@ -621,8 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (default 10)")
     parser.add_argument("--window", type=float, default=0.5, help="seconds per file and round (default 0.5)")
-    parser.add_argument("--no-nncf", action="store_true", help="leave out NNCF's two rows")
-    parser.add_argument("--no-modelopt", action="store_true", help="leave out Model Optimizer's row")
+    parser.add_argument("--no-nncf", action="store_true", help="never run NNCF (its cached files are still shown)")
+    parser.add_argument("--no-modelopt", action="store_true", help="never run Model Optimizer (a cached file is still shown)")
     parser.add_argument(
         "--no-qat", action="store_true", help="never run edge quantize --qat (default: where PTQ drops > 0.5 pts)"
     )
