@@ -258,9 +258,9 @@ def cost(truth: np.ndarray, without: np.ndarray, with_: np.ndarray, confidence: 
     the images lost and gained; positive hurts."""
     flips = paired_flips(truth, without, with_, confidence)
     return {
-        "points": round(flips.drop_points, 4),
-        "lower": round(flips.drop_lower_points, 4),
-        "upper": round(flips.drop_upper_points, 4),
+        "points": round(flips.drop_points, 4) + 0.0,  # + 0.0: no "-0.00"
+        "lower": round(flips.drop_lower_points, 4) + 0.0,
+        "upper": round(flips.drop_upper_points, 4) + 0.0,
         "lost": flips.lost,
         "gained": flips.gained,
     }
