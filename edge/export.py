@@ -122,7 +122,7 @@ def export_onnx(
     ckpt, target = _resolve(run_or_checkpoint, checkpoint, out)
     if manifest_path(ckpt).exists():
         verify_file(ckpt)  # a malformed or mismatched checkpoint manifest stops us before model.onnx is written
-    torch = require("torch", "train", "Exporting to ONNX")
+    require("torch", "train", "Exporting to ONNX")  # before the work: one line when missing
     if exporter != "torchscript":
         require("onnxscript", "train", "Exporting to ONNX with the dynamo exporter")
     from train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -134,10 +134,7 @@ def export_onnx(
 
     with tempfile.TemporaryDirectory(prefix="edge-export-") as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        used, fallback_reason = _export(torch, model, spec, tmp_path, opset, exporter)
-        model_proto = _finish(tmp_path, spec, payload, used)
-        check = verify_onnx(tmp_path, model, spec, batch, source)
-        check.require_match()
+        used, fallback_reason, model_proto, check = export_model(model, spec, payload, tmp_path, batch, source, opset, exporter)
         with keeping_previous(history_root(target, ckpt.parent), [target], "edge export replaces it"):
             extra = _move_into_place(tmp_path, target, model_proto)
             provenance = _provenance(ckpt, payload, used, fallback_reason, opset, external_data=bool(extra))
@@ -155,6 +152,28 @@ def export_onnx(
         check.top1_agreement,
     )
     return target
+
+
+def export_model(
+    model: Any,
+    spec: PreprocessSpec,
+    payload: dict[str, Any],
+    path: Path,
+    batch: np.ndarray,
+    source: str,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+) -> tuple[str, str | None, Any, Verification]:
+    """Export an in-memory ``model`` (of checkpoint ``payload``) to ``path`` with its metadata and
+    verify it on ``batch`` against PyTorch (UserError when it does not match): the exporter used, the
+    reason of a fallback, the ONNX model and the verification. No manifest: :func:`export_onnx`
+    writes it, and `edge quantize --qat` exports its fine-tuned model into its work folder."""
+    torch = require("torch", "train", "Exporting to ONNX")
+    used, fallback_reason = _export(torch, model, spec, path, opset, exporter)
+    model_proto = _finish(path, spec, payload, used)
+    check = verify_onnx(path, model, spec, batch, source)
+    check.require_match()
+    return used, fallback_reason, model_proto, check
 
 
 def _provenance(

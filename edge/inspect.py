@@ -56,6 +56,9 @@ def spec_table(spec: PreprocessSpec, title: str = "PreprocessSpec") -> Table:
     return table
 
 
+EXPANDED = ("qat",)  # provenance objects shown field by field: `edge quantize --qat`'s recipe
+
+
 def manifest_table(manifest: Manifest) -> Table:
     table = Table(title=f"Manifest of {manifest.file}", show_header=False)
     table.add_column("field", style="bold")
@@ -67,7 +70,11 @@ def manifest_table(manifest: Manifest) -> Table:
     table.add_row("created", manifest.created_at)
     for section in ("provenance", "metrics"):
         for key, value in getattr(manifest, section).items():
-            table.add_row(f"{section}.{key}", _short(value))
+            if section == "provenance" and key in EXPANDED and isinstance(value, dict):
+                for part, item in value.items():  # the QAT recipe, one row per field
+                    table.add_row(f"{section}.{key}.{part}", _short(item))
+            else:
+                table.add_row(f"{section}.{key}", _short(value))
     env = manifest.environment
     table.add_row("built on", f"{env.get('cpu_model', '?')} x{env.get('cpu_count', '?')} {env.get('gpu_name', '')}".strip())
     table.add_row("packages", ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()))

@@ -161,9 +161,10 @@ def validate_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    from train.models import zoo_entry
+    from train.models import check_image_size, zoo_entry
 
     zoo_entry(config.model)  # unknown model: a clear error now, not after reading the data
+    check_image_size(config.model, config.image_size)  # a ViT's patches must tile the input
 
 
 # On --resume these may change (train longer, another patience, other hardware); everything else

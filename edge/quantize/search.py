@@ -7,8 +7,12 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
    (``edge.quantize.weights``);
 2. each method gives a :class:`Try`: a QDQ model (``edge.quantize.targets``) scored against the
    float parent on the val split (``edge.quantize.evaluate``);
-3. while no try fits the :class:`Budget` (a drop in points, an agreement in percent), the most
-   sensitive layers stay in float, their number doubling up to ``max_excluded``;
+3. while no try fits the :class:`Budget` (a drop in points, an agreement in percent), layers stay
+   in float one more at a time, in the order of their measured effect on the val split
+   (``edge.quantize.sensitivity``: each layer alone in float, paired flips with the gate's bounds;
+   the layers whose effect cannot be told from zero follow in the order of their per-layer error),
+   until the budget holds or ``max_excluded`` layers are in float; ``--sensitivity`` measures every
+   layer both ways and writes the report beside the model even when nothing needs to stay float;
 4. on target cpu the tries are timed against the float model and the fastest that fits is taken;
 5. the choice gets its biases corrected (``edge.quantize.bias``: each layer's mean output put back
    where the float model has it) and, under auto, keeps the correction when the val split scores it
@@ -19,6 +23,10 @@ A :class:`QuantizeSearch` quantizes one run's float model for one target:
    previous ones go to RUN/history/<time>/ first, and a result not accepted never replaces an
    accepted model (it is written beside it, ``model.int8-<target>.rejected.onnx``).
 
+With ``--qat`` the float model the steps above quantize is first fine-tuned with fake quantization
+(``edge.quantize.qat``); with ``--qat-if-needed`` (auto) that happens only when the PTQ choice misses
+the budget on val, and the search runs again from the fine-tuned model (:meth:`QuantizeSearch.qat_if_needed`).
+
 What the user asked for and its checks are ``edge.quantize.options``; the tries, the budget and the
 verdict ``edge.quantize.tries``. ``quantize_run`` and `edge quantize` (``edge.quantize.cli``) are the
 entry points.
@@ -27,6 +35,7 @@ entry points.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -61,6 +70,15 @@ from edge.quantize.evaluate import (
     weight_sensitivity,
 )
 from edge.quantize.options import PHOTO_EVAL_COUNT, QuantizeOptions, check_val_size
+from edge.quantize.sensitivity import (
+    VARIANTS,
+    Layer,
+    fallback_order,
+    measure_sensitivity,
+    sensitivity_paths,
+    variant,
+    write_sensitivity,
+)
 from edge.quantize.targets import (
     check_tensorrt_rules,
     default_reduce_range,
@@ -109,15 +127,19 @@ class QuantizeSearch:
         verify_artifact(run.require(self.parent, f"export the model first: `edge export {run.root}`"))  # still its manifest's
         load_onnx_checked(self.parent)
         self.spec = artifact_spec(self.parent)
-        self.config = target_config(options.target)
+        self.config = target_config(options.target, self.parent)
         self.reduce_range = options.weights_reduce_range()
         self.out_path = Path(out) if out else (run.int8_cpu if options.target == "cpu" else run.int8_trt)
         self.started = time.perf_counter()
-        self.val = self.eval_set("val", options.val_limit) if options.auto else None
-        if self.val is not None:
+        self.val = self.eval_set("val", options.val_limit) if options.auto or options.sensitivity else None
+        if self.val is not None and options.auto:
             check_val_size(self.val, options)  # before the calibration pass: refuse early
         self.calib = calibration_set(run, calibration, options, self.spec)
-        self.prepared = prepare_float_model(self.parent, work / "float.onnx")
+        self.files = 0  # models written into ``work`` (try-N.onnx)
+        self.qat: dict[str, Any] | None = None  # the QAT recipe while the tries quantize a fine-tuned model
+        self.qat_last_resort: str | None = None  # --qat-if-needed: what became of it
+        float_model = self.fine_tune() if options.qat else self.parent
+        self.prepared = prepare_float_model(float_model, work / "float.onnx")
         self.ranges, self.rounding = self._calibrate()
         self.calibrated_s = self.elapsed()
         self.val_parent = predict(self.parent, self.spec, self.val.tensor) if self.val is not None else None
@@ -126,6 +148,9 @@ class QuantizeSearch:
             for i in range(0, min(debug_images(self.spec), len(self.calib)), DEBUG_BATCH)
         ]
         self.tries: list[Try] = []
+        self.sensitivity: dict[str, Any] | None = None  # measure_sensitivity()'s report, when measured
+        self.fallback: list[tuple[Layer, Try]] = []  # the layers put in float one at a time, with each try
+        self.fallback_base: Try | None = None  # the full-INT8 try the fallback started from
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -135,13 +160,23 @@ class QuantizeSearch:
         manifest (the previous ones kept in RUN/history/<time>/; a result not accepted goes beside an
         accepted model instead: :func:`result_path`); returns the model's path."""
         best, layers = self.search()
+        if self.options.qat_if_needed:
+            best, layers = self.qat_if_needed(best, layers)
         searched_s = self.elapsed()  # calibration + quantization, before acceptance
         acceptance = self.accept(best)
         self.out_path = result_path(self.out_path, acceptance.accepted)
-        replaced = [self.out_path.with_name(layer_report_name(self.out_path)), self.out_path]  # in the order written
+        # in the order written; a sensitivity report of an earlier model goes to history even when
+        # none is measured now, so none is left beside a model it does not describe
+        replaced = [*sensitivity_paths(self.out_path), self.out_path.with_name(layer_report_name(self.out_path)), self.out_path]
         with keeping_previous(history_root(self.out_path, self.run_dir.root), replaced, "edge quantize replaces them"):
+            if self.sensitivity is not None:
+                extra = write_sensitivity(self.sensitivity, self.out_path)
+            else:
+                extra = []
+                for stale in sensitivity_paths(self.out_path):
+                    stale.unlink(missing_ok=True)
             report_path = self.write_model(best, layers)
-            self.write_manifest(best, acceptance, report_path, searched_s)
+            self.write_manifest(best, acceptance, report_path, searched_s, extra)
         return self.out_path
 
     # ---- calibration and tries -----------------------------------------------------------
@@ -149,7 +184,7 @@ class QuantizeSearch:
     def _calibrate(self) -> tuple[dict[str, Any], GPTQRounding | None]:
         """Every method's ranges and, for GPTQ, the layers' inputs: one pass over the calibration set."""
         stats = None
-        if self.options.weight_rounding == "gptq":
+        if self.options.weight_rounding == "gptq" and self.qat is None:  # QAT's weights keep their trained grid
             stats = InputStatistics(onnx.load(str(self.prepared)), seed=self.options.seed)
         ranges = self._collect_ranges([stats] if stats is not None else [])
         return ranges, GPTQRounding(stats) if stats is not None else None
@@ -183,19 +218,38 @@ class QuantizeSearch:
     def attempt(self, method: str, excluded: list[str]) -> Try:
         """Quantize with ``method``'s ranges and the ``excluded`` nodes in float, round the weights,
         and (auto) score the result on the val split."""
-        index = len(self.tries)
         path = quantize_onnx(
-            self.prepared, self.work / f"try-{index}.onnx", self.options.target, self.ranges[method], self.reduce_range, excluded
+            self.prepared, self.work_file(), self.options.target, self.ranges[method], self.reduce_range, excluded
         )
-        result = Try(method, excluded, path)
+        result = Try(method, excluded, path, qat=self.qat is not None)
         if self.rounding is not None:
             result.rounding = self.rounding.apply(path)
         return self._scored(result)
 
+    def attempt_float(self, base: Try, layers: list[Layer]) -> Try:
+        """``base`` with ``layers`` in float, scored on the val split: derived from ``base``'s QDQ model
+        as the sensitivity variants are (``edge.quantize.sensitivity.variant``: each layer reads float
+        inputs and float weights, every other layer keeps its ranges and rounded weights), so the
+        fallback keeps in float exactly what was measured. ``nodes_to_exclude`` would not: a layer it
+        excludes still reads its input through the Q/DQ pair its quantized producer writes."""
+        import onnx
+
+        path = self.work / f"try-{len(self.tries)}.onnx"
+        floated = {layer.node for layer in layers}
+        model = variant(onnx.load(str(base.path)), self.float_model, lambda reader, source: reader not in floated)
+        onnx.save(model, str(path))
+        excluded = [node for layer in layers for node in layer.exclude]
+        return self._scored(Try(base.method, excluded, path, rounding=dict(base.rounding)))
+
+    @functools.cached_property
+    def float_model(self) -> Any:
+        """The prepared float model, loaded once for the fallback's variants."""
+        return onnx.load(str(self.prepared))
+
     def corrected(self, chosen: Try) -> Try:
         """A copy of ``chosen`` with its biases corrected on the first calibration images
         (``edge.quantize.bias``), scored on the val split like every try."""
-        path = self.work / f"try-{len(self.tries)}.onnx"
+        path = self.work_file()
         count = bias_images(self.spec.input_size)
         from edge.console import make_progress
 
@@ -216,10 +270,15 @@ class QuantizeSearch:
         )
         return self._scored(dataclasses.replace(chosen, excluded=list(chosen.excluded), path=path, val={}, bias=bias))
 
+    def work_file(self) -> Path:
+        self.files += 1
+        return self.work / f"try-{self.files - 1}.onnx"
+
     def _scored(self, result: Try) -> Try:
         """``result`` scored on the val split (auto) and added to the tries."""
         if self.val is not None and self.val_parent is not None:
-            result.val = compare(self.val_parent, predict(result.path, self.spec, self.val.tensor), self.val.labels)
+            logits = predict(result.path, self.spec, self.val.tensor)
+            result.val, result.val_top1 = compare(self.val_parent, logits, self.val.labels), logits.argmax(1)
             log.info(
                 "try %d: %s, %d node(s) in float%s: val top-1 %s, drop %s points, agreement %.2f%%",
                 len(self.tries),
@@ -242,8 +301,11 @@ class QuantizeSearch:
             self.attempt(method, [])
         best = self.budget.best(self.tries)
         layers = self.layer_errors(best)
-        if self.options.auto and not self.budget.fits(best) and self.options.max_excluded > 0:
-            best, layers = self.exclude_worst(best, layers)
+        missed = self.options.auto and not self.budget.fits(best) and self.options.max_excluded > 0
+        if self.options.sensitivity or missed:
+            self.sensitivity = self.measure_sensitivity(best)
+        if missed:
+            best, layers = self.exclude_ranked(best, layers)
         if self.options.auto and self.options.target == "cpu":
             self.time_tries()
             fastest = self.budget.fastest(self.tries)
@@ -260,19 +322,42 @@ class QuantizeSearch:
     def layer_errors(self, chosen: Try) -> list[dict[str, Any]]:
         return layer_errors(self.prepared, chosen.path, self.spec, self.debug_batches)
 
-    def exclude_worst(self, best: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
-        """Keep the most sensitive nodes in float, doubling their number (1, 2, 4, ...) until the
-        budget holds or ``max_excluded`` is reached; returns the best of those tries and its layers."""
-        ranked = self.float_ranking(layers)
-        count = 1
-        chosen = best
-        while count <= min(self.options.max_excluded, len(ranked)):
-            result = self.attempt(best.method, ranked[:count])
+    def measure_sensitivity(self, base: Try) -> dict[str, Any]:
+        """Each quantized layer of ``base`` alone in float (and, with --sensitivity, alone quantized),
+        scored on the val split against the float model (``edge.quantize.sensitivity``)."""
+        assert self.val is not None and self.val_parent is not None
+        variants = VARIANTS if self.options.sensitivity else VARIANTS[:1]
+        report = measure_sensitivity(
+            self.prepared, base.path, self.spec, self.val, self.val_parent, self.work, variants, base_top1=base.val_top1
+        )
+        report.update(target=self.options.target, method=base.method)
+        log.info(
+            "sensitivity of %d layers on %d val images in %.1f s: %d hurt, %d indistinguishable from zero, %d help",
+            len(report["layers"]),
+            report["n"],
+            report["wall_s"],
+            *(len(names) for names in report["groups"].values()),
+        )
+        return report
+
+    def fallback_layers(self, layers: list[dict[str, Any]]) -> list[Layer]:
+        """The order layers go to float: measured effect first, per-layer error among the rest."""
+        assert self.sensitivity is not None
+        return fallback_order(self.sensitivity, self.float_ranking(layers))
+
+    def exclude_ranked(self, best: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
+        """Keep layers in float one more at a time, in :meth:`fallback_layers` order, until the
+        budget holds on val or ``max_excluded`` layers are float; returns the best of those tries
+        (:meth:`Budget.best`) and its per-layer errors."""
+        order = self.fallback_layers(layers)
+        self.fallback_base = chosen = best
+        for count in range(1, min(self.options.max_excluded, len(order)) + 1):
+            result = self.attempt_float(best, order[:count])
+            self.fallback.append((order[count - 1], result))
             if self.budget.best([chosen, result]) is result:
                 chosen = result
             if self.budget.fits(result):
                 break
-            count *= 2
         if chosen is not best:
             layers = self.layer_errors(chosen)
         return chosen, layers
@@ -311,6 +396,36 @@ class QuantizeSearch:
             SPEED_BATCH,
             ", ".join(f"{len(key)} float node(s) {r['ratio']:.2f}x" for key, r in zip(groups, results[1:])),
         )
+
+    # ---- QAT (edge.quantize.qat) ---------------------------------------------------------
+
+    def fine_tune(self) -> Path:
+        """The run's checkpoint fine-tuned with fake quantization, exported into ``work``; sets ``self.qat``."""
+        from edge.quantize.qat import qat_float_model
+
+        bits = 7 if self.reduce_range else 8  # ORT's reduced-range weights: QAT trains on their grid
+        path, self.qat = qat_float_model(self.run_dir, self.calib, self.work, bits, self.options.qat_steps, self.options.data)
+        return path
+
+    def qat_if_needed(self, ptq: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
+        """auto's last resort (--qat-if-needed): when the PTQ choice misses the budget on val, fine-tune
+        with fake quantization and search again from that model; the QAT choice is taken when val
+        ranks it ahead of PTQ's."""
+        if self.budget.fits(ptq):
+            self.qat_last_resort = "not needed: PTQ fits the budget on val"
+            return ptq, layers
+        log.info("PTQ misses the budget on val (%s): fine-tuning with fake quantization (--qat-if-needed)", ptq.row())
+        self.prepared = prepare_float_model(self.fine_tune(), self.work / "qat-float.prepared.onnx")
+        self.ranges, self.rounding = self._calibrate()
+        ptq_tries, self.tries = self.tries, []
+        best, qat_layers = self.search()
+        self.tries = ptq_tries + self.tries
+        if self.budget.best([ptq, best]) is best:
+            self.qat_last_resort = "taken: PTQ missed the budget on val and QAT scored better"
+            return best, qat_layers
+        self.qat_last_resort = "not taken: QAT scored no better than PTQ on val"
+        self.qat = None
+        return ptq, layers
 
     # ---- acceptance and the written result -----------------------------------------------
 
@@ -366,7 +481,9 @@ class QuantizeSearch:
             shutil.copyfile(best.path, staged)
         return report_path
 
-    def write_manifest(self, best: Try, acceptance: Acceptance, report_path: Path, searched_s: float) -> None:
+    def write_manifest(
+        self, best: Try, acceptance: Acceptance, report_path: Path, searched_s: float, extra: list[Path] | None = None
+    ) -> None:
         env = environment_fingerprint()
         metrics = {
             **acceptance.figures,
@@ -388,7 +505,7 @@ class QuantizeSearch:
             parent=self.parent,
             provenance=self.provenance(best, env, report_path),
             metrics=metrics,
-            extra_files=[report_path],
+            extra_files=[report_path, *(extra or [])],
             environment=env,
         )
         log.info(
@@ -433,6 +550,57 @@ class QuantizeSearch:
             "max_drop": self.options.max_drop,
             "min_agreement": self.options.min_agreement,
             "layer_report": report_path.name,
+            "sensitivity": sensitivity_paths(self.out_path)[0].name if self.sensitivity is not None else None,
+            "fallback": self.fallback_record(best),
+            "qat": self.qat,
+            "qat_last_resort": self.qat_last_resort,
+        }
+
+    def fallback_record(self, best: Try) -> dict[str, Any] | None:
+        """The layers auto put in float, in the order tried: each one's measured effect (float-only
+        agreement cost on val, with its bounds), the val figures with it and the layers before it
+        in float, and what it cost in speed (target cpu: the throughput lost against the try
+        before it, both timed in the same interleaved rounds; None where not timed)."""
+        if self.fallback_base is None or self.sensitivity is None:
+            return None
+        rows = {row["layer"]: row for row in self.sensitivity["layers"]}
+        previous = self.fallback_base.speedup
+        steps = []
+        for layer, result in self.fallback:
+            effect = rows[layer.node]["float_only"]["agreement"]
+            speed_cost = None
+            if previous is not None and result.speedup is not None:
+                speed_cost = round(100.0 * (1.0 - result.speedup / previous), 2)
+            steps.append(
+                {
+                    "layer": layer.node,
+                    "nodes": list(layer.exclude),
+                    "group": rows[layer.node]["group"],
+                    "effect_points": effect["points"],
+                    "effect_lower": effect["lower"],
+                    "effect_upper": effect["upper"],
+                    "val_agreement": result.val.get("agreement"),
+                    "val_drop_points": result.val.get("drop_points"),
+                    "fits": self.budget.fits(result),
+                    "speedup": round(result.speedup, 3) if result.speedup is not None else None,
+                    "speed_cost_pct": speed_cost,
+                    "chosen": all(node in best.excluded for node in layer.exclude),
+                }
+            )
+            previous = result.speedup
+        fitted = bool(self.fallback) and self.budget.fits(self.fallback[-1][1])
+        return {
+            "ranking": "measured float-only effect on val (paired flips, exact bounds), then per-layer error",
+            "val_count": self.sensitivity["n"],
+            "max_excluded": self.options.max_excluded,
+            "stopped": "budget holds on val"
+            if fitted
+            else ("max_excluded reached" if len(self.fallback) >= self.options.max_excluded else "every layer tried"),
+            "speedup_before": round(self.fallback_base.speedup, 3) if self.fallback_base.speedup is not None else None,
+            "speed": None
+            if previous is None
+            else f"ONNX Runtime CPU, batch {SPEED_BATCH}, {SPEED_ROUNDS} interleaved rounds with the float model",
+            "layers": steps,
         }
 
 

@@ -28,6 +28,8 @@ class Try:
     speedup: float | None = None  # throughput against the float model (auto, target cpu)
     rounding: dict[str, Any] = field(default_factory=lambda: {"rounding": "nearest"})
     bias: dict[str, Any] | None = None  # correct_biases()'s summary; None: biases as quantized
+    val_top1: Any = field(default=None, repr=False)  # its top-1 on the val split (numpy), kept for the sensitivity pass
+    qat: bool = False  # quantized from the QAT fine-tuned float model (edge.quantize.qat)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class Try:
             "bias_corrected": self.bias is not None,
             **{k: self.val[k] for k in ("top1", "drop_points", "agreement", "eval_count") if k in self.val},
             **({"speedup": round(self.speedup, 3)} if self.speedup is not None else {}),
+            **({"qat": True} if self.qat else {}),
         }
 
 

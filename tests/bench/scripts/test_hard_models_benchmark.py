@@ -1,0 +1,87 @@
+"""The hard-model benchmark's own arithmetic: figures with intervals, the targets' verdicts, its flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.scripts import hard_models_benchmark as hard
+
+
+def test_accuracy_figures_carry_their_intervals():
+    labels = np.arange(1000) % 10
+    reference = np.eye(10)[labels]  # the float model right on every image
+    model = reference.copy()
+    model[:30] = np.eye(10)[(labels[:30] + 1) % 10]  # 30 images lost, none gained
+    figures = hard.accuracy(model, reference, labels)
+    assert figures["n"] == 1000 and figures["flips"] == 30 and figures["lost"] == 30 and figures["gained"] == 0
+    assert figures["top1"] == pytest.approx(97.0) and figures["drop"] == pytest.approx(3.0)
+    assert figures["agreement"] == pytest.approx(97.0)
+    for name in ("top1", "drop", "agreement"):
+        low, high = figures[f"{name}_interval"]
+        assert low <= figures[name] <= high and high - low > 0.5
+    assert figures["drop_interval"][0] > 1.5  # 30 losses and no gain: a real drop at 95%
+
+
+def _figures(model: str, drop_cpu: float, agreement_cpu: float, peer_drop: float, ours_ov_vs_nncf: float) -> dict:
+    row = {"n": 10000, "top1": 90.0, "accepted": True}
+    ratio = {"estimate": ours_ov_vs_nncf, "low": ours_ov_vs_nncf - 0.05, "high": ours_ov_vs_nncf + 0.05}
+    return {
+        "model": model,
+        "transformer": model.startswith("vit"),
+        "rows": [
+            {**row, "quantizer": "ours", "target": "cpu", "drop": drop_cpu, "agreement": agreement_cpu},
+            {**row, "quantizer": "ours", "target": "trt", "drop": 0.1, "agreement": 99.5, "accepted": False},
+            {**row, "quantizer": "nncf-default", "target": "cpu", "drop": peer_drop, "agreement": 99.0},
+            {"quantizer": "modelopt", "target": "trt", "error": "skipped by flag"},
+        ],
+        "speed": [
+            {"quantizer": "fp32", "runtime": "onnxruntime", "p50_ms": 10.0, "batch": 8, "vs_ort_fp32": dict(ratio, estimate=1.0)},
+            {
+                "quantizer": "ours",
+                "runtime": "openvino",
+                "p50_ms": 5.0,
+                "batch": 8,
+                "vs_ort_fp32": dict(ratio, estimate=1.8),
+                "vs_nncf_openvino": ratio,
+            },
+            {"quantizer": "nncf-default", "runtime": "openvino", "p50_ms": 5.0, "batch": 8, "vs_ort_fp32": ratio},
+        ],
+    }
+
+
+def test_targets_say_met_missed_or_not_measured():
+    verdicts = {t["target"]: t["met"] for t in hard.judge_targets(_figures("resnet50", 0.2, 99.4, 0.4, 1.02))}
+    assert verdicts["cpu: accepted by edge quantize at defaults"] is True
+    assert verdicts["trt: accepted by edge quantize at defaults"] is False
+    assert verdicts["cpu: drop <= 0.3 pts"] is True
+    assert verdicts["cpu: >= best peer (drop, agreement)"] is True
+    assert verdicts["trt: >= best peer (drop, agreement)"] is None  # the only trt peer was not measured
+    assert verdicts["cpu: >= NNCF default on OpenVINO"] is True
+    assert verdicts["cpu: >= 2x ONNX Runtime FP32 (fastest path)"] is False  # 1.8x; ResNet-50 needs 2x
+    vit = {t["target"]: t["met"] for t in hard.judge_targets(_figures("vit_tiny_patch16_224", 0.45, 98.0, 0.4, 0.9))}
+    assert vit["cpu: drop <= 0.5 pts"] is True and vit["cpu: >= best peer (drop, agreement)"] is False
+    assert vit["cpu: >= NNCF default on OpenVINO"] is False and vit["cpu: >= 1.5x ONNX Runtime FP32 (fastest path)"] is True
+    qat = {t["target"]: t["measured"] for t in hard.judge_targets(_figures("resnet50", 0.9, 98.0, 0.4, 1.0))}
+    assert "QAT not measured" in qat["cpu: QAT recovers >= 70% of the PTQ drop"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--test-limit", "-1"], "--test-limit"),
+    ],
+)
+def test_bad_flags_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        hard.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unknown_model_or_size_is_refused_before_any_work(tmp_path, capsys):
+    assert hard.main(["--models", "no_such_model", "--work", str(tmp_path / "w")]) == 2
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+    assert hard.main(["--models", "vit_tiny_patch16_224", "--image-size", "40", "--work", str(tmp_path / "w")]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -1,0 +1,233 @@
+"""Quantization-aware fine-tuning (QAT) of a run's checkpoint, for `edge quantize --qat`.
+
+The recipe is the published one (NVIDIA's pytorch-quantization / Model Optimizer QAT guides):
+start from the trained checkpoint, calibrate fake quantizers on the run's calibration set (max:
+the calibration ranges are the start), then fine-tune on the pinned train split, with the run's
+own augmentation, batch size and optimizer, for about 10% of the original epochs (at least one, or
+``steps`` optimizer steps) at 1% of the original learning rate with a cosine decay to zero.
+
+The fake quantization is NVIDIA Model Optimizer's (``modelopt.torch.quantization``, the
+``nvidia-modelopt`` package): int8 per-channel symmetric weights (7-bit where the cpu target uses
+reduced-range weights) and int8 per-tensor inputs of every Conv/Linear, with straight-through
+gradients. Its amax are buffers fixed at calibration, not learned; BatchNorm statistics stay frozen
+(eval mode), so the per-channel weight grid the fine-tune sees is the one the BatchNorm-folded ONNX
+model gets. The result is a float model (the quantizers removed) whose weights have learned to sit
+well on the int8 grid; ``edge.quantize`` exports it and writes the QDQ model for the target with its
+own writer, which Model Optimizer's ONNX export cannot do for target cpu (asymmetric uint8
+activations with zero points).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import UserError, require
+from edge.spec import PreprocessSpec
+from train.augment import EpochBatches, TrainDataset
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.config import TrainConfig
+from train.models import head_parameter_names, layer_groups
+from train.schedule import build_optimizer, build_scheduler
+from train.splits import run_data
+
+log = logging.getLogger(__name__)
+
+EPOCH_FRACTION = 0.1  # of the original training's epochs
+LR_FRACTION = 0.01  # of the original training's learning rate
+CALIBRATION_BATCH = 32
+LIBRARY = "nvidia-modelopt"
+
+
+@dataclass
+class QatResult:
+    """The fine-tuned float model (quantizers removed, eval mode), its spec and checkpoint payload,
+    and the recipe as the manifest records it."""
+
+    model: Any
+    spec: PreprocessSpec
+    payload: dict[str, Any]
+    recipe: dict[str, Any]
+
+
+def qat_epochs(original_epochs: int) -> int:
+    """About 10% of the original epochs, at least one."""
+    return max(1, round(EPOCH_FRACTION * original_epochs))
+
+
+def fine_tune(
+    run: Path,
+    calibration: np.ndarray,
+    weight_bits: int = 8,
+    steps: int | None = None,
+    data: str | None = None,
+    start_ranges: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> QatResult:
+    """Fine-tune RUN/checkpoint.pt with fake quantization (the module docstring's recipe).
+
+    ``calibration``: the preprocessed calibration images (NCHW float32) that set the starting
+    ranges; ``weight_bits``: 8, or 7 for reduced-range weights; ``steps``: optimizer steps instead
+    of the recipe's epochs; ``data``: the run's data (None: as pinned); ``start_ranges``: what the
+    manifest says about the calibration set; ``progress(done, total)`` after each step.
+    """
+    torch = require("torch", "train", "Quantization-aware training")
+    mtq = _modelopt()
+    if steps is not None and steps < 1:
+        raise UserError(f"--qat-steps must be at least 1, got {steps}")
+    started = time.perf_counter()
+    payload = load_checkpoint(run / "checkpoint.pt")
+    config = TrainConfig.from_dict(payload.get("config") or {})
+    model, spec = model_from_checkpoint(payload)
+    limit = config.train_limit
+    if steps is not None:  # a stated number of steps sees no more images than it trains on
+        limit = min(limit or steps * config.batch_size, steps * config.batch_size)
+    split = run_data(run, data).split("train", limit, config.seed)
+    sampler = EpochBatches(len(split), config.batch_size, config.seed)
+    per_epoch = sampler.steps_per_epoch()
+    if per_epoch == 0:
+        raise UserError(f"the train split has {len(split)} images, fewer than one batch of {config.batch_size}")
+    epochs = qat_epochs(config.epochs)
+    total = steps if steps is not None else epochs * per_epoch
+    torch.manual_seed(config.seed)
+
+    head, groups = head_parameter_names(model), layer_groups(model)  # before the quantizers go in
+    _insert_quantizers(mtq, model, _quant_config(mtq, weight_bits), calibration)
+    # QAT trains every layer whatever the original mode: every layer's weights are quantized.
+    qat_config = dataclasses.replace(config, lr=config.lr * LR_FRACTION, mode="finetune", epochs=1, warmup_epochs=0.0)
+    optimizer = build_optimizer(model, head, groups, qat_config)
+    scheduler = build_scheduler(optimizer, total, qat_config)  # cosine to zero over ``total`` steps
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    loader = torch.utils.data.DataLoader(
+        TrainDataset(split, spec, config.augment, config.seed), batch_sampler=sampler, num_workers=config.workers
+    )
+    _train_mode_frozen_norms(torch, model)
+    losses: list[float] = []
+    done, epoch = 0, 0
+    while done < total:
+        sampler.set_epoch(epoch)
+        for images, labels in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            if done == total:
+                break
+        epoch += 1
+    seconds = time.perf_counter() - started
+    window = max(1, min(len(losses) // 4, 50))
+    recipe = {
+        "library": LIBRARY,
+        "version": _version(),
+        "torch": torch.__version__,
+        "fake_quant": {
+            "weights": f"int{weight_bits} per-channel symmetric (max)"
+            if weight_bits == 8
+            else f"{weight_bits}-bit per-channel symmetric (max)",
+            "activations": "int8 per-tensor symmetric on Conv/Linear inputs, amax from calibration, frozen",
+            "batchnorm": "statistics frozen (eval mode)",
+        },
+        "start_ranges": {"method": "max", **(start_ranges or {}), "images": int(len(calibration))},
+        "original_epochs": config.epochs,
+        "epochs": round(total / per_epoch, 4),
+        "recipe_epochs": epochs,
+        "steps": total,
+        "steps_given": steps is not None,
+        "steps_per_epoch": per_epoch,
+        "batch_size": config.batch_size,
+        "images": total * config.batch_size,
+        "train_images": len(split),
+        "train_split": split.name,
+        "original_lr": config.lr,
+        "lr": qat_config.lr,
+        "lr_fraction": LR_FRACTION,
+        "backbone_lr_scale": config.backbone_lr_scale,
+        "schedule": "cosine to 0, no warmup",
+        "optimizer": config.optimizer,
+        "augment": config.augment,
+        "label_smoothing": config.label_smoothing,
+        "loss_first": round(float(np.mean(losses[:window])), 4),
+        "loss_last": round(float(np.mean(losses[-window:])), 4),
+        "seconds": round(seconds, 1),
+    }
+    log.info(
+        "QAT: %d steps (%.2f epochs of %d images) at lr %.3g, loss %.3f -> %.3f in %.0f s",
+        total,
+        recipe["epochs"],
+        len(split),
+        qat_config.lr,
+        recipe["loss_first"],
+        recipe["loss_last"],
+        seconds,
+    )
+    return QatResult(_float_copy(payload, model), spec, payload, recipe)
+
+
+def _modelopt() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return require("modelopt.torch.quantization", "qat", "Quantization-aware training (--qat)")
+
+
+def _version() -> str:
+    import modelopt
+
+    return str(modelopt.__version__)
+
+
+def _quant_config(mtq: Any, weight_bits: int) -> dict[str, Any]:
+    """Model Optimizer's INT8 recipe (per-channel weights, per-tensor inputs, max calibration) with
+    ``weight_bits`` bits for the weights."""
+    config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    for entry in config["quant_cfg"]:
+        if entry.get("quantizer_name") == "*weight_quantizer":
+            entry["cfg"]["num_bits"] = weight_bits
+    return config
+
+
+def _insert_quantizers(mtq: Any, model: Any, config: dict[str, Any], calibration: np.ndarray) -> None:
+    """Fake quantizers into ``model``, calibrated (max) on the calibration images."""
+    torch = require("torch", "train", "Quantization-aware training")
+
+    def forward_loop(net: Any) -> None:
+        with torch.no_grad():
+            for start in range(0, len(calibration), CALIBRATION_BATCH):
+                net(torch.from_numpy(np.ascontiguousarray(calibration[start : start + CALIBRATION_BATCH], dtype=np.float32)))
+
+    model.eval()
+    # Model Optimizer prints its quantizer count and warns about optional packages: keep it quiet.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mtq.quantize(model, config, forward_loop=forward_loop)
+
+
+def _train_mode_frozen_norms(torch: Any, model: Any) -> None:
+    """Train mode (dropout on), BatchNorm in eval mode: its statistics stay the trained ones."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def _float_copy(payload: dict[str, Any], model: Any) -> Any:
+    """The checkpoint's own architecture with the fine-tuned weights, no quantizer left (eval mode)."""
+    fresh, _ = model_from_checkpoint(payload)
+    state = {k: v for k, v in model.state_dict().items() if "_quantizer" not in k}
+    fresh.load_state_dict(state)
+    return fresh.eval()
