@@ -396,6 +396,13 @@ def sensitivity_table(report_path: Path) -> Any:
     return table
 
 
+def _order_name(fallback: dict[str, Any]) -> str:
+    if fallback["ranking"].startswith("measured"):
+        first = fallback.get("first_pass")
+        return "measured effect" + (f" (after {len(first)} in per-layer-error order missed)" if first else "")
+    return "per-layer error"
+
+
 def fallback_table(fallback: dict[str, Any]) -> Any:
     """auto's layers in float, in the order tried: measured effect, val figures, speed cost."""
     from edge.console import make_table
@@ -408,15 +415,16 @@ def fallback_table(fallback: dict[str, Any]) -> Any:
         "val drop (points)",
         "speed vs float",
         "speed cost",
-        title=f"auto: layers kept in float in order of measured effect on {fallback['val_count']} val images "
+        title=f"auto: layers kept in float in order of {_order_name(fallback)} on {fallback['val_count']} val images "
         f"(stopped: {fallback['stopped']}; at most {fallback['max_excluded']})",
     )
     for i, step in enumerate(fallback["layers"], 1):
+        measured = step["effect_points"] is not None
         effect = {"points": step["effect_points"], "lower": step["effect_lower"], "upper": step["effect_upper"]}
         table.add_row(
             f"{i}{'*' if step['chosen'] else ''}",
             step["layer"],
-            f"{_interval(effect)} {step['group']}",
+            f"{_interval(effect)} {step['group']}" if measured else "n/a (not measured)",
             na(step["val_agreement"], "{:.2f}%"),
             na(step["val_drop_points"], "{:.2f}"),
             na(step["speedup"], "{:.2f}x"),

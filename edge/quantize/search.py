@@ -75,6 +75,7 @@ from edge.quantize.sensitivity import (
     Layer,
     fallback_order,
     measure_sensitivity,
+    quantized_layers,
     sensitivity_paths,
     variant,
     write_sensitivity,
@@ -150,6 +151,7 @@ class QuantizeSearch:
         self.tries: list[Try] = []
         self.sensitivity: dict[str, Any] | None = None  # measure_sensitivity()'s report, when measured
         self.fallback: list[tuple[Layer, Try]] = []  # the layers put in float one at a time, with each try
+        self.first_pass: list[tuple[Layer, Try]] = []  # the per-layer-error pass, when the measured one followed it
         self.fallback_base: Try | None = None  # the full-INT8 try the fallback started from
 
     def elapsed(self) -> float:
@@ -302,7 +304,7 @@ class QuantizeSearch:
         best = self.budget.best(self.tries)
         layers = self.layer_errors(best)
         missed = self.options.auto and not self.budget.fits(best) and self.options.max_excluded > 0
-        if self.options.sensitivity or missed:
+        if self.options.sensitivity:
             self.sensitivity = self.measure_sensitivity(best)
         if missed:
             best, layers = self.exclude_ranked(best, layers)
@@ -340,17 +342,46 @@ class QuantizeSearch:
         )
         return report
 
-    def fallback_layers(self, layers: list[dict[str, Any]]) -> list[Layer]:
-        """The order layers go to float: measured effect first, per-layer error among the rest."""
-        assert self.sensitivity is not None
-        return fallback_order(self.sensitivity, self.float_ranking(layers))
+    def fallback_layers(self, best: Try, layers: list[dict[str, Any]]) -> list[Layer]:
+        """The order layers go to float: measured effect first, per-layer error among the rest; before
+        any measurement (no --sensitivity), per-layer error alone."""
+        prior = self.float_ranking(layers)
+        if self.sensitivity is not None:
+            return fallback_order(self.sensitivity, prior)
+        import onnx
+
+        quantized = quantized_layers(onnx.load(str(best.path)), self.float_model)
+        rank: dict[str, int] = {}
+        for i, node in enumerate(prior):
+            rank.setdefault(node, i)
+        ranked = [layer for layer in quantized if any(node in rank for node in layer.exclude)]
+        return sorted(ranked, key=lambda layer: min(rank[node] for node in layer.exclude if node in rank))
 
     def exclude_ranked(self, best: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:
-        """Keep layers in float one more at a time, in :meth:`fallback_layers` order, until the
-        budget holds on val or ``max_excluded`` layers are float; returns the best of those tries
-        (:meth:`Budget.best`) and its per-layer errors."""
-        order = self.fallback_layers(layers)
-        self.fallback_base = chosen = best
+        """Keep layers in float one more at a time until the budget holds on val or ``max_excluded``
+        layers are float; returns the best of those tries (:meth:`Budget.best`) and its per-layer errors.
+
+        Without --sensitivity the first pass goes in per-layer-error order, which costs nothing to
+        rank (a model that quantizes well, like the demo's, stops there after a try or two); when it
+        misses the budget, each layer's effect alone in float is measured on val
+        (:meth:`measure_sensitivity`: one val pass per layer) and a second pass goes in that order."""
+        self.fallback_base = best
+        chosen = self._exclude_in_order(best, self.fallback_layers(best, layers))
+        if self.sensitivity is None and not self.budget.fits(chosen):
+            log.info(
+                "per-layer-error order missed the budget with %d layer(s) in float: measuring each layer's effect",
+                len(self.fallback),
+            )
+            self.first_pass, self.fallback = self.fallback, []
+            self.sensitivity = self.measure_sensitivity(best)
+            second = self._exclude_in_order(best, self.fallback_layers(best, layers))
+            chosen = self.budget.best([chosen, second])
+        if chosen is not best:
+            layers = self.layer_errors(chosen)
+        return chosen, layers
+
+    def _exclude_in_order(self, best: Try, order: list[Layer]) -> Try:
+        chosen = best
         for count in range(1, min(self.options.max_excluded, len(order)) + 1):
             result = self.attempt_float(best, order[:count])
             self.fallback.append((order[count - 1], result))
@@ -358,9 +389,7 @@ class QuantizeSearch:
                 chosen = result
             if self.budget.fits(result):
                 break
-        if chosen is not best:
-            layers = self.layer_errors(chosen)
-        return chosen, layers
+        return chosen
 
     def float_ranking(self, layers: list[dict[str, Any]]) -> list[str]:
         """Nodes worth keeping in float, most first: weight sensitivity of the logits first (it
@@ -561,13 +590,40 @@ class QuantizeSearch:
         agreement cost on val, with its bounds), the val figures with it and the layers before it
         in float, and what it cost in speed (target cpu: the throughput lost against the try
         before it, both timed in the same interleaved rounds; None where not timed)."""
-        if self.fallback_base is None or self.sensitivity is None:
+        if self.fallback_base is None:
             return None
-        rows = {row["layer"]: row for row in self.sensitivity["layers"]}
+        measured = self.sensitivity is not None
+        rows = {row["layer"]: row for row in self.sensitivity["layers"]} if self.sensitivity is not None else {}
+        steps = self._steps(self.fallback, rows, best)
+        fitted = bool(self.fallback) and self.budget.fits(self.fallback[-1][1])
+        previous = self.fallback[-1][1].speedup if self.fallback else self.fallback_base.speedup
+        return {
+            "ranking": "measured float-only effect on val (paired flips, exact bounds), then per-layer error"
+            if measured
+            else "per-layer error (the budget held before any layer was measured)",
+            "first_pass": self._steps(self.first_pass, {}, best) if self.first_pass else None,
+            "val_count": self.sensitivity["n"]
+            if self.sensitivity is not None
+            else (len(self.val) if self.val is not None else None),
+            "max_excluded": self.options.max_excluded,
+            "stopped": "budget holds on val"
+            if fitted
+            else ("max_excluded reached" if len(self.fallback) >= self.options.max_excluded else "every layer tried"),
+            "speedup_before": round(self.fallback_base.speedup, 3) if self.fallback_base.speedup is not None else None,
+            "speed": None
+            if previous is None
+            else f"ONNX Runtime CPU, batch {SPEED_BATCH}, {SPEED_ROUNDS} interleaved rounds with the float model",
+            "layers": steps,
+        }
+
+    def _steps(self, tried: list[tuple[Layer, Try]], rows: dict[str, Any], best: Try) -> list[dict[str, Any]]:
+        assert self.fallback_base is not None
+        unmeasured = {"points": None, "lower": None, "upper": None}
         previous = self.fallback_base.speedup
         steps = []
-        for layer, result in self.fallback:
-            effect = rows[layer.node]["float_only"]["agreement"]
+        for layer, result in tried:
+            row = rows.get(layer.node)
+            effect = row["float_only"]["agreement"] if row is not None else unmeasured
             speed_cost = None
             if previous is not None and result.speedup is not None:
                 speed_cost = round(100.0 * (1.0 - result.speedup / previous), 2)
@@ -575,7 +631,7 @@ class QuantizeSearch:
                 {
                     "layer": layer.node,
                     "nodes": list(layer.exclude),
-                    "group": rows[layer.node]["group"],
+                    "group": row["group"] if row is not None else None,
                     "effect_points": effect["points"],
                     "effect_lower": effect["lower"],
                     "effect_upper": effect["upper"],
@@ -588,20 +644,7 @@ class QuantizeSearch:
                 }
             )
             previous = result.speedup
-        fitted = bool(self.fallback) and self.budget.fits(self.fallback[-1][1])
-        return {
-            "ranking": "measured float-only effect on val (paired flips, exact bounds), then per-layer error",
-            "val_count": self.sensitivity["n"],
-            "max_excluded": self.options.max_excluded,
-            "stopped": "budget holds on val"
-            if fitted
-            else ("max_excluded reached" if len(self.fallback) >= self.options.max_excluded else "every layer tried"),
-            "speedup_before": round(self.fallback_base.speedup, 3) if self.fallback_base.speedup is not None else None,
-            "speed": None
-            if previous is None
-            else f"ONNX Runtime CPU, batch {SPEED_BATCH}, {SPEED_ROUNDS} interleaved rounds with the float model",
-            "layers": steps,
-        }
+        return steps
 
 
 def result_path(out: Path, accepted: bool) -> Path:
