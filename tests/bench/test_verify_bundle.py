@@ -67,12 +67,16 @@ def test_the_set_is_the_pinned_test_split_exactly_as_apply_gives_it(bundle: Path
 
 
 def _scale_first_conv_weights(model_path: Path, factor: float) -> None:
-    """One layer's weights scaled: the scale of the first Conv's weight DequantizeLinear (QDQ)."""
+    """One layer's weights scaled: the scale of the first quantized Conv's weight DequantizeLinear
+    (QDQ; auto may have kept the first Conv in float)."""
     model = onnx.load(str(model_path))
     inits = {i.name: i for i in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
-    conv = next(node for node in model.graph.node if node.op_type == "Conv")
-    dq = producer[conv.input[1]]
+    dq = next(
+        producer[node.input[1]]
+        for node in model.graph.node
+        if node.op_type == "Conv" and getattr(producer.get(node.input[1]), "op_type", None) == "DequantizeLinear"
+    )
     scale = inits[dq.input[1]]
     scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(factor), scale.name))
     onnx.save(model, str(model_path))
