@@ -383,13 +383,26 @@ class QuantizeSearch:
     def _exclude_in_order(self, best: Try, order: list[Layer]) -> Try:
         chosen = best
         for count in range(1, min(self.options.max_excluded, len(order)) + 1):
-            result = self.attempt_float(best, order[:count])
+            result = self._tried(best, order[:count]) or self.attempt_float(best, order[:count])
             self.fallback.append((order[count - 1], result))
             if self.budget.best([chosen, result]) is result:
                 chosen = result
             if self.budget.fits(result):
                 break
         return chosen
+
+    def _tried(self, base: Try, layers: list[Layer]) -> Try | None:
+        """The try of an earlier pass that kept the same layers of ``base`` in float, if any (the two
+        passes often start alike: it is not built and scored twice)."""
+        floated = sorted(node for layer in layers for node in layer.exclude)
+        return next(
+            (
+                t
+                for t in self.tries
+                if (t.method, t.qat) == (base.method, base.qat) and t.bias is None and sorted(t.excluded) == floated
+            ),
+            None,
+        )
 
     def float_ranking(self, layers: list[dict[str, Any]]) -> list[str]:
         """Nodes worth keeping in float, most first: weight sensitivity of the logits first (it

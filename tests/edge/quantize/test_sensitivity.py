@@ -276,7 +276,7 @@ def test_exclude_ranked_adds_one_layer_at_a_time_until_the_budget_holds(
             for n, g, p in (("a", HURTS, 1.5), ("b", HURTS, 3.0), ("c", INDISTINGUISHABLE, 0.0), ("d", INDISTINGUISHABLE, 0.0))
         ],
     }
-    search.fallback, search.first_pass = [], []
+    search.fallback, search.first_pass, search.tries = [], [], []
     attempts: list[list[str]] = []
 
     def attempt_float(base: Try, layers: list[Any]) -> Try:
