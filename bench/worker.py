@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,21 +280,28 @@ def serve_steps(job: dict[str, Any], commands: Any) -> dict[str, Any] | None:
 
 
 def run_job(job: dict[str, Any], stepped: bool = False) -> dict[str, Any] | None:
-    """Run a job, turning absence into ``skipped`` and failures into ``error`` (never raising).
+    """Run a job as one row (``guarded_row``).
 
     ``stepped``: an artifact job driven by the parent through stdin (``serve_steps``); None when
     the parent went away before ``finish``."""
+    if job["kind"] == "zoo":
+        return guarded_row(job, lambda: run_zoo_job(job))
+    if stepped:
+        return guarded_row(job, lambda: serve_steps(job, sys.stdin))
+    return guarded_row(job, lambda: run_artifact_job(job))
+
+
+def guarded_row(job: dict[str, Any], measure: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """``measure()`` as one row, never raising: absence (a device, a backend, an optional package)
+    becomes ``skipped`` with the reason, a user error or a crash ``error`` with its message (and the
+    traceback's tail); the row names its artifact and device and the seconds it took. None when
+    ``measure`` returned None (no row to write)."""
     started = time.time()
     try:
-        if job["kind"] == "zoo":
-            result = run_zoo_job(job)
-        elif stepped:
-            stepped_result = serve_steps(job, sys.stdin)
-            if stepped_result is None:
-                return None
-            result = stepped_result
-        else:
-            result = run_artifact_job(job)
+        measured = measure()
+        if measured is None:
+            return None
+        result = measured
         result["status"] = "ok"
     except (Skip, MissingDependencyError) as exc:
         result = {"status": "skipped", "reason": str(exc)}
@@ -307,7 +315,7 @@ def run_job(job: dict[str, Any], stepped: bool = False) -> dict[str, Any] | None
     return result
 
 
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
+def stop_on_sigterm(signum: int, frame: Any) -> None:
     """The parent stops a worker with SIGTERM (timeout, Ctrl-C): unwind, so the runner's context
     exit releases its device before the SIGKILL that follows the grace period."""
     raise SystemExit(128 + signum)
@@ -320,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m bench.worker [--stepped] JOB.json RESULT.json", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     job = json.loads(Path(args[0]).read_text())
     result = run_job(job, stepped=stepped)
     if result is not None:

@@ -15,6 +15,13 @@ model gets. The result is a float model (the quantizers removed) whose weights h
 well on the int8 grid; ``edge.quantize`` exports it and writes the QDQ model for the target with its
 own writer, which Model Optimizer's ONNX export cannot do for target cpu (asymmetric uint8
 activations with zero points).
+
+What the fine-tune fits (``loss``): by default (``distill``) the original float model's own outputs,
+the KL divergence of the fake-quantized student's softmax from the frozen float teacher's (Model
+Optimizer's ``LogitsDistillationLoss``, temperature 1). Acceptance measures agreement with that
+float model, and the labels pull an under-fit model's near-ties both ways: on such a model QAT on
+the labels raised top-1 but lowered agreement (docs/quantize.md#qat). ``labels`` is the
+cross-entropy on the labels (with the run's label smoothing), the recipe's original form.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ EPOCH_FRACTION = 0.1  # of the original training's epochs
 LR_FRACTION = 0.01  # of the original training's learning rate
 CALIBRATION_BATCH = 32
 LIBRARY = "nvidia-modelopt"
+LOSSES = ("distill", "labels")
+DISTILL_TEMPERATURE = 1.0
 
 
 @dataclass
@@ -74,18 +83,22 @@ def fine_tune(
     data: str | None = None,
     start_ranges: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    loss: str = "distill",
 ) -> QatResult:
     """Fine-tune RUN/checkpoint.pt with fake quantization (the module docstring's recipe).
 
     ``calibration``: the preprocessed calibration images (NCHW float32) that set the starting
     ranges; ``weight_bits``: 8, or 7 for reduced-range weights; ``steps``: optimizer steps instead
     of the recipe's epochs; ``data``: the run's data (None: as pinned); ``start_ranges``: what the
-    manifest says about the calibration set; ``progress(done, total)`` after each step.
+    manifest says about the calibration set; ``progress(done, total)`` after each step; ``loss``:
+    what the fine-tune fits (``LOSSES``, the module docstring).
     """
     torch = require("torch", "train", "Quantization-aware training")
     mtq = _modelopt()
     if steps is not None and steps < 1:
         raise UserError(f"--qat-steps must be at least 1, got {steps}")
+    if loss not in LOSSES:
+        raise UserError(f"unknown QAT loss {loss!r}: use {' or '.join(LOSSES)}")
     started = time.perf_counter()
     payload = load_checkpoint(run / "checkpoint.pt")
     config = TrainConfig.from_dict(payload.get("config") or {})
@@ -103,12 +116,13 @@ def fine_tune(
     torch.manual_seed(config.seed)
 
     head, groups = head_parameter_names(model), layer_groups(model)  # before the quantizers go in
+    teacher = _frozen_teacher(torch, model) if loss == "distill" else None
     _insert_quantizers(mtq, model, _quant_config(mtq, weight_bits), calibration)
     # QAT trains every layer whatever the original mode: every layer's weights are quantized.
     qat_config = dataclasses.replace(config, lr=config.lr * LR_FRACTION, mode="finetune", epochs=1, warmup_epochs=0.0)
     optimizer = build_optimizer(model, head, groups, qat_config)
     scheduler = build_scheduler(optimizer, total, qat_config)  # cosine to zero over ``total`` steps
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = _criterion(torch, teacher, config.label_smoothing)
     loader = torch.utils.data.DataLoader(
         TrainDataset(split, spec, config.augment, config.seed), batch_sampler=sampler, num_workers=config.workers
     )
@@ -119,11 +133,11 @@ def fine_tune(
         sampler.set_epoch(epoch)
         for images, labels in loader:
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(images), labels)
-            loss.backward()
+            value = criterion(model(images), images, labels)
+            value.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(value.detach()))
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -161,7 +175,8 @@ def fine_tune(
         "schedule": "cosine to 0, no warmup",
         "optimizer": config.optimizer,
         "augment": config.augment,
-        "label_smoothing": config.label_smoothing,
+        "loss": _loss_text(loss, config.label_smoothing),
+        "label_smoothing": config.label_smoothing if loss == "labels" else None,
         "loss_first": round(float(np.mean(losses[:window])), 4),
         "loss_last": round(float(np.mean(losses[-window:])), 4),
         "seconds": round(seconds, 1),
@@ -177,6 +192,39 @@ def fine_tune(
         seconds,
     )
     return QatResult(_float_copy(payload, model), spec, payload, recipe)
+
+
+def _frozen_teacher(torch: Any, model: Any) -> Any:
+    """A copy of the float model as trained (eval mode, no gradients): what distillation fits."""
+    teacher = copy.deepcopy(model).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+def _criterion(torch: Any, teacher: Any | None, label_smoothing: float) -> Callable[[Any, Any, Any], Any]:
+    """``criterion(student_logits, images, labels)``: the distillation loss against the teacher's
+    logits on the same images (Model Optimizer's), or cross-entropy on the labels."""
+    if teacher is None:
+        cross_entropy = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        return lambda logits, images, labels: cross_entropy(logits, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from modelopt.torch.distill import LogitsDistillationLoss
+    distill = LogitsDistillationLoss(temperature=DISTILL_TEMPERATURE, reduction="batchmean")
+
+    def distillation(logits: Any, images: Any, labels: Any) -> Any:
+        with torch.no_grad():
+            target = teacher(images)
+        return distill(logits, target)
+
+    return distillation
+
+
+def _loss_text(loss: str, label_smoothing: float) -> str:
+    if loss == "distill":
+        return f"distill: KL(float teacher || fake-quant student), temperature {DISTILL_TEMPERATURE:g} (modelopt LogitsDistillationLoss)"
+    return f"labels: cross-entropy, label smoothing {label_smoothing:g}"
 
 
 def _modelopt() -> Any:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,8 @@ from bench.loadgen.library import SampleLibrary
 from bench.loadgen.runner import run_scenario
 from bench.loadgen.scenarios import ScenarioOptions, loadgen
 from bench.loadgen.suts import LocalSUT
-from bench.worker import load_eval_images
+from bench.worker import guarded_row, load_eval_images, stop_on_sigterm
 from edge.atomic import atomic_write_json
-from edge.errors import MissingDependencyError, UserError
 
 
 def modes(mode: str) -> list[bool]:
@@ -62,25 +59,10 @@ def run_loadgen_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """``run_loadgen_job`` with absence as ``skipped`` and failures as ``error`` (never raising)."""
-    started = time.time()
-    try:
-        result = run_loadgen_job(job)
-        result["status"] = "ok"
-    except (Skip, MissingDependencyError) as exc:
-        result = {"status": "skipped", "reason": str(exc)}
-    except UserError as exc:
-        result = {"status": "error", "error": str(exc)}
-    except Exception as exc:  # a bug or a backend crash in this row: recorded, the others go on
-        result = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
-    result.setdefault("artifact", job.get("name"))
-    result.setdefault("device", job.get("device"))
-    result["seconds"] = time.time() - started
+    """``run_loadgen_job`` as one row: absence ``skipped``, failures ``error`` (never raising)."""
+    result = guarded_row(job, lambda: run_loadgen_job(job))
+    assert result is not None  # run_loadgen_job always returns a row
     return result
-
-
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m bench.loadgen.job JOB.json RESULT.json", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     result = run_job(json.loads(Path(args[0]).read_text()))
     atomic_write_json(args[1], result)
     return 0

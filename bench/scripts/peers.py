@@ -149,6 +149,7 @@ def nncf_accuracy_control_quantize(
 
 MODELOPT_VENV = ".venv-modelopt"
 MODELOPT_PACKAGE = "nvidia-modelopt[onnx]"
+MODELOPT_READY = ".edge-install-done"  # written into the venv once pip install finished
 # Run by the Model Optimizer venv's Python: nothing of this project is imported there.
 _MODELOPT_SCRIPT = """
 import sys, time, numpy as np
@@ -163,18 +164,24 @@ print(f"seconds {time.perf_counter() - start}")
 
 def modelopt_python(venv: Path, create: bool = True) -> Path:
     """The Python of Model Optimizer's own venv, created (``python -m venv`` + pip install
-    nvidia-modelopt[onnx]) when missing and ``create``; raises UserError when it cannot be had."""
+    nvidia-modelopt[onnx]) when missing and ``create``; raises UserError when it cannot be had.
+    The venv counts as ready only once its install finished (a marker file written after pip
+    succeeds): one cut short, or still being made by another process, is installed into again."""
     python = venv / "bin" / "python"
-    if python.exists():
+    ready = venv / MODELOPT_READY
+    if python.exists() and ready.exists():
         return python
     if not create:
-        raise UserError(f"no {venv}: the Model Optimizer row needs its own venv (drop --no-install to create it)")
-    print(f"creating {venv} for {MODELOPT_PACKAGE} (it installs onnxruntime-gpu, which would shadow onnxruntime here)")
+        state = "is not finished (no marker of a completed install)" if python.exists() else "does not exist"
+        raise UserError(f"{venv} {state}: the Model Optimizer row needs its own venv (drop --no-install to create it)")
+    print(f"setting up {venv} for {MODELOPT_PACKAGE} (it installs onnxruntime-gpu, which would shadow onnxruntime here)")
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", MODELOPT_PACKAGE], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise UserError(f"{venv} could not be set up for the Model Optimizer row: {exc}") from exc
+    ready.write_text(f"{MODELOPT_PACKAGE}\n")
     return python
 
 

@@ -29,16 +29,22 @@ def _binom_tail(k: int, n: int) -> float:
     return sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
 
 
+def _sorted_sample(values: list[float]) -> list[float]:
+    """The values as sorted floats; ValueError when there are none."""
+    x = sorted(float(v) for v in values)
+    if not x:
+        raise ValueError("no values")
+    return x
+
+
 def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float | None]:
     """(low, high, level): the order-statistic interval for the median of ``values``.
 
     The widest coverage available ([min, max]) is used when ``confidence`` cannot be reached;
     ``level`` is the exact coverage (None for a single value, which has no interval).
     """
-    x = sorted(float(v) for v in values)
+    x = _sorted_sample(values)
     n = len(x)
-    if n == 0:
-        raise ValueError("no values")
     if n == 1:
         return x[0], x[0], None
     k = 1
@@ -55,10 +61,8 @@ def quantile_interval(values: list[float], q: float, confidence: float = CONFIDE
     (0 < q < 1) of the population ``values`` were drawn from; the narrowest pair of order statistics
     symmetric in rank around ``q * n`` that covers at ``confidence`` (the widest available otherwise).
     ``median_interval`` is the q = 0.5 case with exact binomial tails."""
-    x = sorted(float(v) for v in values)
+    x = _sorted_sample(values)
     n = len(x)
-    if n == 0:
-        raise ValueError("no values")
     if n == 1:
         return x[0], x[0], None
     log_pmf = [

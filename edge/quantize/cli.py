@@ -49,8 +49,9 @@ kernels do not reproduce TensorRT's arithmetic.
 
 --qat fine-tunes the run's checkpoint with fake quantization (NVIDIA Model Optimizer) on its pinned
 train split first and quantizes that model (edge/quantize/qat.py, train/qat.py); --qat-if-needed does
-it only when auto's PTQ choice misses the budget on val. The manifest records the recipe
-(provenance.qat).
+it only when auto's PTQ choice misses the budget on val. By default it fits the float model's own
+outputs (distillation, --qat-loss distill), since acceptance measures agreement with that model;
+--qat-loss labels fits the labels. The manifest records the recipe (provenance.qat).
 
 Exit status: 0 accepted, 1 written but not accepted, 2 a user error (nothing written).
 """
@@ -72,6 +73,7 @@ from edge.quantize.options import (
     DEFAULT_MAX_EXCLUDED,
     DEFAULT_MIN_VAL_IMAGES,
     DEFAULT_VAL_LIMIT,
+    QAT_LOSSES,
     QuantizeOptions,
 )
 from edge.quantize.search import QuantizeSearch, na
@@ -105,6 +107,7 @@ def quantize_run(
     qat: bool = False,
     qat_if_needed: bool = False,
     qat_steps: int | None = None,
+    qat_loss: str = "distill",
 ) -> Path:
     """Quantize RUN/model.onnx for ``target``, evaluate it against the float parent and write
     RUN/model.int8-<target>.onnx with its manifest; returns the path.
@@ -143,6 +146,7 @@ def quantize_run(
         qat=qat,
         qat_if_needed=qat_if_needed,
         qat_steps=qat_steps,
+        qat_loss=qat_loss,
     )
     options.validate()
     run_dir = RunDir.open(run)
@@ -248,6 +252,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --method auto: QAT as the last resort, only when PTQ (float layers included) misses the budget on val",
     )
     qat.add_argument("--qat-steps", type=int, metavar="N", help="QAT optimizer steps instead of the recipe's epochs")
+    qat.add_argument(
+        "--qat-loss",
+        choices=QAT_LOSSES,
+        default="distill",
+        help="what QAT fits: distill (default) the float model's own outputs (KL divergence, Model Optimizer's "
+        "LogitsDistillationLoss), which is what acceptance measures (agreement); labels: cross-entropy on the labels",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test subsets and of a drawn calibration set")
     parser.add_argument("--out", help="output .onnx (default RUN/model.int8-<target>.onnx)")
     add_tracking_arguments(parser, models=True)
@@ -282,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
         qat=args.qat,
         qat_if_needed=args.qat_if_needed,
         qat_steps=args.qat_steps,
+        qat_loss=args.qat_loss,
     )
     manifest = read_manifest(path)
     console = make_console()

@@ -20,6 +20,8 @@ from edge.quantize.weights import ROUNDINGS
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
+# What QAT fits (train.qat.LOSSES; named here so that edge does not import train to check a flag).
+QAT_LOSSES = ("distill", "labels")
 CHOICES = (*METHODS, "auto")
 # Agreement is what auto reads closest: on 500 images one flip is 0.2% and the noise about 0.5%,
 # on 2000 about 0.2%. Full INT8 on 2 cores evaluates 2000 images of 64 px in about a second.
@@ -58,6 +60,8 @@ class QuantizeOptions:
     qat: bool = False
     qat_if_needed: bool = False
     qat_steps: int | None = None
+    # what QAT fits: the float model's outputs (distill, the default) or the labels
+    qat_loss: str = "distill"
 
     @property
     def auto(self) -> bool:
@@ -112,6 +116,8 @@ class QuantizeOptions:
                 raise UserError("--qat-steps sets the QAT schedule: pass --qat or --qat-if-needed with it")
             if self.qat_steps < 1:
                 raise UserError(f"--qat-steps must be at least 1, got {self.qat_steps}")
+        if self.qat_loss not in QAT_LOSSES:
+            raise UserError(f"unknown QAT loss {self.qat_loss!r}: use {' or '.join(QAT_LOSSES)}")
 
 
 def check_agreement_percent(value: float) -> None:

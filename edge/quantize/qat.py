@@ -37,7 +37,13 @@ VERIFY_IMAGES = 8  # calibration images the exported fine-tuned model is checked
 
 
 def qat_float_model(
-    run: RunDir, calib: CalibrationSet, work: Path, weight_bits: int, steps: int | None, data: str | None
+    run: RunDir,
+    calib: CalibrationSet,
+    work: Path,
+    weight_bits: int,
+    steps: int | None,
+    data: str | None,
+    loss: str = "distill",
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune RUN/checkpoint.pt with fake quantization and export the float result into ``work``;
     returns the ONNX path and the recipe for the manifest."""
@@ -60,6 +66,7 @@ def qat_float_model(
             weight_bits=weight_bits,
             steps=steps,
             data=data,
+            loss=loss,
             start_ranges={"calibration": str(calib.path), "content_hash": calib.content_hash},
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )

@@ -446,7 +446,9 @@ class QuantizeSearch:
         from edge.quantize.qat import qat_float_model
 
         bits = 7 if self.reduce_range else 8  # ORT's reduced-range weights: QAT trains on their grid
-        path, self.qat = qat_float_model(self.run_dir, self.calib, self.work, bits, self.options.qat_steps, self.options.data)
+        path, self.qat = qat_float_model(
+            self.run_dir, self.calib, self.work, bits, self.options.qat_steps, self.options.data, self.options.qat_loss
+        )
         return path
 
     def qat_if_needed(self, ptq: Try, layers: list[dict[str, Any]]) -> tuple[Try, list[dict[str, Any]]]:

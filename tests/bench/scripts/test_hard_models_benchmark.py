@@ -85,3 +85,43 @@ def test_unknown_model_or_size_is_refused_before_any_work(tmp_path, capsys):
     assert hard.main(["--models", "vit_tiny_patch16_224", "--image-size", "40", "--work", str(tmp_path / "w")]) == 2
     assert "multiple of 16" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_reuse_takes_only_a_file_quantized_from_the_current_float_model(tmp_path):
+    """--reuse-ours: our earlier file is taken when its manifest names the current model.onnx as its
+    parent and this benchmark timed it; after a re-export (another model.onnx) it is quantized again."""
+    from edge.manifest import write_manifest
+
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "model.onnx").write_bytes(b"float model, first export")
+    write_manifest(root / "model.onnx", "onnx", None)
+    (root / "model.int8-cpu.rejected.onnx").write_bytes(b"int8")
+    write_manifest(
+        root / "model.int8-cpu.rejected.onnx", "onnx-int8-cpu", None, parent=root / "model.onnx", metrics={"accepted": False}
+    )
+    candidates = [root / "model.int8-cpu.onnx", root / "model.int8-cpu.rejected.onnx"]
+    assert hard._earlier_result(root, "cpu", candidates) is None  # not timed by the benchmark: not its file
+    (root / "hard-models-quantize-cpu.seconds").write_text("41.5\n")
+    earlier = hard._earlier_result(root, "cpu", candidates)
+    assert earlier is not None and earlier["path"] == candidates[1] and earlier["reused"] is True
+    assert earlier["seconds"] == 41.5 and earlier["accepted"] is False
+    (root / "model.onnx").write_bytes(b"float model, exported again")
+    write_manifest(root / "model.onnx", "onnx", None)
+    assert hard._earlier_result(root, "cpu", candidates) is None
+
+
+def test_model_optimizer_venv_counts_only_once_its_install_finished(tmp_path):
+    """A venv whose pip install was cut short (or is still running elsewhere) is not taken as ready."""
+    from bench.scripts import peers
+    from edge.errors import UserError
+
+    venv = tmp_path / ".venv-modelopt"
+    with pytest.raises(UserError, match="does not exist: the Model Optimizer row needs its own venv"):
+        peers.modelopt_python(venv, create=False)
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")  # made by `python -m venv`, the install not finished
+    with pytest.raises(UserError, match="is not finished"):
+        peers.modelopt_python(venv, create=False)
+    (venv / peers.MODELOPT_READY).write_text("nvidia-modelopt[onnx]\n")
+    assert peers.modelopt_python(venv, create=False) == venv / "bin" / "python"

@@ -36,7 +36,11 @@ def test_compare_rounding_uses_one_calibration_set_and_the_same_test_images(fash
     import shutil
 
     run = tmp_path / "run"
+    from calibration.sets import build_calibration_set
+
     shutil.copytree(fashion_onnx_run, run, ignore=shutil.ignore_patterns("calibration", "model.int8-*"))
+    # the run's own calibration set is the one every row uses: 32 images keep GPTQ quick here
+    calibration = build_calibration_set(run, "fashion-mnist", size=32, seed=0, progress=False).path
     before = sorted(p.name for p in run.iterdir())
     argv = ["--run", str(run), "--data", "fashion-mnist", "--compare-rounding", "--eval-limit", "60"]
     assert main(argv) == 0
@@ -47,6 +51,7 @@ def test_compare_rounding_uses_one_calibration_set_and_the_same_test_images(fash
     for row in (gptq, nearest):
         for key in ("calibration", "calibration_count", "eval_count", "eval_source", "parent_top1", "method"):
             assert corrected[key] == row[key], key
+    assert corrected["calibration"] == str(calibration) and corrected["calibration_count"] == 32
     assert gptq["eval_count"] == 60 and gptq["eval_source"] == "fashion-mnist:test" and gptq["method"] == "minmax"
     for row in rows:
         assert row["agreement"] == pytest.approx(100 * (60 - row["flips"]) / 60)

@@ -115,14 +115,16 @@ def test_cli_not_accepted_exits_1_with_one_line_and_keeps_the_file(
 ) -> None:
     real_compare = search.compare
 
-    def lossy(parent, child, labels):  # the measured figures, but 10 more of the 100 test images lost
+    # the measured figures, but 20 more of the 100 test images lost: significant whatever this
+    # untrained head's near-ties gained or lost under this machine's kernels and threads
+    def lossy(parent, child, labels):
         figures = real_compare(parent, child, labels)
         figures.update(
-            lost=figures["lost"] + 10,
-            flips=figures["flips"] + 10,
-            drop_points=figures["drop_points"] + 10.0,
-            top1=figures["top1"] - 10.0,
-            agreement=figures["agreement"] - 10.0,
+            lost=figures["lost"] + 20,
+            flips=figures["flips"] + 20,
+            drop_points=figures["drop_points"] + 20.0,
+            top1=figures["top1"] - 20.0,
+            agreement=figures["agreement"] - 20.0,
         )
         return figures
 
@@ -133,7 +135,7 @@ def test_cli_not_accepted_exits_1_with_one_line_and_keeps_the_file(
     manifest = read_manifest(out)  # written, marked not accepted, with the reason
     metrics = manifest.metrics
     assert code == 1 and out.exists() and metrics["accepted"] is False
-    assert metrics["lost"] >= 10 and metrics["drop_lower_points"] > 1.0 and metrics["confidence"] == 0.95
+    assert metrics["lost"] >= 20 and metrics["drop_lower_points"] > 1.0 and metrics["confidence"] == 0.95
     assert metrics["reason"].startswith("top-1 drop +")
     assert "significantly above the 1 pt budget (--max-drop) on 100 test images" in metrics["reason"]
     lines = captured.err.strip().splitlines()

@@ -92,6 +92,7 @@ def test_qat_cpu_target_through_the_cli(qat_run: Path, capsys: pytest.CaptureFix
     assert recipe["lr"] == pytest.approx(0.01 * recipe["original_lr"]) and recipe["schedule"].startswith("cosine")
     assert recipe["start_ranges"]["content_hash"] == prov["calibration"]["content_hash"]
     assert recipe["start_ranges"]["images"] == 16
+    assert recipe["loss"].startswith("distill: KL") and recipe["label_smoothing"] is None  # the default fits the float model
     assert recipe["export"]["verified_images"] == 8 and recipe["export"]["max_abs_diff"] < 1e-3
     assert prov["weight_rounding"] == {"rounding": "nearest"}  # QAT's weights keep the grid they trained on
     assert all(row["qat"] is True for row in prov["tries"])
@@ -119,10 +120,12 @@ def test_qat_trt_target_is_symmetric(qat_run: Path) -> None:
         bias_correction=False,
         qat=True,
         qat_steps=STEPS,
+        qat_loss="labels",
         out=out,
     )
     manifest = read_manifest(path)
     assert manifest.kind == "onnx-int8-trt" and manifest.metrics["simulated"] is True
+    assert manifest.provenance["qat"]["loss"].startswith("labels: cross-entropy")
     assert manifest.provenance["qat"]["fake_quant"]["weights"].startswith("int8 per-channel")
     assert check_tensorrt_rules(path) == []  # symmetric int8, zero points 0, no quantized bias
     assert _runs_in_onnxruntime(path).shape == (4, 10)
@@ -206,6 +209,7 @@ def test_qat_if_needed_searches_again_when_ptq_misses(
         ({"method": "minmax", "qat_if_needed": True}, "use it with --method auto"),
         ({"qat_steps": 5}, "pass --qat or --qat-if-needed"),
         ({"qat": True, "qat_steps": 0}, "--qat-steps must be at least 1"),
+        ({"qat": True, "qat_loss": "mse"}, "unknown QAT loss 'mse': use distill or labels"),
     ],
 )
 def test_bad_qat_options_fail_before_work(qat_run: Path, kwargs: dict, message: str) -> None:
