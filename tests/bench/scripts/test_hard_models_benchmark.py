@@ -125,3 +125,34 @@ def test_model_optimizer_venv_counts_only_once_its_install_finished(tmp_path):
         peers.modelopt_python(venv, create=False)
     (venv / peers.MODELOPT_READY).write_text("nvidia-modelopt[onnx]\n")
     assert peers.modelopt_python(venv, create=False) == venv / "bin" / "python"
+
+
+def test_a_peer_counts_as_better_only_when_the_paired_difference_says_so():
+    """Two files a couple of images apart are not ranked; one that flips 40 more images is."""
+    labels = np.arange(2000) % 10
+    float_pred = labels.copy()
+    float_pred[:100] = (labels[:100] + 1) % 10  # the float model is wrong on 100 images
+
+    def row(quantizer: str, pred: np.ndarray) -> dict:
+        figures = hard.accuracy(np.eye(10)[pred], np.eye(10)[float_pred], labels)
+        return {"quantizer": quantizer, "target": "trt", "accepted": True, **figures, "_pred": pred}
+
+    peer_pred = float_pred.copy()
+    peer_pred[100:110] = (labels[100:110] + 3) % 10  # the peer flips 10 images
+    close = float_pred.copy()
+    close[100:112] = (labels[100:112] + 3) % 10  # ours flips 12: 2 more, by point estimate worse
+    rows = [row("ours", close), row("modelopt", peer_pred)]
+    hard.compare_with_peers(rows, float_pred, labels)
+    compared = rows[0]["vs_peers"]["modelopt"]
+    assert compared["agreement"]["diff"] == pytest.approx(-0.1) and compared["agreement"]["only_peer"] == 2
+    low, high = compared["agreement"]["interval"]
+    assert low < 0 < high  # indistinguishable
+    met, measured = hard._peer_verdict(rows[0], rows[1:])
+    assert met is True and "no peer significantly better" in measured
+    far = float_pred.copy()
+    far[100:150] = (labels[100:150] + 3) % 10  # ours flips 50: 40 more than the peer
+    rows = [row("ours", far), row("modelopt", peer_pred)]
+    hard.compare_with_peers(rows, float_pred, labels)
+    met, measured = hard._peer_verdict(rows[0], rows[1:])
+    assert met is False and "modelopt better on agreement by 2.00 pts" in measured and "modelopt better on top1" in measured
+    assert not hard._peer_verdict({**rows[0], "vs_peers": None}, rows[1:])[0]  # no paired figures: point estimates
