@@ -205,6 +205,30 @@ def restore_hard_swish(model: Any) -> int:
     return restored
 
 
+def swish_nodes(model: Any) -> list[str]:
+    """Names of the Sigmoid and Mul of every ``Mul(x, Sigmoid(x))`` (SiLU/Swish as exported:
+    EfficientNet's activation).
+
+    Target cpu keeps them float (``quantize_onnx``): ORT's quantizer puts Q/DQ on the inputs and
+    outputs of both, which cuts each SiLU in two with a quantize step on the Sigmoid's output; OpenVINO then runs each as dequantize, reorder, float Sigmoid, reorder,
+    quantize-multiply-quantize instead of one fused eltwise step after the convolution (the
+    HardSwish case of :func:`restore_hard_swish`, for an activation ONNX has no single op for at the
+    opsets used here). Kept float, the SiLU reads the convolution's dequantized output and the next
+    layer quantizes what it writes. Both nodes are named: excluding the Mul alone still leaves the
+    Sigmoid's own output quantized."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Mul" or len(node.input) != 2:
+            continue
+        for x, gate in (node.input, reversed(node.input)):
+            sigmoid = producers.get(gate)
+            if sigmoid is not None and sigmoid.op_type == "Sigmoid" and list(sigmoid.input) == [x]:
+                names += [sigmoid.name, node.name]
+                break
+    return names
+
+
 def quantize_onnx(
     float_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -217,6 +241,10 @@ def quantize_onnx(
     quantization = require("onnxruntime.quantization", "cpu", "Quantizing")
     calibrate = require("onnxruntime.quantization.calibrate", "cpu", "Quantizing")
     config = target_config(target, float_path)
+    if target == "cpu":
+        import onnx
+
+        nodes_to_exclude = [*nodes_to_exclude, *swish_nodes(onnx.load(str(float_path), load_external_data=False))]
     with tempfile.TemporaryDirectory(prefix="edge-quant-") as tmp:
         cache = Path(tmp) / "ranges.json"
         calibrate.save_tensors_data(ranges, cache)

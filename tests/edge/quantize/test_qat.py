@@ -102,6 +102,20 @@ def test_qat_cpu_target_through_the_cli(qat_run: Path, capsys: pytest.CaptureFix
     weights = _weight_dequantizers(model)
     assert weights and all(w.dtype == np.int8 and s.shape == (w.shape[0],) and not z.any() for w, s, z in weights)
     assert _runs_in_onnxruntime(path).shape == (4, 10)
+    # SiLU (Mul(y, Sigmoid(y))) stays float on target cpu: no quantize step cuts it in two
+    producers = {out: n for n in model.graph.node for out in n.output}
+    silu = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Mul"
+        and any(
+            producers.get(i) is not None and producers[i].op_type == "Sigmoid" and set(producers[i].input) & set(n.input)
+            for i in n.input
+        )
+    ]
+    gates = [producers[i] for n in silu for i in n.input if i in producers and producers[i].op_type == "Sigmoid"]
+    consumers = {i for n in model.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    assert silu and len(gates) == len(silu) and not any(gate.output[0] in consumers for gate in gates)
     capsys.readouterr()
     print_artifact(path)
     shown = capsys.readouterr().out

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge.quantize.targets import is_transformer, prepare_float_model, restore_hard_swish, target_config
+from edge.quantize.targets import is_transformer, prepare_float_model, restore_hard_swish, swish_nodes, target_config
 
 
 def _hard_swish_graph(alpha: float = 1 / 6) -> onnx.ModelProto:
@@ -49,6 +49,28 @@ def test_other_hard_sigmoid_gates_stay_as_they_are():
     model = _hard_swish_graph(alpha=0.2)  # ONNX's default HardSigmoid: not a HardSwish
     assert restore_hard_swish(model) == 0
     assert [node.op_type for node in model.graph.node] == ["Conv", "HardSigmoid", "Mul"]
+
+
+def test_silu_multiplies_are_found_and_squeeze_excite_gates_are_not():
+    """Conv -> SiLU (Mul(y, Sigmoid(y))) -> squeeze-excite gate (Mul(z, Sigmoid(pool(z)))): only the
+    SiLU's two nodes are what target cpu keeps float."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.random.default_rng(0).standard_normal(12).tolist())
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"]),
+        helper.make_node("Sigmoid", ["y"], ["s"], name="silu-gate"),
+        helper.make_node("Mul", ["s", "y"], ["z"], name="silu"),  # either input order
+        helper.make_node("GlobalAveragePool", ["z"], ["p"]),
+        helper.make_node("Sigmoid", ["p"], ["g"]),
+        helper.make_node("Mul", ["z", "g"], ["out"], name="gate"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu-se",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [weight],
+    )
+    assert swish_nodes(helper.make_model(graph)) == ["silu-gate", "silu"]
 
 
 def test_prepared_model_keeps_hard_swish_whole(tmp_path):
