@@ -56,7 +56,7 @@ from edge.errors import UserError
 DATA = "fashion-mnist"
 DEFAULT_MODELS = ("mobilenetv3_large_100", "efficientnet_b0", "resnet50", "vit_tiny_patch16_224")
 # The fixed training budget of each model (from random init: no pretrained weights reachable here).
-# Sized so that training all four takes about 45 minutes on 2 idle CPU cores (docs/quantize.md#hard-models).
+# Training all four takes about 40 minutes on 2 idle CPU cores (docs/quantize.md#hard-models).
 RECIPES: dict[str, dict[str, Any]] = {
     "mobilenetv3_large_100": {"image_size": 64, "train_limit": 30000, "epochs": 3, "lr": 3e-3},
     "efficientnet_b0": {"image_size": 64, "train_limit": 20000, "epochs": 3, "lr": 3e-3},
