@@ -344,6 +344,10 @@ def run(args: Any) -> int:
         raise UserError(f"--host {args.host!r}: give an IP address (127.0.0.1, 0.0.0.0, ::1 or one of this machine's)") from None
     console = make_console()
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, docker stop, systemd: a clean stop too
+    # Ctrl-C stops it even where it was started with SIGINT ignored (a background job of a script,
+    # nohup): Python then keeps SIG_IGN, and tritonserver would inherit it. A handler here is reset
+    # to the default in the child, so the server's own Ctrl-C handling (finish in-flight requests) works.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     server = None
     try:
         server = start_server(args.run, args.artifact, args.port, args.host, not args.no_dynamic_batching)
@@ -364,6 +368,7 @@ def run(args: Any) -> int:
         if server is not None:
             server.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
