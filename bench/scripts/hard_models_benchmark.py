@@ -168,11 +168,9 @@ def quantize_ours(root: Path, target: str, threads: int | None, reuse: bool = Fa
     run = RunDir.open(root)
     path = run.int8_cpu if target == "cpu" else run.int8_trt
     rejected = path.with_name(rejected_name(path))
-    if reuse:
-        earlier = _earlier_result(root, target, [path, rejected])
-        if earlier is not None:
-            print(f"{root.name}: reusing {earlier['path'].name} (--reuse-ours)")
-            return earlier
+    earlier = _earlier_result(root, target, [path, rejected]) if reuse else None
+    if earlier is not None:
+        return earlier
     keep_previous(root, [p for p in (path, rejected) if p.exists()], "hard-models benchmark: quantizing again", retire=True)
     start = time.perf_counter()
     status = edge_command(
@@ -214,45 +212,38 @@ def _earlier_result(root: Path, target: str, candidates: list[Path]) -> dict[str
     from edge.manifest import manifest_path, read_manifest
 
     timing = root / f"hard-models-quantize-{target}.seconds"
+    if not timing.exists():
+        return None
     parent = read_manifest(root / "model.onnx").sha256
     for path in candidates:
-        if path.exists() and manifest_path(path).exists() and timing.exists() and read_manifest(path).parent_sha256 == parent:
-            result = _ours_result(path, float(timing.read_text()), None)
-            return {**result, "accepted": bool(read_manifest(path).metrics.get("accepted")), "reused": True}
+        if path.exists() and manifest_path(path).exists() and read_manifest(path).parent_sha256 == parent:
+            print(f"{root.name}: reusing {path.name} (--reuse-ours)")
+            return {**_ours_result(path, float(timing.read_text()), None), "reused": True}
     return None
 
 
 def quantize_qat(root: Path, target: str, threads: int | None, reuse: bool = False) -> dict[str, Any]:
     """``edge quantize RUN --target T --qat`` (its recipe, every other default) into
     RUN/model.int8-<target>.qat.onnx, beside our PTQ file (``reuse``: as ``quantize_ours``)."""
-    from edge.manifest import manifest_path, read_manifest
+    from edge.manifest import manifest_path
+    from edge.run import rejected_name
 
     out = root / f"model.int8-{target}.qat.onnx"
+    rejected = out.with_name(rejected_name(out))
     log = root / f"hard-models-qat-{target}.log"
-    if reuse:
-        earlier = _earlier_result(root, f"{target}-qat", [out, out.with_name(out.name.removesuffix(".onnx") + ".rejected.onnx")])
-        if earlier is not None:
-            print(f"{root.name}: reusing {earlier['path'].name} (--reuse-ours)")
-            return {**earlier, "method": "qat"}
+    earlier = _earlier_result(root, f"{target}-qat", [out, rejected]) if reuse else None
+    if earlier is not None:
+        return {**earlier, "method": "qat"}
     start = time.perf_counter()
     status = edge_command(
         "quantize", str(root), "--target", target, "--data", DATA, "--qat", "--out", str(out), log=log, threads=threads
     )
-    written = out if out.exists() else out.with_name(out.name.removesuffix(".onnx") + ".rejected.onnx")
+    written = out if out.exists() else rejected
     if status == 2 or not written.exists() or not manifest_path(written).exists():
         return {"error": f"edge quantize --qat failed (exit {status}); see {log}"}
-    manifest = read_manifest(written)
     seconds = time.perf_counter() - start
     (root / f"hard-models-quantize-{target}-qat.seconds").write_text(f"{seconds}\n")
-    return {
-        "path": written,
-        "seconds": seconds,
-        "accepted": bool(manifest.metrics.get("accepted", status == 0)),
-        "exit": status,
-        "method": "qat",
-        "excluded": manifest.provenance.get("nodes_excluded"),
-        "reason": manifest.metrics.get("reason"),
-    }
+    return {**_ours_result(written, seconds, status), "method": "qat"}
 
 
 def peer_files(root: Path, args: argparse.Namespace, val: Any) -> dict[str, dict[str, Any]]:

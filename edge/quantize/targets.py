@@ -174,7 +174,6 @@ def restore_hard_swish(model: Any) -> int:
     INT8 file ran 1.08x FP32 on OpenVINO against NNCF's 1.54x. As one op the HardSwish stays float
     in ORT's QDQ graph (not in its op lists) and fuses again in OpenVINO."""
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -182,22 +181,17 @@ def restore_hard_swish(model: Any) -> int:
     for output in graph.output:
         uses[output.name] = uses.get(output.name, 0) + 1
     restored, dropped = 0, set()
-    for node in graph.node:
-        if node.op_type != "Mul" or len(node.input) != 2:
+    for node, sigmoid, x in list(_self_gated_multiplies(model, "HardSigmoid")):
+        attrs = {a.name: a.f for a in sigmoid.attribute}
+        if uses.get(sigmoid.output[0]) != 1:
             continue
-        for x, gate in (node.input, reversed(node.input)):
-            sigmoid = producers.get(gate)
-            if sigmoid is None or sigmoid.op_type != "HardSigmoid" or list(sigmoid.input) != [x] or uses.get(gate) != 1:
-                continue
-            attrs = {a.name: a.f for a in sigmoid.attribute}
-            if abs(attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(attrs.get("beta", 0.5) - 0.5) > 1e-6:
-                continue
-            node.op_type, node.domain = "HardSwish", ""
-            del node.input[:]
-            node.input.append(x)
-            dropped.add(id(sigmoid))
-            restored += 1
-            break
+        if abs(attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(attrs.get("beta", 0.5) - 0.5) > 1e-6:
+            continue
+        node.op_type, node.domain = "HardSwish", ""
+        del node.input[:]
+        node.input.append(x)
+        dropped.add(id(sigmoid))
+        restored += 1
     if dropped:
         kept = [node for node in graph.node if id(node) not in dropped]
         del graph.node[:]
@@ -210,23 +204,28 @@ def swish_nodes(model: Any) -> list[str]:
     EfficientNet's activation).
 
     Target cpu keeps them float (``quantize_onnx``): ORT's quantizer puts Q/DQ on the inputs and
-    outputs of both, which cuts each SiLU in two with a quantize step on the Sigmoid's output; OpenVINO then runs each as dequantize, reorder, float Sigmoid, reorder,
+    outputs of both, which cuts each SiLU in two with a quantize step on the Sigmoid's output;
+    OpenVINO then runs each as dequantize, reorder, float Sigmoid, reorder,
     quantize-multiply-quantize instead of one fused eltwise step after the convolution (the
     HardSwish case of :func:`restore_hard_swish`, for an activation ONNX has no single op for at the
     opsets used here). Kept float, the SiLU reads the convolution's dequantized output and the next
     layer quantizes what it writes. Both nodes are named: excluding the Mul alone still leaves the
     Sigmoid's own output quantized."""
+    return [name for mul, sigmoid, _ in _self_gated_multiplies(model, "Sigmoid") for name in (sigmoid.name, mul.name)]
+
+
+def _self_gated_multiplies(model: Any, gate_op: str) -> Iterator[tuple[Any, Any, str]]:
+    """(mul, gate, x) for every ``Mul(x, gate_op(x))`` in the graph, either input order: the
+    gated activations (x·sigmoid(x), x·hardsigmoid(x)) as exporters and ORT's optimizer write them."""
     producers = {out: node for node in model.graph.node for out in node.output}
-    names = []
     for node in model.graph.node:
         if node.op_type != "Mul" or len(node.input) != 2:
             continue
         for x, gate in (node.input, reversed(node.input)):
-            sigmoid = producers.get(gate)
-            if sigmoid is not None and sigmoid.op_type == "Sigmoid" and list(sigmoid.input) == [x]:
-                names += [sigmoid.name, node.name]
+            producer = producers.get(gate)
+            if producer is not None and producer.op_type == gate_op and list(producer.input) == [x]:
+                yield node, producer, x
                 break
-    return names
 
 
 def quantize_onnx(

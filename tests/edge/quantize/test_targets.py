@@ -10,22 +10,26 @@ from onnx import TensorProto, helper
 from edge.quantize.targets import is_transformer, prepare_float_model, restore_hard_swish, swish_nodes, target_config
 
 
-def _hard_swish_graph(alpha: float = 1 / 6) -> onnx.ModelProto:
-    """x -> Conv -> Mul(y, HardSigmoid(y)) -> out: a HardSwish as ORT's optimizer leaves it."""
+def _conv_graph(name: str, *after_conv: onnx.NodeProto) -> onnx.ModelProto:
+    """x (1x3x4x4) -> Conv (4 channels) -> y, then ``after_conv`` ending in ``out`` (1x4x4x4)."""
     weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.random.default_rng(0).standard_normal(12).tolist())
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["y"]),
-        helper.make_node("HardSigmoid", ["y"], ["gate"], alpha=alpha, beta=0.5),
-        helper.make_node("Mul", ["y", "gate"], ["out"]),
-    ]
     graph = helper.make_graph(
-        nodes,
-        "hswish",
+        [helper.make_node("Conv", ["x", "w"], ["y"]), *after_conv],
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
         [weight],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _hard_swish_graph(alpha: float = 1 / 6) -> onnx.ModelProto:
+    """x -> Conv -> Mul(y, HardSigmoid(y)) -> out: a HardSwish as ORT's optimizer leaves it."""
+    return _conv_graph(
+        "hswish",
+        helper.make_node("HardSigmoid", ["y"], ["gate"], alpha=alpha, beta=0.5),
+        helper.make_node("Mul", ["y", "gate"], ["out"]),
+    )
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -54,23 +58,15 @@ def test_other_hard_sigmoid_gates_stay_as_they_are():
 def test_silu_multiplies_are_found_and_squeeze_excite_gates_are_not():
     """Conv -> SiLU (Mul(y, Sigmoid(y))) -> squeeze-excite gate (Mul(z, Sigmoid(pool(z)))): only the
     SiLU's two nodes are what target cpu keeps float."""
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.random.default_rng(0).standard_normal(12).tolist())
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["y"]),
+    model = _conv_graph(
+        "silu-se",
         helper.make_node("Sigmoid", ["y"], ["s"], name="silu-gate"),
         helper.make_node("Mul", ["s", "y"], ["z"], name="silu"),  # either input order
         helper.make_node("GlobalAveragePool", ["z"], ["p"]),
         helper.make_node("Sigmoid", ["p"], ["g"]),
         helper.make_node("Mul", ["z", "g"], ["out"], name="gate"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "silu-se",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])],
-        [weight],
     )
-    assert swish_nodes(helper.make_model(graph)) == ["silu-gate", "silu"]
+    assert swish_nodes(model) == ["silu-gate", "silu"]
 
 
 def test_prepared_model_keeps_hard_swish_whole(tmp_path):
