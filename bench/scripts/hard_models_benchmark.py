@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.atomic import atomic_write_text
 from edge.errors import UserError
 
 DATA = "fashion-mnist"
@@ -148,7 +149,7 @@ def train_run(arch: str, args: argparse.Namespace, work: Path) -> Path:
         status = edge_command(*arguments, log=root / f"hard-models-{step}.log", threads=args.threads)
         if status != 0:
             raise UserError(f"{arch}: edge {step} failed (exit {status}); see {root / f'hard-models-{step}.log'}")
-    recipe_file.write_text(json.dumps(chosen, indent=2))
+    atomic_write_text(recipe_file, json.dumps(chosen, indent=2))
     print(f"{arch}: trained, exported and calibrated in {time.perf_counter() - start:.0f} s")
     return root
 
@@ -187,7 +188,7 @@ def quantize_ours(root: Path, target: str, threads: int | None, reuse: bool = Fa
     written = path if path.exists() else rejected if rejected.exists() else None
     if status == 2 or written is None or not manifest_path(written).exists():
         return {"error": f"edge quantize --target {target} failed (exit {status}); see {root}/hard-models-quantize-{target}.log"}
-    (root / f"hard-models-quantize-{target}.seconds").write_text(f"{seconds}\n")
+    atomic_write_text(root / f"hard-models-quantize-{target}.seconds", f"{seconds}\n")
     return _ours_result(written, seconds, status)
 
 
@@ -242,7 +243,7 @@ def quantize_qat(root: Path, target: str, threads: int | None, reuse: bool = Fal
     if status == 2 or not written.exists() or not manifest_path(written).exists():
         return {"error": f"edge quantize --qat failed (exit {status}); see {log}"}
     seconds = time.perf_counter() - start
-    (root / f"hard-models-quantize-{target}-qat.seconds").write_text(f"{seconds}\n")
+    atomic_write_text(root / f"hard-models-quantize-{target}-qat.seconds", f"{seconds}\n")
     return {**_ours_result(written, seconds, status), "method": "qat"}
 
 
@@ -294,7 +295,7 @@ def peer_files(root: Path, args: argparse.Namespace, val: Any) -> dict[str, dict
         except Exception as exc:  # one peer failing leaves a row saying why, never loses the table
             files[name] = {"target": target, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             continue
-        seconds_file.write_text(str(seconds))
+        atomic_write_text(seconds_file, str(seconds))
         files[name] = {"target": target, "path": out, "seconds": seconds, "cached": False}
     return files
 

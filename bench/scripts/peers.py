@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.atomic import atomic_write_text
 from edge.errors import MissingDependencyError, UserError
 from edge.runners.base import Runner
 from edge.spec import PreprocessSpec
@@ -181,7 +182,7 @@ def modelopt_python(venv: Path, create: bool = True) -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "-q", MODELOPT_PACKAGE], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise UserError(f"{venv} could not be set up for the Model Optimizer row: {exc}") from exc
-    ready.write_text(f"{MODELOPT_PACKAGE}\n")
+    atomic_write_text(ready, f"{MODELOPT_PACKAGE}\n")
     return python
 
 
