@@ -38,7 +38,7 @@ from edge.measure.acceptance import DEFAULT_MAX_DROP
 from edge.measure.intervals import paired_ratio
 from edge.measure.paired import paired_flips
 from edge.measure.report import MEASURED
-from edge.measure.rows import OTHER_BACKEND, SIMULATED, float_parent, round_p50s, run_artifacts
+from edge.measure.rows import OTHER_BACKEND, OWN_BACKEND, SIMULATED, float_parent, round_p50s, row_backend, run_artifacts
 from edge.measure.timing import TimingWindow, round_order
 from edge.run import RunDir
 from edge.verify import is_rejected, unverified_reason
@@ -82,7 +82,7 @@ def artifact_job(plan: BenchPlan, name: str, path: Path, device: str) -> dict[st
     return {
         "kind": "artifact",
         "name": name,
-        "backend": OTHER_BACKEND[name][1] if name in OTHER_BACKEND else "auto",
+        "backend": row_backend(name),
         "path": str(path),
         "device": device,
         "threads": plan.threads,
@@ -344,15 +344,17 @@ def attach_latency_ratios(rows: list[dict[str, Any]]) -> None:
 def select_artifacts(run: RunDir, wanted: str) -> dict[str, Path]:
     """``all`` or a comma list of bench names -> {name: path}; unknown names are a user error.
 
-    ``openvino-fp32`` / ``openvino-int8`` run ``model.onnx`` / ``model.int8-cpu.onnx`` on OpenVINO:
-    part of ``all`` where OpenVINO is installed; named explicitly without it, they are skipped rows
-    that say how to install it."""
+    ``openvino-fp32`` / ``openvino-int8`` run ``model.onnx`` / ``model.int8-cpu.onnx`` on OpenVINO,
+    ``int8-openvino`` its own file there: part of ``all`` where OpenVINO is installed; named
+    explicitly without it, they are skipped rows that say how to install it."""
     available = run_artifacts(run)
     if not available:
         raise UserError(f"{run.root} has no artifacts: run `edge train` / `edge pretrained`, then `edge export`")
     backend_rows = {name: available[own] for name, (own, _) in OTHER_BACKEND.items() if own in available}
     if wanted.strip() == "all":
-        return {**available, **({} if importlib.util.find_spec("openvino") is None else backend_rows)}
+        if importlib.util.find_spec("openvino") is None:
+            return {name: path for name, path in available.items() if name not in OWN_BACKEND}
+        return {**available, **backend_rows}
     available = {**available, **backend_rows}
     names = [n.strip() for n in wanted.split(",") if n.strip()]
     unknown = [n for n in names if n not in available]

@@ -22,6 +22,7 @@ _MADE = {
     "onnx": "exported",
     "onnx-int8-cpu": "quantized",
     "onnx-int8-trt": "quantized",
+    "onnx-int8-openvino": "quantized",
     "engine": "built",
     "calibration": "drawn",
 }

@@ -26,6 +26,7 @@ KINDS = (
     "onnx",
     "onnx-int8-cpu",
     "onnx-int8-trt",
+    "onnx-int8-openvino",
     "engine",
     "calibration",
     "bench-report",

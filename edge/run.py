@@ -6,7 +6,7 @@ is the only place that spells a run's file names::
     checkpoint.pt  last.pt                       best and last training checkpoints
     splits.json                                  the data split training pinned: train/val/test items and hashes
     metrics.{json,csv} summary.json curves.png confusion.png   training reports
-    model.onnx  model.int8-cpu.onnx  model.int8-trt.onnx       ONNX FP32 and the two INT8 targets
+    model.onnx  model.int8-{cpu,trt,openvino}.onnx            ONNX FP32 and the INT8 targets
     model.int8-*.layers.json                     the quantizer's per-layer report
     calibration/calibration.npy                  the cached calibration set
     engines/<gpu>-sm<cc>-trt<version>/model.<precision>.engine (+ timing.cache)
@@ -44,6 +44,8 @@ SPLITS_FILE = "splits.json"  # the data split training pinned (train.splits)
 ONNX_FP32 = "model.onnx"
 ONNX_INT8_CPU = "model.int8-cpu.onnx"
 ONNX_INT8_TRT = "model.int8-trt.onnx"
+ONNX_INT8_OPENVINO = "model.int8-openvino.onnx"
+ONNX_INT8 = {"cpu": ONNX_INT8_CPU, "trt": ONNX_INT8_TRT, "openvino": ONNX_INT8_OPENVINO}  # by edge quantize --target
 ONNX_FP16_AUTOCAST = "model.fp16-autocast.onnx"  # TensorRT 11's FP16 source, beside its engine
 CALIBRATION_DIR = "calibration"
 CALIBRATION_FILE = "calibration.npy"
@@ -65,7 +67,7 @@ DEMO_VIDEO = "demo.mp4"
 # both (files, then folders).
 TRAINING_FILES = (CHECKPOINT, LAST_CHECKPOINT, SPLITS_FILE, TRAIN_METRICS_JSON, TRAIN_METRICS_CSV, TRAIN_SUMMARY)
 TRAINING_PLOTS = (TRAIN_CURVES, TRAIN_CONFUSION)
-DERIVED_FILES = (ONNX_FP32, ONNX_INT8_CPU, ONNX_INT8_TRT)
+DERIVED_FILES = (ONNX_FP32, *ONNX_INT8.values())
 DERIVED_DIRS = (CALIBRATION_DIR, ENGINES_DIR, BENCH_DIR, SELFTEST_DIR)
 
 
@@ -145,6 +147,14 @@ class RunDir:
         return self.root / ONNX_INT8_TRT
 
     @property
+    def int8_openvino(self) -> Path:
+        return self.root / ONNX_INT8_OPENVINO
+
+    def int8(self, target: str) -> Path:
+        """The INT8 model of an ``edge quantize --target``."""
+        return self.root / ONNX_INT8[target]
+
+    @property
     def engines(self) -> Path:
         return self.root / ENGINES_DIR
 
@@ -192,7 +202,7 @@ class RunDir:
     def retired_by_training(self) -> list[Path]:
         """What training this run again moves to history: the previous training's outputs and every
         artifact made from its checkpoint (stale once the checkpoint changes), those that exist."""
-        derived = [*DERIVED_FILES, *(rejected_name(name) for name in (ONNX_INT8_CPU, ONNX_INT8_TRT))]
+        derived = [*DERIVED_FILES, *(rejected_name(name) for name in ONNX_INT8.values())]
         layer_reports = [layer_report_name(name) for name in derived if name != ONNX_FP32]
         files = [self.root / name for name in (*TRAINING_FILES, *TRAINING_PLOTS, *derived, *layer_reports)]
         files.append(self.bundle)

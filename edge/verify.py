@@ -21,6 +21,7 @@ _REMAKE = {
     "onnx": "`edge export {run}`",
     "onnx-int8-cpu": "`edge quantize {run} --target cpu`",
     "onnx-int8-trt": "`edge quantize {run} --target trt`",
+    "onnx-int8-openvino": "`edge quantize {run} --target openvino`",
     "engine": "`edge engine {run} --precision {precision}`",
     "calibration": "`edge calibrate {run}`",
     "bench-report": "`edge bench {run}`",

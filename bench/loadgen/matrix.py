@@ -19,7 +19,7 @@ from bench.loadgen import NOT_AUDITED
 from bench.loadgen.scenarios import ScenarioOptions
 from bench.processes import WorkerInterrupted, run_worker
 from edge.measure.report import MEASURED
-from edge.measure.rows import OTHER_BACKEND
+from edge.measure.rows import row_backend
 
 EXPECTED_SHARE = 0.25  # of bench's batch-1 p50: LoadGen's expected latency (SingleStream, MultiStream x 8)
 OFFLINE_MARGIN = 2.0  # LoadGen's Offline expected QPS, over bench's best images/s
@@ -57,7 +57,7 @@ def scenario_job(
     return {
         "kind": "loadgen",
         "name": name,
-        "backend": OTHER_BACKEND[name][1] if name in OTHER_BACKEND else "auto",
+        "backend": row_backend(name),
         "path": row["path"],
         "device": row["device"],
         "threads": plan.threads,

@@ -75,6 +75,10 @@ QAT_MIN_RECOVERY = 0.7
 QAT_WHEN_DROP_OVER = 0.5
 CPU_PEERS = ("onnxruntime-default", "nncf-default", "nncf-accuracy-control")
 TRT_PEERS = ("modelopt",)
+OUR_TARGETS = ("cpu", "trt", "openvino")
+# Our target -> (the peers it is compared with, the target those peer rows carry). NNCF's files
+# are OpenVINO's own INT8 (their rows say cpu: they run on ONNX Runtime too).
+PEERS = {"cpu": (CPU_PEERS, "cpu"), "trt": (TRT_PEERS, "trt"), "openvino": (CPU_PEERS, "cpu")}
 
 
 def recipe(arch: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,7 +171,7 @@ def quantize_ours(root: Path, target: str, threads: int | None, reuse: bool = Fa
     from edge.run import RunDir, rejected_name
 
     run = RunDir.open(root)
-    path = run.int8_cpu if target == "cpu" else run.int8_trt
+    path = run.int8(target)
     rejected = path.with_name(rejected_name(path))
     earlier = _earlier_result(root, target, [path, rejected]) if reuse else None
     if earlier is not None:
@@ -348,13 +352,13 @@ def measure_model(arch: str, args: argparse.Namespace, work: Path) -> dict[str, 
 
     start = time.perf_counter()
     root = train_run(arch, args, work)
-    ours = {target: quantize_ours(root, target, args.threads, args.reuse_ours) for target in ("cpu", "trt")}
+    ours = {target: quantize_ours(root, target, args.threads, args.reuse_ours) for target in OUR_TARGETS}
     spec = artifact_spec(root / "model.onnx")
     val = eval_set_from_data(root, DATA, "val", DEFAULT_VAL_LIMIT, spec, progress=False)
     files = peer_files(root, args, val)
     del val
     test = eval_set_from_data(root, DATA, "test", args.test_limit or None, spec, progress=False)
-    entries = [("ours", target, ours[target]) for target in ("cpu", "trt")] + [
+    entries = [("ours", target, ours[target]) for target in OUR_TARGETS] + [
         (name, info["target"], info) for name, info in files.items()
     ]
     reference = test_logits(root / "model.onnx", root / "peers" / "fp32.onnx", "onnxruntime", spec, test.tensor, args.threads)
@@ -363,7 +367,7 @@ def measure_model(arch: str, args: argparse.Namespace, work: Path) -> dict[str, 
     ]
     for quantizer, target, info in entries:
         rows.append(file_row(quantizer, target, info, reference, test, spec, args))
-    for target in ("cpu", "trt"):  # QAT where PTQ alone misses 0.5 points on the test split or is not accepted
+    for target in OUR_TARGETS:  # QAT where PTQ alone misses 0.5 points on the test split or is not accepted
         ptq = next(r for r in rows if r["quantizer"] == "ours" and r["target"] == target)
         if "error" not in ptq and (ptq["drop"] > QAT_WHEN_DROP_OVER or not ptq["accepted"]) and not args.no_qat:
             why = f"drop {ptq['drop']:+.2f} pts > {QAT_WHEN_DROP_OVER}" if ptq["drop"] > QAT_WHEN_DROP_OVER else "not accepted"
@@ -401,7 +405,8 @@ def file_row(
     if "error" in info:
         return {**row, "error": info["error"]}
     path = Path(info["path"])
-    runtime = "openvino" if path.suffix == ".xml" else "onnxruntime"
+    # NNCF's accuracy-control IR and our target-openvino file run on OpenVINO, the rest on ONNX Runtime
+    runtime = "openvino" if path.suffix == ".xml" or target == "openvino" else "onnxruntime"
     cache = None if quantizer.startswith("ours") else path  # ours is quantized afresh on every run
     logits = test_logits(path, cache, runtime, spec, test.tensor, args.threads)
     floats, weighted = peers.float_weighted_layers(path)
@@ -423,34 +428,41 @@ def file_row(
 def measure_speed(
     root: Path, rows: list[dict[str, Any]], spec: Any, tensor: np.ndarray, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    """Interleaved rounds at batch --batch: FP32 on both runtimes, our target-cpu file on both, ONNX
-    Runtime's peer on ONNX Runtime, NNCF's files on OpenVINO. One row each, ratios against ONNX
-    Runtime FP32 and the same runtime's FP32, with intervals."""
+    """Interleaved rounds at batch --batch: FP32 on both runtimes, our target-cpu file on both, our
+    target-openvino file on OpenVINO, ONNX Runtime's peer on ONNX Runtime, NNCF's files on OpenVINO.
+    One row each (``target``: which of our files), ratios against ONNX Runtime FP32 and the same
+    runtime's FP32, with intervals."""
     from bench.scripts.peers import active, make_runner
     from edge.measure.intervals import paired_ratio
     from edge.measure.timing import interleaved_rounds
 
-    by_name = {row["quantizer"]: row for row in rows if row.get("target") in (None, "cpu") and "error" not in row}
-    cells = [("fp32", "onnxruntime", root / "model.onnx"), ("fp32", "openvino", root / "model.onnx")]
-    if "ours" in by_name:
-        cells += [("ours", runtime, Path(by_name["ours"]["path"])) for runtime in ("onnxruntime", "openvino")]
-    if "onnxruntime-default" in by_name:
-        cells.append(("onnxruntime-default", "onnxruntime", Path(by_name["onnxruntime-default"]["path"])))
+    by_name = {(row["quantizer"], row["target"]): row for row in rows if row.get("target") != "trt" and "error" not in row}
+    cells = [("fp32", None, "onnxruntime", root / "model.onnx"), ("fp32", None, "openvino", root / "model.onnx")]
+    if ("ours", "cpu") in by_name:
+        cells += [("ours", "cpu", runtime, Path(by_name[("ours", "cpu")]["path"])) for runtime in ("onnxruntime", "openvino")]
+    if ("ours", "openvino") in by_name:
+        cells.append(("ours", "openvino", "openvino", Path(by_name[("ours", "openvino")]["path"])))
+    if ("onnxruntime-default", "cpu") in by_name:
+        cells.append(("onnxruntime-default", "cpu", "onnxruntime", Path(by_name[("onnxruntime-default", "cpu")]["path"])))
     for name in ("nncf-default", "nncf-accuracy-control"):
-        if name in by_name:
-            cells.append((name, "openvino", Path(by_name[name]["path"])))
+        if (name, "cpu") in by_name:
+            cells.append((name, "cpu", "openvino", Path(by_name[(name, "cpu")]["path"])))
     batch = np.ascontiguousarray(tensor[: args.batch])
-    runners = [(f"{name}/{runtime}", make_runner(runtime, path, spec, args.threads)) for name, runtime, path in cells]
+    runners = [
+        (f"{name}/{target}/{runtime}", make_runner(runtime, path, spec, args.threads)) for name, target, runtime, path in cells
+    ]
     with active(runners):
         timings = interleaved_rounds(runners, batch, args.rounds, args.window)
-    ort_fp32 = timings["fp32/onnxruntime"].per_round
+    ort_fp32 = timings["fp32/None/onnxruntime"].per_round
+    nncf = timings.get("nncf-default/cpu/openvino")
     out = []
     for label, timing in timings.items():
-        name, runtime = label.split("/")
-        same = timings[f"fp32/{runtime}"].per_round
+        name, target, runtime = label.split("/")
+        same = timings[f"fp32/None/{runtime}"].per_round
         out.append(
             {
                 "quantizer": name,
+                "target": None if target == "None" else target,
                 "runtime": runtime,
                 "batch": args.batch,
                 "rounds": args.rounds,
@@ -458,11 +470,7 @@ def measure_speed(
                 "images_per_s": timing.images_per_s,
                 "vs_ort_fp32": paired_ratio(timing.per_round, ort_fp32).to_dict(),
                 "vs_same_fp32": paired_ratio(timing.per_round, same).to_dict(),
-                "vs_nncf_openvino": (
-                    paired_ratio(timing.per_round, timings["nncf-default/openvino"].per_round).to_dict()
-                    if "nncf-default/openvino" in timings
-                    else None
-                ),
+                "vs_nncf_openvino": paired_ratio(timing.per_round, nncf.per_round).to_dict() if nncf else None,
             }
         )
     return out
@@ -476,13 +484,13 @@ def compare_with_peers(rows: list[dict[str, Any]], float_pred: np.ndarray, label
     estimate of two indistinguishable files came out ahead."""
     from edge.measure.paired import paired_flips
 
-    peers_of = {"cpu": CPU_PEERS, "trt": TRT_PEERS}
     for ours in rows:
         if not ours["quantizer"].startswith("ours") or "_pred" not in ours:
             continue
         compared: dict[str, Any] = {}
+        names, peer_target = PEERS[ours["target"]]
         for peer in rows:
-            if peer["quantizer"] not in peers_of[ours["target"]] or peer["target"] != ours["target"] or "_pred" not in peer:
+            if peer["quantizer"] not in names or peer["target"] != peer_target or "_pred" not in peer:
                 continue
             figures = {}
             for name, truth in (("top1", labels), ("agreement", float_pred)):
@@ -533,7 +541,8 @@ def judge_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, met: bool | None, measured: str) -> None:
         targets.append({"target": name, "met": met, "measured": measured})
 
-    for target, peer_names in (("cpu", CPU_PEERS), ("trt", TRT_PEERS)):
+    for target in OUR_TARGETS:
+        peer_names, peer_target = PEERS[target]
         ours = rows.get(("ours", target))
         if ours is None:
             add(f"{target}: ours quantized", False, "no file (see the error row)")
@@ -544,13 +553,13 @@ def judge_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
             "accepted" if ours["accepted"] else "not accepted",
         )
         add(f"{target}: drop <= {budget} pts", ours["drop"] <= budget, f"{ours['drop']:+.2f} pts on {ours['n']}")
-        peer_rows = [rows[(p, target)] for p in peer_names if (p, target) in rows]
+        peer_rows = [rows[(p, peer_target)] for p in peer_names if (p, peer_target) in rows]
         if not peer_rows:
             add(f"{target}: >= best peer (drop, agreement)", None, "no peer measured")
         else:
             met, measured = _peer_verdict(ours, peer_rows)
             add(f"{target}: >= best peer (drop, agreement)", met, measured)
-    for target in ("cpu", "trt"):
+    for target in OUR_TARGETS:
         ptq = rows.get(("ours", target))
         if ptq is None or ptq["drop"] <= QAT_WHEN_DROP_OVER:
             continue
@@ -565,32 +574,35 @@ def judge_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
             recovered >= QAT_MIN_RECOVERY,
             f"PTQ {ptq['drop']:+.2f} -> QAT {qat['drop']:+.2f} pts: {recovered:.0%} recovered",
         )
-    speed = {(s["quantizer"], s["runtime"]): s for s in figures["speed"]}
-    ov = speed.get(("ours", "openvino"))
+    speed = {(s["quantizer"], s.get("target", "cpu"), s["runtime"]): s for s in figures["speed"]}
+    # our file for OpenVINO: the target-openvino one (older figures: the target-cpu file run there)
+    ov = speed.get(("ours", "openvino", "openvino")) or speed.get(("ours", "cpu", "openvino"))
+    name = f"{ov.get('target', 'cpu') if ov else 'openvino'}: >= NNCF default on OpenVINO"
     if ov is None or ov["vs_nncf_openvino"] is None:
-        add("cpu: >= NNCF default on OpenVINO", None, "not measured")
+        add(name, None, "not measured")
     else:
         ratio = ov["vs_nncf_openvino"]
+        nncf_ms = next(s["p50_ms"] for s in figures["speed"] if s["quantizer"] == "nncf-default")
         add(
-            "cpu: >= NNCF default on OpenVINO",
+            name,
             ratio["estimate"] >= 1.0,
-            f"{ratio['estimate']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}] "
-            f"({ov['p50_ms']:.2f} vs {speed[('nncf-default', 'openvino')]['p50_ms']:.2f} ms)",
+            f"{ratio['estimate']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}] ({ov['p50_ms']:.2f} vs {nncf_ms:.2f} ms)",
         )
     fastest = max(
         (s for s in figures["speed"] if s["quantizer"] == "ours"), key=lambda s: s["vs_ort_fp32"]["estimate"], default=None
     )
     need = MIN_SPEEDUP_RESNET50 if figures["model"] == "resnet50" else MIN_SPEEDUP
+    name = f"cpu/openvino: >= {need:g}x ONNX Runtime FP32 (fastest path)"
     if fastest is None:
-        add(f"cpu: >= {need:g}x ONNX Runtime FP32", None, "not measured")
+        add(name, None, "not measured")
     else:
         ratio = fastest["vs_ort_fp32"]
-        fp32 = speed[("fp32", "onnxruntime")]["p50_ms"]
+        fp32 = next(s["p50_ms"] for s in figures["speed"] if s["quantizer"] == "fp32" and s["runtime"] == "onnxruntime")
         add(
-            f"cpu: >= {need:g}x ONNX Runtime FP32 (fastest path)",
+            name,
             ratio["estimate"] >= need,
-            f"{ratio['estimate']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}] on {fastest['runtime']} "
-            f"({fastest['p50_ms']:.2f} vs {fp32:.2f} ms per batch of {fastest['batch']})",
+            f"{ratio['estimate']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}]: target-{fastest.get('target', 'cpu')} file "
+            f"on {fastest['runtime']} ({fastest['p50_ms']:.2f} vs {fp32:.2f} ms per batch of {fastest['batch']})",
         )
     return targets
 
@@ -650,7 +662,7 @@ def print_model(console: Any, figures: dict[str, Any]) -> None:
     for cell in figures["speed"]:
         ratio = cell["vs_nncf_openvino"]
         speed.add_row(
-            cell["quantizer"],
+            cell["quantizer"] + (f" ({cell['target']})" if cell.get("target") and cell["quantizer"] == "ours" else ""),
             cell["runtime"],
             f"{cell['p50_ms']:.2f}",
             f"{cell['images_per_s']:.0f}",

@@ -160,7 +160,10 @@ def quantize_run(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory holding model.onnx (from `edge export`)")
     parser.add_argument(
-        "--target", choices=TARGETS, required=True, help="cpu: ONNX Runtime (uint8 activations); trt: TensorRT (symmetric int8)"
+        "--target",
+        choices=TARGETS,
+        required=True,
+        help="cpu: ONNX Runtime (uint8 activations); trt: TensorRT (symmetric int8); openvino: OpenVINO (symmetric, NNCF's placement)",
     )
     parser.add_argument(
         "--method", choices=CHOICES, default="auto", help="calibration method; auto tries all on the val split (default)"

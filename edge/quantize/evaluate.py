@@ -86,13 +86,29 @@ def eval_set_from_photos(count: int, spec: PreprocessSpec, role: str, seed: int 
     )
 
 
-def predict(model_path: str | os.PathLike[str], spec: PreprocessSpec, tensor: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+def predict(
+    model_path: str | os.PathLike[str],
+    spec: PreprocessSpec,
+    tensor: np.ndarray,
+    batch: int = EVAL_BATCH,
+    backend: str = "onnxruntime",
+) -> np.ndarray:
     """Logits of an ONNX model over a preprocessed tensor, in batches, on ONNX Runtime's CPU runner
-    (full graph optimization: the QDQ pairs fused, as deployed)."""
+    (full graph optimization: the QDQ pairs fused, as deployed) or, ``backend="openvino"``, on
+    OpenVINO's (a target-openvino model, as deployed)."""
+    with cpu_runner(model_path, spec, backend) as runner:
+        return np.concatenate([runner.infer(tensor[i : i + batch]) for i in range(0, len(tensor), batch)])
+
+
+def cpu_runner(model_path: str | os.PathLike[str], spec: PreprocessSpec, backend: str, threads: int | None = None) -> Any:
+    """An ONNX Runtime or OpenVINO CPU runner of an ONNX model (not yet active)."""
+    if backend == "openvino":
+        from edge.runners.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(model_path, spec, threads=threads)
     from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
 
-    with OnnxRuntimeRunner(model_path, spec) as runner:
-        return np.concatenate([runner.infer(tensor[i : i + batch]) for i in range(0, len(tensor), batch)])
+    return OnnxRuntimeRunner(model_path, spec, threads=threads)
 
 
 def interleaved_throughput(
@@ -103,15 +119,14 @@ def interleaved_throughput(
     rounds: int = 5,
     window_s: float = 0.2,
     warmup: int = 5,
+    backend: str = "onnxruntime",
 ) -> list[dict[str, Any]]:
     """Throughput of ONNX models at one batch, in the interleaved rounds of
     :func:`edge.measure.timing.interleaved_rounds` (each round times every model for ``window_s``,
     the order rotating and reversing from round to round). The result per model is the median over
     rounds of its images/s relative to the first model (``ratio``), with the rounds' range. Every
-    model runs in the same ONNX Runtime runner with the same session options."""
-    from edge.runners.onnxruntime_runner import OnnxRuntimeRunner
-
-    runners = [(str(i), OnnxRuntimeRunner(path, spec, threads=threads)) for i, path in enumerate(paths)]
+    model runs in the same kind of runner (``backend``: onnxruntime or openvino) with the same options."""
+    runners = [(str(i), cpu_runner(path, spec, backend, threads)) for i, path in enumerate(paths)]
     with contextlib.ExitStack() as active:
         for _, runner in runners:
             active.enter_context(runner)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from edge.errors import UserError
+from edge.errors import UserError, require
 from edge.measure.acceptance import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
 from edge.quantize.evaluate import EvalSet
-from edge.quantize.targets import TARGETS, default_reduce_range
+from edge.quantize.targets import TARGET_HELP, TARGETS, default_reduce_range
 from edge.quantize.tries import Budget
 from edge.quantize.weights import ROUNDINGS
 
@@ -84,7 +84,9 @@ class QuantizeOptions:
     def validate(self) -> None:
         """Refuse bad options with a UserError that names the flag, before any work."""
         if self.target not in TARGETS:
-            raise UserError(f"unknown target {self.target!r}: use cpu (ONNX Runtime) or trt (TensorRT)")
+            raise UserError(f"unknown target {self.target!r}: use {TARGET_HELP}")
+        if self.target == "openvino":
+            require("openvino", "openvino", "Quantizing for target openvino (its tries and acceptance run on OpenVINO)")
         if self.method not in CHOICES:
             raise UserError(
                 f"unknown method {self.method!r}: use {', '.join(CHOICES)} (ORT's Distribution calibrator is for float8)"

@@ -62,12 +62,14 @@ class RangeCollector:
         op_types: Sequence[str] | None,
         symmetric: bool,
         observers: Sequence[Any] = (),
+        unsigned_where_nonnegative: bool = False,
     ):
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise UserError(f"unknown calibration method(s) {unknown}: use {', '.join(METHODS)}")
         self.methods = tuple(methods)
         self.symmetric = symmetric
+        self.unsigned = unsigned_where_nonnegative
         calibrate = require("onnxruntime.quantization.calibrate", "cpu", "Calibrating")
         self._calibrate = calibrate
         self._tmp = tempfile.TemporaryDirectory(prefix="edge-calib-")
@@ -155,7 +157,8 @@ class RangeCollector:
                 low, high = max(low, self._min[name]), min(high, self._max[name])
             if self.symmetric:
                 bound = np.float32(max(abs(low), abs(high)))
-                low, high = -bound, bound
+                # a tensor never seen negative keeps [0, bound]: uint8 with zero point 0 (target openvino)
+                low, high = (np.float32(0), bound) if self.unsigned and self._min[name] >= 0 else (-bound, bound)
             if name == self._input and not self.symmetric and self._input_values is not None:
                 # An 8-bit grid is better represented whole than clipped: the observed range is the base.
                 observed = float(self._min[name]), float(self._max[name])
@@ -213,10 +216,12 @@ def collect_ranges(
     symmetric: bool = False,
     progress: Any = None,
     observers: Sequence[Any] = (),
+    unsigned_where_nonnegative: bool = False,
 ) -> dict[str, Any]:
     """Ranges per method from one pass over ``batches``: ``{method: TensorsData}``. Each observer's
-    ``add(tensors)`` gets every tensor of each batch by name (the graph input included)."""
-    with RangeCollector(model_path, methods, op_types, symmetric, observers) as collector:
+    ``add(tensors)`` gets every tensor of each batch by name (the graph input included). Symmetric
+    ranges of tensors never seen negative start at 0 with ``unsigned_where_nonnegative``."""
+    with RangeCollector(model_path, methods, op_types, symmetric, observers, unsigned_where_nonnegative) as collector:
         for batch in batches:
             collector.add(batch)
             if progress is not None:

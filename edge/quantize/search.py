@@ -85,6 +85,7 @@ from edge.quantize.targets import (
     default_reduce_range,
     prepare_float_model,
     quantize_onnx,
+    target_backend,
     target_config,
 )
 from edge.quantize.tries import Acceptance, Try, judge
@@ -129,8 +130,9 @@ class QuantizeSearch:
         load_onnx_checked(self.parent)
         self.spec = artifact_spec(self.parent)
         self.config = target_config(options.target, self.parent)
+        self.backend = target_backend(options.target)  # where the INT8 tries run: the target's runtime
         self.reduce_range = options.weights_reduce_range()
-        self.out_path = Path(out) if out else (run.int8_cpu if options.target == "cpu" else run.int8_trt)
+        self.out_path = Path(out) if out else run.int8(options.target)
         self.started = time.perf_counter()
         self.val = self.eval_set("val", options.val_limit) if options.auto or options.sensitivity else None
         if self.val is not None and options.auto:
@@ -207,6 +209,7 @@ class QuantizeSearch:
                 self.config.activation_symmetric,
                 progress=lambda n: progress.advance(task, n),
                 observers=observers,
+                unsigned_where_nonnegative=self.config.unsigned_where_nonnegative,
             )
 
     def eval_set(self, split: str, limit: int) -> EvalSet:
@@ -279,7 +282,7 @@ class QuantizeSearch:
     def _scored(self, result: Try) -> Try:
         """``result`` scored on the val split (auto) and added to the tries."""
         if self.val is not None and self.val_parent is not None:
-            logits = predict(result.path, self.spec, self.val.tensor)
+            logits = predict(result.path, self.spec, self.val.tensor, backend=self.backend)
             result.val, result.val_top1 = compare(self.val_parent, logits, self.val.labels), logits.argmax(1)
             log.info(
                 "try %d: %s, %d node(s) in float%s: val top-1 %s, drop %s points, agreement %.2f%%",
@@ -308,7 +311,7 @@ class QuantizeSearch:
             self.sensitivity = self.measure_sensitivity(best)
         if missed:
             best, layers = self.exclude_ranked(best, layers)
-        if self.options.auto and self.options.target == "cpu":
+        if self.options.auto and self.options.target != "trt":  # TensorRT's speed is not measurable here
             self.time_tries()
             fastest = self.budget.fastest(self.tries)
             if fastest is not best:
@@ -330,7 +333,15 @@ class QuantizeSearch:
         assert self.val is not None and self.val_parent is not None
         variants = VARIANTS if self.options.sensitivity else VARIANTS[:1]
         report = measure_sensitivity(
-            self.prepared, base.path, self.spec, self.val, self.val_parent, self.work, variants, base_top1=base.val_top1
+            self.prepared,
+            base.path,
+            self.spec,
+            self.val,
+            self.val_parent,
+            self.work,
+            variants,
+            base_top1=base.val_top1,
+            backend=self.backend,
         )
         report.update(target=self.options.target, method=base.method)
         log.info(
@@ -429,6 +440,7 @@ class QuantizeSearch:
             batch,
             rounds=SPEED_ROUNDS,
             window_s=SPEED_WINDOW_S,
+            backend=self.backend,
         )
         for members, result in zip(groups.values(), results[1:]):
             for t in members:
@@ -478,7 +490,11 @@ class QuantizeSearch:
         Q/DQ rules), judged by :func:`judge`; a result that misses is still written, marked
         ``accepted: false`` with the reason."""
         test = self.acceptance_set()
-        figures = compare(predict(self.parent, self.spec, test.tensor), predict(best.path, self.spec, test.tensor), test.labels)
+        figures = compare(
+            predict(self.parent, self.spec, test.tensor),
+            predict(best.path, self.spec, test.tensor, backend=self.backend),
+            test.labels,
+        )
         if self.options.target == "trt":
             problems = check_tensorrt_rules(best.path)
             if problems:

@@ -285,10 +285,12 @@ def measure_sensitivity(
     work: Path,
     variants: Sequence[str] = VARIANTS,
     base_top1: np.ndarray | None = None,
+    backend: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Every quantized layer of ``qdq_path`` (built from ``float_path``, the prepared float model)
     scored on ``val`` in ``variants`` (``float_only``, ``quantized_only``) against the float model's
-    logits ``float_logits`` (``base_top1``: the QDQ model's top-1 there, when the search has it);
+    logits ``float_logits`` (``base_top1``: the QDQ model's top-1 there, when the search has it;
+    ``backend``: the runtime the variants run on, the target's);
     returns the report (:func:`write_sensitivity` writes it), the layers
     ranked: those that hurt by their float-only cost, largest first, then those indistinguishable
     from zero and those that help, each in graph order."""
@@ -300,13 +302,13 @@ def measure_sensitivity(
     float_model, qdq = onnx.load(str(float_path)), onnx.load(str(qdq_path))
     layers = quantized_layers(qdq, float_model)
     reference = float_logits.argmax(1)
-    full = base_top1 if base_top1 is not None else predict(qdq_path, spec, val.tensor).argmax(1)
+    full = base_top1 if base_top1 is not None else predict(qdq_path, spec, val.tensor, backend=backend).argmax(1)
     truths: dict[str, np.ndarray | None] = {"agreement": reference, "top1": val.labels}
     path = work / "sensitivity-variant.onnx"
 
     def top1(model: Any) -> np.ndarray:
         onnx.save(model, str(path))
-        return predict(path, spec, val.tensor).argmax(1)
+        return predict(path, spec, val.tensor, backend=backend).argmax(1)
 
     rows: list[dict[str, Any]] = []
     steps = [(layer, kind) for layer in layers for kind in variants]

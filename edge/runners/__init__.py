@@ -26,6 +26,8 @@ from edge.verify import verify_artifact
 
 BACKENDS = ("auto", "torch", "onnxruntime", "ort-tensorrt", "tensorrt", "openvino")
 OPENVINO_ONLY_DEVICES = ("gpu", "npu")  # Intel GPU / NPU plugins: --device values only the openvino backend takes
+# Manifest kinds whose file is made for one runtime: ``auto`` runs it there (``edge quantize --target openvino``).
+OWN_RUNTIME = {"onnx-int8-openvino": "openvino"}
 _SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 _COMPATIBLE = {
     "torch": ("torch",),
@@ -95,11 +97,13 @@ def select_runner(
         extra = f" (and {', '.join(OPENVINO_ONLY_DEVICES)} with --backend openvino)"
         raise UserError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}{extra}")
     path = resolve_artifact(artifact, backend=backend, device=device)
-    verify_artifact(path)  # a file that no longer matches its manifest is refused, with the command that remakes it
+    manifest = verify_artifact(path)  # a file that no longer matches its manifest is refused, with the command that remakes it
     file_backend = _SUFFIX_BACKEND.get(path.suffix)
     if file_backend is None:
         raise UserError(f"{path}: unknown artifact type {path.suffix!r} (expected .pt, .onnx or .engine)")
     chosen = file_backend if backend == "auto" else backend
+    if backend == "auto" and manifest is not None and manifest.kind in OWN_RUNTIME:
+        chosen = OWN_RUNTIME[manifest.kind]  # a target-openvino model runs where it was made for
     if chosen not in _COMPATIBLE[file_backend]:
         raise UserError(f"backend {chosen!r} cannot run {path.name}: {file_backend} runs {path.suffix} files")
 
@@ -130,12 +134,13 @@ def select_runner(
 def compatible_backends(path: str | os.PathLike[str], kind: str | None = None) -> tuple[str, ...]:
     """The backends that can run an artifact file, from its suffix (whether or not they are installed
     here). ``kind`` is its manifest kind: an ``onnx-int8-cpu`` model (uint8 activations with zero
-    points) is not for TensorRT, which takes symmetric INT8 only."""
+    points) and an ``onnx-int8-openvino`` one (uint8 where a tensor is non-negative) are not for
+    TensorRT, which takes symmetric int8 only."""
     family = _SUFFIX_BACKEND.get(Path(path).suffix)
     if family is None:
         return ()
     backends = _COMPATIBLE[family]
-    if kind == "onnx-int8-cpu":
+    if kind in ("onnx-int8-cpu", "onnx-int8-openvino"):
         backends = tuple(b for b in backends if b != "ort-tensorrt")
     return backends
 

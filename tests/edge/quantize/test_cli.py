@@ -38,7 +38,7 @@ ACCEPTANCE_KEYS = {
 
 @pytest.fixture(scope="module")
 def fashion_quant_run(fashion_onnx_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fashion run with a 64-image calibration set, quantized for both targets."""
+    """The fashion run with a 64-image calibration set, quantized for all three targets."""
     from calibration.sets import build_calibration_set
 
     root = tmp_path_factory.mktemp("quant") / "run"
@@ -48,6 +48,7 @@ def fashion_quant_run(fashion_onnx_run: Path, tmp_path_factory: pytest.TempPathF
         root, target="cpu", method="auto", data="fashion-mnist", val_limit=100, min_val_images=100, eval_limit=200, max_excluded=2
     )
     quantize_run(root, target="trt", method="minmax", data="fashion-mnist", eval_limit=200)
+    quantize_run(root, target="openvino", method="minmax", data="fashion-mnist", eval_limit=200)
     return root
 
 
@@ -204,6 +205,34 @@ def test_trt_target_follows_tensorrt_rules(fashion_quant_run: Path) -> None:
             consumers.setdefault(name, set()).add(node.op_type)
     assert all(consumers[n.output[0]] & {"Conv", "Gemm", "MatMul"} for n in qdq if n.op_type == "DequantizeLinear")
     assert not any(i.data_type == onnx.TensorProto.INT32 for i in model.graph.initializer)
+
+
+def test_openvino_target_layout_and_runtime(fashion_quant_run: Path) -> None:
+    """Target openvino: NNCF's placement (symmetric, inputs of the INT8 ops only), judged on
+    OpenVINO's own kernels, and run there by the auto backend."""
+    from edge.runners import select_runner
+    from edge.runners.openvino_runner import OpenVinoRunner
+
+    path = fashion_quant_run / "model.int8-openvino.onnx"
+    manifest = read_manifest(path)
+    assert manifest.kind == "onnx-int8-openvino" and manifest.metrics["accepted"] in (True, False)
+    assert manifest.metrics["eval_count"] == 200 and manifest.metrics["simulated"] is False
+    assert 0 < manifest.metrics["agreement"] <= 100
+    assert manifest.provenance["unsigned_where_nonnegative"] is True
+    assert manifest.provenance["extra_options"]["QuantizeBias"] is False
+    model = onnx.load(str(path))
+    inits = _initializers(model)
+    activations = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert activations and not any(inits[n.input[2]].any() for n in activations)  # every zero point 0
+    kinds = {inits[n.input[2]].dtype for n in activations}
+    assert kinds == {np.dtype(np.int8), np.dtype(np.uint8)}  # the normalised input is signed, ReLU6 outputs are not
+    # a convolution feeds its ReLU6 in float: no Q/DQ between them (Lite0 has 49 such pairs)
+    activated = {n.input[0] for n in model.graph.node if n.op_type in ("Clip", "Relu")}
+    assert len(activated & {o for n in model.graph.node if n.op_type == "Conv" for o in n.output}) > 30
+    assert not [n.input[0] for n in activations if n.input[0] in activated]
+    assert not any(i.data_type == onnx.TensorProto.INT32 for i in model.graph.initializer)
+    with select_runner(path) as runner:
+        assert isinstance(runner, OpenVinoRunner)
 
 
 def test_tensorrt_rule_check_catches_violations(fashion_onnx_run: Path, tmp_path: Path) -> None:

@@ -7,7 +7,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge.quantize.targets import is_transformer, prepare_float_model, restore_hard_swish, swish_nodes, target_config
+from edge.quantize.targets import (
+    is_transformer,
+    prepare_float_model,
+    restore_hard_swish,
+    squeeze_excite_nodes,
+    swish_nodes,
+    target_config,
+)
 
 
 def _conv_graph(name: str, *after_conv: onnx.NodeProto) -> onnx.ModelProto:
@@ -88,3 +95,139 @@ def test_transformers_keep_normalization_and_softmax_in_float(target):
     op_types = target_config(target, block).op_types
     assert op_types is not None and "MatMul" in op_types and "Gemm" in op_types
     assert not {"LayerNormalization", "Softmax", "Add", "Mul"} & set(op_types)
+
+
+def test_many_hard_swishes_are_all_put_back_and_nothing_else_is_dropped():
+    """A MobileNetV3-sized graph (a chain of Conv + taken-apart HardSwish): every HardSwish comes
+    back, every Conv stays, the outputs do not change (a node dropped by mistake breaks all three)."""
+    rng = np.random.default_rng(2)
+    nodes, inits, x = [], [], "x"
+    for i in range(24):
+        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [3, 3, 1, 1], rng.standard_normal(9).tolist()))
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}"),
+            helper.make_node("HardSigmoid", [f"c{i}"], [f"g{i}"], alpha=1 / 6, beta=0.5),
+            helper.make_node("Mul", [f"c{i}", f"g{i}"], [f"h{i}"]),
+        ]
+        x = f"h{i}"
+    nodes[-1].output[0] = "out"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32) * 4
+    before = _run(model, x)
+    assert restore_hard_swish(model) == 24
+    assert [node.op_type for node in model.graph.node] == ["Conv", "HardSwish"] * 24
+    onnx.checker.check_model(model)
+    np.testing.assert_allclose(_run(model, x), before, rtol=1e-4, atol=1e-5)
+
+
+def _squeeze_excite_graph() -> onnx.ModelProto:
+    """x -> Conv -> Relu -> z; squeeze-excite: Mul(z, Sigmoid(Conv(SiLU(Conv(GlobalAveragePool(z)))))) -> Conv -> out;
+    beside it a gate without a layer (Mul(z, Sigmoid(z)) is a SiLU, not a squeeze-excite branch)."""
+    rng = np.random.default_rng(3)
+
+    def weight(name: str, shape: list[int]) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, (rng.standard_normal(int(np.prod(shape))) * 0.5).tolist())
+
+    def bias(name: str, size: int) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT, [size], (rng.standard_normal(size) * 0.1).tolist())
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["z"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["z"], ["p"], name="se-pool"),
+        helper.make_node("Conv", ["p", "w1", "b1"], ["r"], name="se-reduce"),
+        helper.make_node("Sigmoid", ["r"], ["rs"], name="se-silu-gate"),
+        helper.make_node("Mul", ["r", "rs"], ["ra"], name="se-silu"),
+        helper.make_node("Conv", ["ra", "w2", "b2"], ["e"], name="se-expand"),
+        helper.make_node("Sigmoid", ["e"], ["g"], name="se-gate"),
+        helper.make_node("Mul", ["z", "g"], ["s"], name="se-scale"),
+        helper.make_node("Conv", ["s", "w3", "b3"], ["out"], name="project"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "se",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4, 8, 8])],
+        [
+            weight("w0", [8, 3, 3, 3]),
+            bias("b0", 8),
+            weight("w1", [2, 8, 1, 1]),
+            bias("b1", 2),
+            weight("w2", [8, 2, 1, 1]),
+            bias("b2", 8),
+            weight("w3", [4, 8, 1, 1]),
+            bias("b3", 4),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_squeeze_excite_branches_are_found_from_pool_to_gate():
+    model = _squeeze_excite_graph()
+    assert sorted(squeeze_excite_nodes(model)) == sorted(
+        ["se-pool", "se-reduce", "se-silu-gate", "se-silu", "se-expand", "se-gate"]
+    )
+    # a SiLU and a gate on a pooling with no layer between are not squeeze-excite branches
+    silu_se = _conv_graph(
+        "silu-se",
+        helper.make_node("Sigmoid", ["y"], ["s"]),
+        helper.make_node("Mul", ["s", "y"], ["z"]),
+        helper.make_node("GlobalAveragePool", ["z"], ["p"]),
+        helper.make_node("Sigmoid", ["p"], ["g"]),
+        helper.make_node("Mul", ["z", "g"], ["out"]),
+    )
+    assert squeeze_excite_nodes(silu_se) == []
+
+
+def test_openvino_target_places_symmetric_qdq_on_inputs_only(tmp_path):
+    """Target openvino: zero points all 0 (uint8 after the ReLU, int8 where values go negative),
+    no Q/DQ on a convolution's output, float biases, the squeeze-excite layers float, and the
+    model still computes what the float one does."""
+    from onnx import numpy_helper
+
+    from edge.quantize.ranges import collect_ranges
+    from edge.quantize.targets import quantize_onnx
+
+    float_path = tmp_path / "float.onnx"
+    onnx.save(_squeeze_excite_graph(), float_path)
+    config = target_config("openvino")
+    batches = [np.random.default_rng(i).standard_normal((8, 3, 8, 8)).astype(np.float32) for i in range(4)]
+    ranges = collect_ranges(float_path, batches, ["minmax"], config.op_types, True, unsigned_where_nonnegative=True)
+    model = onnx.load(quantize_onnx(float_path, tmp_path / "int8.onnx", "openvino", ranges["minmax"]))
+
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    activations = {
+        node.input[0]: inits[node.input[2]]
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits
+    }
+    assert activations and all(zero_point.item() == 0 for zero_point in activations.values())
+    assert activations["z"].dtype == np.uint8  # after the ReLU: never negative
+    assert activations["x"].dtype == np.int8 and activations["g"].dtype == np.uint8
+    assert not {name for name in activations if name in producers and producers[name].op_type == "Conv"}
+    assert not any(init.dtype == np.int32 for init in inits.values())  # biases stay float
+
+    def weight_quantized(conv: str) -> bool:
+        node = next(n for n in model.graph.node if n.name == conv)
+        return node.input[1] in producers and producers[node.input[1]].op_type == "DequantizeLinear"
+
+    assert weight_quantized("stem") and weight_quantized("project")
+    assert not weight_quantized("se-reduce") and not weight_quantized("se-expand")
+    x = batches[0]
+    reference = _run_named(onnx.load(float_path), x)
+    np.testing.assert_allclose(_run_named(model, x), reference, atol=0.05 * float(np.abs(reference).max()))
+
+
+def _run_named(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
