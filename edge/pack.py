@@ -9,7 +9,7 @@ missed `edge quantize`'s budget on the test split, or an engine built from one w
 refused, unless --force, which bundles it and records it in the bundle's manifest.
 
 The bundle says which backends run each artifact (``onnxruntime`` and ``openvino`` for the ONNX
-models, ``ort-tensorrt`` too for all but the CPU INT8 model, ``tensorrt`` for engines) and the extra
+models, ``ort-tensorrt`` too for all but the cpu and openvino INT8 models, ``tensorrt`` for engines) and the extra
 that installs each: in its manifest (``provenance.backends`` / ``provenance.install``) and in a
 ``bundle.json`` inside the archive, so the device that unpacks it knows what to install.
 

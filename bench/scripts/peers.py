@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,13 +190,17 @@ def modelopt_python(venv: Path, create: bool = True) -> Path:
 def modelopt_quantize(float_model: Path, out: Path, tensor: np.ndarray, python: Path) -> float:
     """NVIDIA Model Optimizer's ONNX PTQ (int8, its defaults: TensorRT-targeted QDQ) of the float
     model on the calibration tensor, calibrated on the CPU in ``python`` (its venv); returns the
-    seconds it took there. A failure raises UserError with its last line."""
+    seconds it took there. A failure raises UserError with its last line. Model Optimizer gets a
+    copy of the float model: it writes its input back in place (the ViT's model.onnx came back with
+    other bytes, its manifest no longer matching)."""
     with tempfile.TemporaryDirectory(prefix="edge-modelopt-") as tmp:
         calibration = Path(tmp) / "calibration.npy"
         np.save(calibration, np.ascontiguousarray(tensor, dtype=np.float32))
+        source = Path(tmp) / float_model.name
+        shutil.copyfile(float_model, source)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         done = subprocess.run(
-            [str(python), "-c", _MODELOPT_SCRIPT, str(float_model), str(calibration), str(out)],
+            [str(python), "-c", _MODELOPT_SCRIPT, str(source), str(calibration), str(out)],
             capture_output=True,
             text=True,
             env=env,

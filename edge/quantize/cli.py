@@ -1,13 +1,14 @@
-"""INT8 static quantization of a run's ONNX model for ONNX Runtime CPU or TensorRT.
+"""INT8 static quantization of a run's ONNX model for ONNX Runtime CPU, TensorRT or OpenVINO.
 
-    edge quantize RUN --target cpu|trt --method minmax|entropy|percentile|auto --data DATA
+    edge quantize RUN --target cpu|trt|openvino --method minmax|entropy|percentile|auto --data DATA
                       [--max-drop 0.5] [--min-agreement 99] [--reduce-range]
                       [--weight-rounding gptq|nearest] [--no-bias-correction]
                       [--val-limit N] [--min-val-images N] [--eval-limit N]
                       [--sensitivity]
                       [--qat | --qat-if-needed] [--qat-steps N]
 
-Writes RUN/model.int8-cpu.onnx or RUN/model.int8-trt.onnx (QDQ) with a manifest and a per-layer
+Writes RUN/model.int8-cpu.onnx, RUN/model.int8-trt.onnx or RUN/model.int8-openvino.onnx (QDQ; the
+last one scored, timed and accepted on OpenVINO, which it is made for) with a manifest and a per-layer
 error report (RUN/model.int8-<target>.layers.json). Calibration uses RUN/calibration (from
 `edge calibrate`), or draws a set from --data's training split; the same pass collects the layer
 inputs that GPTQ rounds the int8 weights with (``--weight-rounding``, edge/quantize/weights.py).
@@ -77,7 +78,7 @@ from edge.quantize.options import (
     QuantizeOptions,
 )
 from edge.quantize.search import QuantizeSearch, na
-from edge.quantize.targets import TARGETS
+from edge.quantize.targets import RUNTIME_NAMES, TARGETS
 from edge.quantize.weights import ROUNDINGS
 from edge.run import REJECTED_SUFFIX, RunDir
 from edge.tracking import add_tracking_arguments, track_stage
@@ -462,7 +463,7 @@ def result_table(path: Path, prov: dict[str, Any], metrics: dict[str, Any]) -> A
         "images",
         "size",
         "accepted",
-        title=f"{path} ({'simulated on ONNX Runtime CPU' if metrics['simulated'] else 'ONNX Runtime CPU'})",
+        title=f"{path} ({'simulated on ' if metrics['simulated'] else ''}{RUNTIME_NAMES[metrics.get('runtime') or 'onnxruntime']} CPU)",
     )
     result.add_row(
         prov["chosen_method"]

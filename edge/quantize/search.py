@@ -81,6 +81,7 @@ from edge.quantize.sensitivity import (
     write_sensitivity,
 )
 from edge.quantize.targets import (
+    RUNTIME_NAMES,
     check_tensorrt_rules,
     default_reduce_range,
     prepare_float_model,
@@ -550,6 +551,7 @@ class QuantizeSearch:
             "eval_source": acceptance.source,
             "size_ratio": self.out_path.stat().st_size / self.parent.stat().st_size,
             "simulated": self.options.target == "trt",
+            "runtime": self.backend,  # the INT8 model's: tries, speed and acceptance ran there
             "accepted": acceptance.accepted,
             "reason": acceptance.reason,
             "max_flips": acceptance.max_flips,
@@ -643,7 +645,7 @@ class QuantizeSearch:
             "speedup_before": round(self.fallback_base.speedup, 3) if self.fallback_base.speedup is not None else None,
             "speed": None
             if previous is None
-            else f"ONNX Runtime CPU, batch {SPEED_BATCH}, {SPEED_ROUNDS} interleaved rounds with the float model",
+            else f"{RUNTIME_NAMES[self.backend]} CPU, batch {SPEED_BATCH}, {SPEED_ROUNDS} interleaved rounds with the float model",
             "layers": steps,
         }
 

@@ -151,6 +151,9 @@ def target_config(target: str, model: Any = None) -> TargetConfig:
     return config
 
 
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
 def target_backend(target: str) -> str:
     """The CPU runtime a target's INT8 model is scored and timed on: OpenVINO for target openvino,
     ONNX Runtime otherwise (target trt simulated: TensorRT needs a GPU)."""

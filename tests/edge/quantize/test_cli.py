@@ -217,6 +217,7 @@ def test_openvino_target_layout_and_runtime(fashion_quant_run: Path) -> None:
     manifest = read_manifest(path)
     assert manifest.kind == "onnx-int8-openvino" and manifest.metrics["accepted"] in (True, False)
     assert manifest.metrics["eval_count"] == 200 and manifest.metrics["simulated"] is False
+    assert manifest.metrics["runtime"] == "openvino"  # its tries and acceptance ran on OpenVINO
     assert 0 < manifest.metrics["agreement"] <= 100
     assert manifest.provenance["unsigned_where_nonnegative"] is True
     assert manifest.provenance["extra_options"]["QuantizeBias"] is False
