@@ -84,7 +84,7 @@ def _quantized_inputs(path: Path) -> tuple[collections.Counter[str], collections
     return fed, quantized_out
 
 
-@pytest.mark.parametrize("target", ["cpu", "trt"])
+@pytest.mark.parametrize("target", ["cpu", "trt", "openvino"])
 def test_vit_trains_exports_and_its_matmuls_quantize(vit_run, target):
     import onnx
 
@@ -117,3 +117,4 @@ def test_vit_trains_exports_and_its_matmuls_quantize(vit_run, target):
         assert check_tensorrt_rules(path) == []
     else:
         assert "LayerNormalization" not in manifest.provenance["op_types"]
+    assert manifest.metrics["runtime"] == ("openvino" if target == "openvino" else "onnxruntime")

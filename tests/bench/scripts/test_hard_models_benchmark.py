@@ -63,7 +63,14 @@ def _figures(model: str, drop_cpu: float, agreement_cpu: float, peer_drop: float
                 "vs_ort_fp32": dict(ratio, estimate=1.8),
                 "vs_nncf_openvino": ratio,
             },
-            {"quantizer": "nncf-default", "target": "cpu", "runtime": "openvino", "p50_ms": 5.0, "batch": 8, "vs_ort_fp32": ratio},
+            {
+                "quantizer": "nncf-default",
+                "target": "cpu",
+                "runtime": "openvino",
+                "p50_ms": 5.0,
+                "batch": 8,
+                "vs_ort_fp32": ratio,
+            },
         ],
     }
 

@@ -85,7 +85,7 @@ def test_prepared_model_keeps_hard_swish_whole(tmp_path):
     assert "HardSwish" in {node.op_type for node in prepared.graph.node}  # ORT's optimizer inlines it; it is put back
 
 
-@pytest.mark.parametrize("target", ["cpu", "trt"])
+@pytest.mark.parametrize("target", ["cpu", "trt", "openvino"])
 def test_transformers_keep_normalization_and_softmax_in_float(target):
     cnn = _hard_swish_graph()
     block = _hard_swish_graph()
