@@ -15,7 +15,8 @@ Three targets, because one INT8 file cannot serve every runtime well:
   sigmoid) and per-channel int8 weights, float biases, Q/DQ only on the *inputs* of the ops
   OpenVINO runs in INT8 (OPENVINO_OPS), so every activation between two of them (ReLU, SiLU,
   HardSwish) fuses into the layer before in float, and squeeze-excite branches stay float
-  (:func:`squeeze_excite_nodes`). OpenVINO's low-precision transformations take zero points as an
+  (:func:`squeeze_excite_nodes`), as do elementwise ops with a constant operand
+  (:func:`constant_operand_nodes`). OpenVINO's low-precision transformations take zero points as an
   extra subtraction, and a Q/DQ pair on a convolution's output as a quantize-dequantize step
   before its activation: on EfficientNet-B0 (batch 8, 1 thread) the target-cpu file ran 0.83x
   OpenVINO's FP32 and this placement 1.14x (NNCF's own file 1.13x). ONNX Runtime, the other way
@@ -257,6 +258,20 @@ def swish_nodes(model: Any) -> list[str]:
     return [name for mul, sigmoid, _ in _self_gated_multiplies(model, "Sigmoid") for name in (sigmoid.name, mul.name)]
 
 
+def constant_operand_nodes(model: Any) -> list[str]:
+    """Names of the Add and Mul nodes with a constant operand (an initializer or a Constant node's
+    output: a bias, a position embedding, a scale).
+
+    Target openvino leaves them float: ORT's quantizer would quantize the constant as a weight,
+    which NNCF never does, and OpenVINO 2026.4's CPU plugin died compiling such a graph (a
+    floating-point exception, the process gone, on ViT-Tiny with its 73 bias and embedding Adds
+    quantized)."""
+    graph = model.graph
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    return [node.name for node in graph.node if node.op_type in ("Add", "Mul") and any(i in constants for i in node.input)]
+
+
 SE_GATES = ("Sigmoid", "HardSigmoid")
 SE_POOLS = ("GlobalAveragePool", "ReduceMean")
 SE_MAX_NODES = 8  # pool, two convolutions, their activation (a SiLU is two nodes), a reshape or two, the gate
@@ -349,7 +364,7 @@ def quantize_onnx(
         model = onnx.load(str(float_path), load_external_data=False)
         nodes_to_exclude = [*nodes_to_exclude, *swish_nodes(model)]
         if target == "openvino":
-            nodes_to_exclude += squeeze_excite_nodes(model)
+            nodes_to_exclude += squeeze_excite_nodes(model) + constant_operand_nodes(model)
     extra_options = dict(config.extra_options)
     if config.unsigned_where_nonnegative:
         # ORT's asymmetric uint8 of a range starting at 0 has zero point 0: symmetric in effect.

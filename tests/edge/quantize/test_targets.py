@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge.quantize.targets import (
+    constant_operand_nodes,
     is_transformer,
     prepare_float_model,
     restore_hard_swish,
@@ -231,3 +232,16 @@ def _run_named(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_elementwise_ops_with_a_constant_operand_are_named_for_openvino():
+    """Add/Mul reading an initializer or a Constant node stay float on target openvino (their
+    constant would be quantized as a weight); those between two activations do not."""
+    model = _conv_graph(
+        "constants",
+        helper.make_node("Constant", [], ["half"], value=helper.make_tensor("h", TensorProto.FLOAT, [], [0.5])),
+        helper.make_node("Mul", ["y", "half"], ["scaled"], name="scale"),
+        helper.make_node("Add", ["scaled", "w"], ["shifted"], name="shift-by-initializer"),
+        helper.make_node("Add", ["shifted", "y"], ["out"], name="residual"),
+    )
+    assert constant_operand_nodes(model) == ["scale", "shift-by-initializer"]
