@@ -448,28 +448,26 @@ def measure_speed(
         if (name, "cpu") in by_name:
             cells.append((name, "cpu", "openvino", Path(by_name[(name, "cpu")]["path"])))
     batch = np.ascontiguousarray(tensor[: args.batch])
-    runners = [
-        (f"{name}/{target}/{runtime}", make_runner(runtime, path, spec, args.threads)) for name, target, runtime, path in cells
-    ]
+    labelled = {f"{name}/{target}/{runtime}": (name, target, runtime, path) for name, target, runtime, path in cells}
+    runners = [(label, make_runner(runtime, path, spec, args.threads)) for label, (_, _, runtime, path) in labelled.items()]
     with active(runners):
         timings = interleaved_rounds(runners, batch, args.rounds, args.window)
-    ort_fp32 = timings["fp32/None/onnxruntime"].per_round
+    fp32 = {runtime: timings[label].per_round for label, (name, _, runtime, _) in labelled.items() if name == "fp32"}
     nncf = timings.get("nncf-default/cpu/openvino")
     out = []
     for label, timing in timings.items():
-        name, target, runtime = label.split("/")
-        same = timings[f"fp32/None/{runtime}"].per_round
+        name, target, runtime, _ = labelled[label]
         out.append(
             {
                 "quantizer": name,
-                "target": None if target == "None" else target,
+                "target": target,
                 "runtime": runtime,
                 "batch": args.batch,
                 "rounds": args.rounds,
                 "p50_ms": timing.p50_ms,
                 "images_per_s": timing.images_per_s,
-                "vs_ort_fp32": paired_ratio(timing.per_round, ort_fp32).to_dict(),
-                "vs_same_fp32": paired_ratio(timing.per_round, same).to_dict(),
+                "vs_ort_fp32": paired_ratio(timing.per_round, fp32["onnxruntime"]).to_dict(),
+                "vs_same_fp32": paired_ratio(timing.per_round, fp32[runtime]).to_dict(),
                 "vs_nncf_openvino": paired_ratio(timing.per_round, nncf.per_round).to_dict() if nncf else None,
             }
         )
