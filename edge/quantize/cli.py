@@ -1,6 +1,6 @@
 """INT8 static quantization of a run's ONNX model for ONNX Runtime CPU, TensorRT or OpenVINO.
 
-    edge quantize RUN --target cpu|trt|openvino --method minmax|entropy|percentile|auto --data DATA
+    edge quantize RUN --target cpu|trt|openvino --method minmax|mean-minmax|entropy|percentile|auto --data DATA
                       [--max-drop 0.5] [--min-agreement 99] [--reduce-range]
                       [--weight-rounding gptq|nearest] [--no-bias-correction]
                       [--val-limit N] [--min-val-images N] [--eval-limit N]

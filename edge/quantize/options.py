@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from edge.errors import UserError, require
 from edge.measure.acceptance import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
 from edge.quantize.evaluate import EvalSet
+from edge.quantize.ranges import METHODS
 from edge.quantize.targets import TARGET_HELP, TARGETS, default_reduce_range
 from edge.quantize.tries import Budget
 from edge.quantize.weights import ROUNDINGS
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile")
 # What QAT fits (train.qat.LOSSES; named here so that edge does not import train to check a flag).
 QAT_LOSSES = ("distill", "labels")
 CHOICES = (*METHODS, "auto")

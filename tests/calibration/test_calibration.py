@@ -186,3 +186,56 @@ def test_calibrating_again_keeps_the_previous_set_in_history(fashion_onnx_run: P
     for name, data in before.items():  # same relative path under history/<time>/
         assert (kept / "calibration" / name).read_bytes() == data, name
     assert load_calibration_set(kept / "calibration" / "calibration.npy").content_hash == first.content_hash
+
+
+def test_mean_minmax_is_the_mean_of_each_images_extremes(fashion_onnx_run: Path, tmp_path: Path) -> None:
+    """mean-minmax (NNCF's default activation range) from batches of uneven size: per tensor, the
+    mean over images of each image's min and max, inside minmax's range; symmetric ranges of tensors
+    never seen negative start at 0 with unsigned_where_nonnegative."""
+    tensor = np.asarray(load_calibration_set(_calibrated(fashion_onnx_run, tmp_path)).tensor)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.values: dict[str, list[np.ndarray]] = {}
+
+        def add(self, tensors: dict) -> None:
+            for name, value in tensors.items():
+                self.values.setdefault(name, []).append(np.asarray(value))
+
+    recorder = Recorder()
+    ranges = collect_ranges(
+        fashion_onnx_run / "model.onnx", iter_batches(tensor, 12), ("minmax", "mean-minmax"), observers=[recorder]
+    )
+    checked = 0
+    for name, data in ranges["mean-minmax"].data.items():
+        if name == "input":  # the graph input gets its 8-bit grid (refine_input_range), as for minmax
+            continue
+        values = np.concatenate(recorder.values[name])
+        assert len(values) == len(tensor)
+        rows = values.reshape(len(values), -1)
+        expected = (rows.min(axis=1).mean(), rows.max(axis=1).mean())
+        np.testing.assert_allclose(np.ravel(data.range_value), expected, rtol=1e-5, atol=1e-6)
+        low, high = ranges["minmax"].data[name].range_value
+        assert float(low) <= float(data.range_value[0]) and float(data.range_value[1]) <= float(high)
+        checked += 1
+    assert checked > 50
+    spread = [
+        n
+        for n in ranges["mean-minmax"].data
+        if n != "input" and ranges["mean-minmax"].data[n].highest < 0.95 * ranges["minmax"].data[n].highest
+    ]
+    assert spread  # images differ: the mean of the maxima is below the maximum somewhere
+
+    symmetric = collect_ranges(
+        fashion_onnx_run / "model.onnx",
+        iter_batches(tensor, 12),
+        ("mean-minmax",),
+        symmetric=True,
+        unsigned_where_nonnegative=True,
+    )["mean-minmax"].data
+    for name, data in symmetric.items():
+        low, high = (float(v) for v in data.range_value)
+        values = np.concatenate(recorder.values[name]).reshape(len(tensor), -1)
+        bound = max(abs(values.min(axis=1).mean()), abs(values.max(axis=1).mean()))
+        assert high == pytest.approx(bound, rel=1e-5)
+        assert low == (0.0 if values.min() >= 0 else pytest.approx(-bound, rel=1e-5))
