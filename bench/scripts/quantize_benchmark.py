@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UserError
+from edge.quantize.ranges import METHODS
 from edge.run import RunDir
 
 RSS_IMAGES = 512
@@ -95,7 +96,7 @@ def calibration_rss(work: Path) -> list[dict[str, Any]]:
     export_onnx(run, verify_limit=4)
     photo_calibration_set(run, count=RSS_IMAGES, seed=0)
     rows = []
-    for method in ("minmax", "entropy", "percentile"):
+    for method in METHODS:
         out = (
             subprocess.run(
                 [sys.executable, "-m", "bench.scripts.quantize_benchmark", "--rss-child", method, "--run", str(run)],
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounding-method",
         default="minmax",
-        choices=("minmax", "entropy", "percentile"),
+        choices=METHODS,
         help="calibration method of --compare-rounding (default minmax)",
     )
     parser.add_argument(

@@ -24,12 +24,14 @@ Three targets, because one INT8 file cannot serve every runtime well:
   Q on its output as dequantized float: this file runs there at about 0.2x FP32, and is for
   OpenVINO only (``edge bench``'s ``int8-openvino`` row runs it there).
 
-A transformer (a graph with LayerNormalization, Softmax or attention ops) on target ``cpu`` keeps
+A transformer (a graph with LayerNormalization, Softmax or attention ops) on targets ``cpu`` and ``openvino`` keeps
 LayerNormalization, Softmax, GELU and the elementwise ops of its residual stream in float: both of
 the first two are in ONNX Runtime's QDQ op lists, but the residual stream carries outlier channels
 a per-tensor uint8 scale cannot hold and softmax's small probabilities need more than 8 bits; the
 time is in the MatMul/Gemm layers, which stay INT8 (ONNX Runtime's and NNCF's transformer recipes
-do the same). Target ``trt`` quantizes only the weighted ops anyway.
+do the same). Target ``trt`` quantizes only the weighted ops anyway. On target ``openvino`` a
+transformer's data movement between its MatMuls (LAYOUT_OPS: the q/k/v split, the head reshapes and
+transposes) carries its input's scale, so the quantize step comes before it, as in NNCF's files.
 
 Also here: the float model's preparation before quantization (shape inference, BatchNorm folded)
 and the check of a target-trt model against TensorRT's Q/DQ rules.
@@ -140,15 +142,29 @@ TRANSFORMER_FLOAT_OPS = (
 )
 
 
+# Data-movement ops a transformer's attention runs between its MatMuls (the q/k/v split, the head
+# reshapes and transposes, the class token's pick). On target openvino they are quantized with the
+# scale of their input (ONNX Runtime's ``ForceQuantizeNoInputCheck``), as NNCF's files have them:
+# the quantize step then sits before them and OpenVINO moves int8, not bf16/f32, through them.
+LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Gather", "Flatten")
+
+
 def target_config(target: str, model: Any = None) -> TargetConfig:
     """The settings of ``target``; with the float ``model`` (path or ModelProto) those of its
-    architecture: a transformer on target cpu leaves TRANSFORMER_FLOAT_OPS out of the op types."""
+    architecture: a transformer on targets cpu and openvino leaves TRANSFORMER_FLOAT_OPS out of the
+    op types, and on target openvino quantizes LAYOUT_OPS too."""
     if target not in TARGET_CONFIGS:
         raise UserError(f"unknown target {target!r}: use {TARGET_HELP}")
     config = TARGET_CONFIGS[target]
     if model is not None and target != "trt" and is_transformer(model):
         kept = set(config.op_types) if config.op_types else quantizable_op_types()
-        return replace(config, op_types=tuple(sorted(kept - set(TRANSFORMER_FLOAT_OPS))))
+        config = replace(config, op_types=tuple(sorted(kept - set(TRANSFORMER_FLOAT_OPS))))
+        if target == "openvino":
+            config = replace(
+                config,
+                op_types=tuple(sorted({*(config.op_types or ()), *LAYOUT_OPS})),
+                extra_options={**config.extra_options, "ForceQuantizeNoInputCheck": True},
+            )
     return config
 
 

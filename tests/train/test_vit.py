@@ -109,8 +109,9 @@ def test_vit_trains_exports_and_its_matmuls_quantize(vit_run, target):
     assert fed["MatMul"] == matmuls and fed["Gemm"] == 1  # every attention and MLP product, and the head
     # LayerNorm and GELU compute in float on float inputs (the residual stream is never quantized)
     assert fed["LayerNormalization"] == fed["Gelu"] == 0
-    # the 12 in the blocks only as the next MatMul's quantized input; the last feeds the pooled token, float
-    assert quantized_out["LayerNormalization"] == 12
+    # the 12 in the blocks only as the next MatMul's quantized input; the last feeds the class token's
+    # pick, float, except on target openvino, whose data movement (the Gather) is quantized too
+    assert quantized_out["LayerNormalization"] == (13 if target == "openvino" else 12)
     manifest = read_manifest(path)
     assert manifest.metrics["eval_count"] == 16
     if target == "trt":

@@ -14,6 +14,7 @@ from edge.errors import UserError
 from edge.manifest import read_manifest
 from edge.quantize import search
 from edge.quantize.cli import quantize_run
+from edge.quantize.ranges import METHODS
 from edge.quantize.targets import check_tensorrt_rules
 from edge.quantize.tries import Budget, Try
 
@@ -205,7 +206,7 @@ def test_qat_if_needed_searches_again_when_ptq_misses(
     auto_search.tries = [ptq]
     chosen, layers = auto_search.qat_if_needed(ptq, [])
     assert fake_fine_tune == ["trt"]
-    assert [t.qat for t in auto_search.tries] == [False, True, True, True]  # every method again, from the QAT model
+    assert [t.qat for t in auto_search.tries] == [False] + [True] * len(METHODS)  # every method again, from the QAT model
     assert auto_search.qat_last_resort is not None
     if ptq_wins:
         assert chosen is ptq and layers == [] and auto_search.qat is None  # the manifest then carries no recipe

@@ -96,6 +96,78 @@ def test_transformers_keep_normalization_and_softmax_in_float(target):
     op_types = target_config(target, block).op_types
     assert op_types is not None and "MatMul" in op_types and "Gemm" in op_types
     assert not {"LayerNormalization", "Softmax", "Add", "Mul"} & set(op_types)
+    if target != "cpu":  # target cpu quantizes every op type ONNX Runtime does, data movement included
+        assert ("Transpose" in op_types) == (target == "openvino")
+
+
+def _attention_graph() -> onnx.ModelProto:
+    """x (B x 4 tokens x 8) -> MatMul (q/k/v in one, 16 wide) -> Reshape (B, 4, 2, 8) -> Transpose
+    -> Split into q and k -> Squeeze -> scores = q @ k^T -> Softmax -> out: an attention head's
+    data movement between its MatMuls."""
+    rng = np.random.default_rng(5)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [4], [-1, 4, 2, 8])
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 16], (rng.standard_normal(128) * 0.3).tolist())
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["qk"], name="qk-proj"),
+        helper.make_node("Reshape", ["qk", "shape"], ["heads"], name="heads"),
+        helper.make_node("Transpose", ["heads"], ["split_first"], perm=[2, 0, 1, 3], name="to-front"),
+        helper.make_node("Split", ["split_first"], ["q1", "k1"], axis=0, num_outputs=2, name="split"),
+        helper.make_node("Squeeze", ["q1", "zero"], ["q"], name="q"),
+        helper.make_node("Squeeze", ["k1", "zero"], ["k"], name="k"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="k-t"),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+        helper.make_node("Softmax", ["scores"], ["out"], axis=-1, name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4, 4])],
+        [weight, shape, helper.make_tensor("zero", TensorProto.INT64, [1], [0])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_openvino_quantizes_attention_before_its_data_movement(tmp_path):
+    """Target openvino on a transformer: the projection's output is quantized before the Reshape
+    (a MatMul's output is not, on this target, unless data movement follows), each layout op
+    carries its input's scale (so the quantize step moves ahead of the data movement, as NNCF's
+    files have it), and the model still computes what the float one does; without the layout
+    rule (a CNN's settings) the first quantize step comes after the data movement."""
+    from dataclasses import replace
+
+    from onnx import numpy_helper
+
+    from edge.quantize import targets
+    from edge.quantize.ranges import collect_ranges
+
+    float_path = tmp_path / "float.onnx"
+    onnx.save(_attention_graph(), float_path)
+    batches = [np.random.default_rng(i).standard_normal((4, 4, 8)).astype(np.float32) for i in range(3)]
+    transformer = target_config("openvino", onnx.load(float_path))
+    plain = replace(
+        transformer,
+        op_types=tuple(sorted(set(transformer.op_types or ()) - set(targets.LAYOUT_OPS))),
+        extra_options=dict(targets.TARGET_CONFIGS["openvino"].extra_options),
+    )
+    quantized = {}
+    for name, config in (("layout", transformer), ("plain", plain)):
+        ranges = collect_ranges(float_path, batches, ["minmax"], config.op_types, True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(targets, "target_config", lambda target, model=None, config=config: config)
+            model = onnx.load(targets.quantize_onnx(float_path, tmp_path / f"{name}.onnx", "openvino", ranges["minmax"]))
+        inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        quantized[name] = {
+            node.input[0]: float(inits[node.input[1]])
+            for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] not in inits
+        }
+        reference = _run_named(onnx.load(float_path), batches[0])
+        np.testing.assert_allclose(_run_named(model, batches[0]), reference, atol=0.05)
+    layout, before = quantized["layout"], quantized["plain"]
+    assert "qk" in layout and "qk" not in before  # before the Reshape with the layout rule only
+    assert layout["heads"] == layout["split_first"] == layout["qk"]  # the layout ops keep their input's scale
+    assert {"q", "kt"} <= set(before)  # without it: each MatMul's own inputs, after the data movement
 
 
 def test_many_hard_swishes_are_all_put_back_and_nothing_else_is_dropped():
