@@ -16,7 +16,8 @@ Three targets, because one INT8 file cannot serve every runtime well:
   OpenVINO runs in INT8 (OPENVINO_OPS), so every activation between two of them (ReLU, SiLU,
   HardSwish) fuses into the layer before in float, and squeeze-excite branches stay float
   (:func:`squeeze_excite_nodes`), as do elementwise ops with a constant operand
-  (:func:`constant_operand_nodes`). OpenVINO's low-precision transformations take zero points as an
+  (:func:`constant_operand_nodes`); data movement and max-pooling (LAYOUT_OPS) carry their input's
+  scale, so the quantize step comes before them. OpenVINO's low-precision transformations take zero points as an
   extra subtraction, and a Q/DQ pair on a convolution's output as a quantize-dequantize step
   before its activation: on EfficientNet-B0 (batch 8, 1 thread) the target-cpu file ran 0.84x
   OpenVINO's FP32 and this placement 1.31x (NNCF's own file 1.28x). ONNX Runtime, the other way
@@ -29,9 +30,7 @@ LayerNormalization, Softmax, GELU and the elementwise ops of its residual stream
 the first two are in ONNX Runtime's QDQ op lists, but the residual stream carries outlier channels
 a per-tensor uint8 scale cannot hold and softmax's small probabilities need more than 8 bits; the
 time is in the MatMul/Gemm layers, which stay INT8 (ONNX Runtime's and NNCF's transformer recipes
-do the same). Target ``trt`` quantizes only the weighted ops anyway. On target ``openvino`` a
-transformer's data movement between its MatMuls (LAYOUT_OPS: the q/k/v split, the head reshapes and
-transposes) carries its input's scale, so the quantize step comes before it, as in NNCF's files.
+do the same). Target ``trt`` quantizes only the weighted ops anyway.
 
 Also here: the float model's preparation before quantization (shape inference, BatchNorm folded)
 and the check of a target-trt model against TensorRT's Q/DQ rules.
@@ -58,6 +57,12 @@ TARGET_HELP = "cpu (ONNX Runtime), trt (TensorRT) or openvino (OpenVINO)"
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 # The ops whose inputs target openvino quantizes: those OpenVINO runs in INT8 (NNCF's CPU set).
 OPENVINO_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "ReduceMean", "GlobalAveragePool", "AveragePool", "Concat")
+# Data movement (and max-pooling, which commutes with quantization): on target openvino quantized
+# with the scale of their input (ONNX Runtime's ``ForceQuantizeNoInputCheck``), as NNCF's files have
+# them, so the quantize step comes before them and OpenVINO moves int8 through them, not bf16/f32: a
+# ResNet's stem max-pool and the reshape before its classifier, a transformer's q/k/v split, head
+# reshapes and transposes and its class token's pick.
+LAYOUT_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Gather")
 
 
 @dataclass(frozen=True)
@@ -109,13 +114,15 @@ TARGET_CONFIGS = {
         "QInt8",
         "QInt8",
         True,
-        OPENVINO_OPS,
+        OPENVINO_OPS + LAYOUT_OPS,
         {
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
             "QuantizeBias": False,
             # Q/DQ on the inputs of the INT8 ops only: the activation after each fuses in float.
             "OpTypesToExcludeOutputQuantization": list(OPENVINO_OPS),
+            # data movement quantized even where its input is not yet: the step moves before it
+            "ForceQuantizeNoInputCheck": True,
         },
         unsigned_where_nonnegative=True,
     ),
@@ -142,29 +149,16 @@ TRANSFORMER_FLOAT_OPS = (
 )
 
 
-# Data-movement ops a transformer's attention runs between its MatMuls (the q/k/v split, the head
-# reshapes and transposes, the class token's pick). On target openvino they are quantized with the
-# scale of their input (ONNX Runtime's ``ForceQuantizeNoInputCheck``), as NNCF's files have them:
-# the quantize step then sits before them and OpenVINO moves int8, not bf16/f32, through them.
-LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Gather", "Flatten")
-
-
 def target_config(target: str, model: Any = None) -> TargetConfig:
     """The settings of ``target``; with the float ``model`` (path or ModelProto) those of its
     architecture: a transformer on targets cpu and openvino leaves TRANSFORMER_FLOAT_OPS out of the
-    op types, and on target openvino quantizes LAYOUT_OPS too."""
+    op types."""
     if target not in TARGET_CONFIGS:
         raise UserError(f"unknown target {target!r}: use {TARGET_HELP}")
     config = TARGET_CONFIGS[target]
     if model is not None and target != "trt" and is_transformer(model):
         kept = set(config.op_types) if config.op_types else quantizable_op_types()
         config = replace(config, op_types=tuple(sorted(kept - set(TRANSFORMER_FLOAT_OPS))))
-        if target == "openvino":
-            config = replace(
-                config,
-                op_types=tuple(sorted({*(config.op_types or ()), *LAYOUT_OPS})),
-                extra_options={**config.extra_options, "ForceQuantizeNoInputCheck": True},
-            )
     return config
 
 

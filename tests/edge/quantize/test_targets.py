@@ -128,46 +128,83 @@ def _attention_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def test_openvino_quantizes_attention_before_its_data_movement(tmp_path):
-    """Target openvino on a transformer: the projection's output is quantized before the Reshape
-    (a MatMul's output is not, on this target, unless data movement follows), each layout op
-    carries its input's scale (so the quantize step moves ahead of the data movement, as NNCF's
-    files have it), and the model still computes what the float one does; without the layout
-    rule (a CNN's settings) the first quantize step comes after the data movement."""
-    from dataclasses import replace
-
+def _quantized_scales(model: onnx.ModelProto) -> dict[str, float]:
     from onnx import numpy_helper
+
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return {
+        node.input[0]: float(inits[node.input[1]])
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits
+    }
+
+
+def _openvino_with_and_without_layout_ops(float_path, tmp_path, batches):
+    """Scales by tensor of the target-openvino file, and of the same without LAYOUT_OPS quantized."""
+    from dataclasses import replace
 
     from edge.quantize import targets
     from edge.quantize.ranges import collect_ranges
 
+    config = target_config("openvino", onnx.load(float_path))
+    plain = replace(config, op_types=tuple(sorted(set(config.op_types or ()) - set(targets.LAYOUT_OPS))))
+    scales = {}
+    for name, settings in (("layout", config), ("plain", plain)):
+        ranges = collect_ranges(float_path, batches, ["minmax"], settings.op_types, True, unsigned_where_nonnegative=True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(targets, "target_config", lambda target, model=None, settings=settings: settings)
+            model = onnx.load(targets.quantize_onnx(float_path, tmp_path / f"{name}.onnx", "openvino", ranges["minmax"]))
+        scales[name] = _quantized_scales(model)
+        reference = _run_named(onnx.load(float_path), batches[0])
+        np.testing.assert_allclose(_run_named(model, batches[0]), reference, atol=0.05 * float(np.abs(reference).max()))
+    return scales["layout"], scales["plain"]
+
+
+def test_openvino_quantizes_attention_before_its_data_movement(tmp_path):
+    """Target openvino on a transformer: the projection's output is quantized before the Reshape
+    (a MatMul's output is not, on this target, unless data movement follows), each layout op
+    carries its input's scale (so the quantize step moves ahead of the data movement, as NNCF's
+    files have it), and the model still computes what the float one does; without LAYOUT_OPS the
+    first quantize step comes after the data movement."""
     float_path = tmp_path / "float.onnx"
     onnx.save(_attention_graph(), float_path)
     batches = [np.random.default_rng(i).standard_normal((4, 4, 8)).astype(np.float32) for i in range(3)]
-    transformer = target_config("openvino", onnx.load(float_path))
-    plain = replace(
-        transformer,
-        op_types=tuple(sorted(set(transformer.op_types or ()) - set(targets.LAYOUT_OPS))),
-        extra_options=dict(targets.TARGET_CONFIGS["openvino"].extra_options),
-    )
-    quantized = {}
-    for name, config in (("layout", transformer), ("plain", plain)):
-        ranges = collect_ranges(float_path, batches, ["minmax"], config.op_types, True)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(targets, "target_config", lambda target, model=None, config=config: config)
-            model = onnx.load(targets.quantize_onnx(float_path, tmp_path / f"{name}.onnx", "openvino", ranges["minmax"]))
-        inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-        quantized[name] = {
-            node.input[0]: float(inits[node.input[1]])
-            for node in model.graph.node
-            if node.op_type == "QuantizeLinear" and node.input[0] not in inits
-        }
-        reference = _run_named(onnx.load(float_path), batches[0])
-        np.testing.assert_allclose(_run_named(model, batches[0]), reference, atol=0.05)
-    layout, before = quantized["layout"], quantized["plain"]
+    layout, before = _openvino_with_and_without_layout_ops(float_path, tmp_path, batches)
     assert "qk" in layout and "qk" not in before  # before the Reshape with the layout rule only
     assert layout["heads"] == layout["split_first"] == layout["qk"]  # the layout ops keep their input's scale
     assert {"q", "kt"} <= set(before)  # without it: each MatMul's own inputs, after the data movement
+
+
+def test_openvino_quantizes_before_a_max_pool(tmp_path):
+    """A ResNet's stem: Conv -> Relu -> MaxPool -> Conv -> Flatten -> Gemm. Target openvino quantizes
+    the ReLU's output (MaxPool then runs in int8 with the same scale) and the pooled features before
+    the Flatten; without LAYOUT_OPS the quantize steps come after the pool and after the Flatten."""
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["pooled", "w1"], ["c1"]),
+        helper.make_node("Flatten", ["c1"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w2"], ["out"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 5])],
+        [
+            helper.make_tensor("w0", TensorProto.FLOAT, [4, 3, 3, 3], (rng.standard_normal(108) * 0.4).tolist()),
+            helper.make_tensor("w1", TensorProto.FLOAT, [2, 4, 1, 1], (rng.standard_normal(8) * 0.5).tolist()),
+            helper.make_tensor("w2", TensorProto.FLOAT, [5, 8], (rng.standard_normal(40) * 0.5).tolist()),
+        ],
+    )
+    float_path = tmp_path / "stem.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), float_path)
+    batches = [np.random.default_rng(i).standard_normal((8, 3, 4, 4)).astype(np.float32) for i in range(3)]
+    layout, before = _openvino_with_and_without_layout_ops(float_path, tmp_path, batches)
+    assert "r" in layout and layout["pooled"] == layout["r"] and "r" not in before and "pooled" in before
+    assert "c1" in layout and layout["flat"] == layout["c1"] and "c1" not in before and "flat" in before
 
 
 def test_many_hard_swishes_are_all_put_back_and_nothing_else_is_dropped():
