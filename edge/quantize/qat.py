@@ -7,8 +7,8 @@ starting from ranges calibrated on the run's calibration set, for a short schedu
 train split (the published recipe: about 10% of the original epochs, 1% of its learning rate,
 cosine). Here the fine-tuned float weights are exported to ONNX (verified against PyTorch) and the
 search goes on from that model exactly as for PTQ: the same range pass on the same calibration
-images (the fake quantizers' amax are those images' max, frozen during QAT: the minmax method's
-ranges), the same QDQ writer per target (``edge.quantize.targets``: Model Optimizer's own ONNX
+images (the fake quantizers' amax are those images' mean-minmax ranges, frozen during QAT: the
+method auto chose most often on the hard models), the same QDQ writer per target (``edge.quantize.targets``: Model Optimizer's own ONNX
 export has no asymmetric uint8 activations for target cpu), the same choice on val and acceptance
 on test against the run's original ``model.onnx``. Weights are rounded to nearest, as QAT trained
 them (GPTQ would move them off the grid they learned).

@@ -33,3 +33,42 @@ def test_distillation_fits_the_float_teacher_and_labels_fit_the_labels() -> None
     assert float(distill(logits, images, labels)) == pytest.approx(float(expected), rel=1e-5) and float(expected) > 0
     labelled = _criterion(torch, None, label_smoothing=0.0)
     assert float(labelled(logits, images, labels)) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+
+
+def test_fake_quantizers_start_from_the_mean_minmax_ranges() -> None:
+    """Every Conv/Linear input quantizer's amax is the larger magnitude of the mean per-image min
+    and max of the float input it reads (not Model Optimizer's max), the quantizers are left on,
+    and the model's weights are untouched."""
+    pytest.importorskip("modelopt.torch.quantization", reason="QAT needs nvidia-modelopt (the qat extra)")
+    import numpy as np
+    import torch
+
+    from train.qat import _insert_quantizers, _modelopt, _quant_config, start_from_mean_minmax
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1), torch.nn.Flatten(), torch.nn.Linear(32, 3)
+    )
+    images = np.random.default_rng(0).standard_normal((40, 3, 4, 4)).astype(np.float32)
+    images[::7] *= 6  # a few images with extremes far beyond the others: max and mean-minmax differ
+    seen: dict[int, list] = {0: [], 2: [], 4: []}  # the float inputs each layer reads
+    hooks = [model[i].register_forward_pre_hook(lambda _m, args, i=i: seen[i].append(args[0].detach())) for i in seen]
+    with torch.no_grad():
+        model(torch.from_numpy(images))
+    for hook in hooks:
+        hook.remove()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    mtq = _modelopt()
+    _insert_quantizers(mtq, model, _quant_config(mtq, 8), images)
+    maxima = {i: float(model[i].input_quantizer.amax) for i in seen}
+    assert start_from_mean_minmax(torch, model, images) == 3
+    for i, (value,) in seen.items():
+        rows = value.reshape(len(value), -1)
+        expected = max(abs(float(rows.amin(1).mean())), abs(float(rows.amax(1).mean())))
+        quantizer = model[i].input_quantizer
+        assert float(quantizer.amax) == pytest.approx(expected, rel=1e-5)
+        assert float(quantizer.amax) < maxima[i]  # below Model Optimizer's max calibration
+        assert quantizer.is_enabled
+    for name, value in model.state_dict().items():
+        if name in weights:
+            assert torch.equal(value, weights[name]), name
