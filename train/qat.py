@@ -313,11 +313,13 @@ def start_from_mean_minmax(torch: Any, model: Any, calibration: np.ndarray) -> i
             handle.remove()
         for _, module in quantizers:
             module.enable()
+    started = 0
     for name, (low, high, count) in sums.items():
         bound = max(abs(low), abs(high)) / count
-        if bound > 0:
+        if bound > 0:  # a quantizer that only ever read zeros keeps its calibrated amax
             inputs[name].amax = torch.tensor(bound, dtype=torch.float32)
-    return sum(1 for name in sums if name in inputs)
+            started += 1
+    return started
 
 
 def _train_mode_frozen_norms(torch: Any, model: Any) -> None:

@@ -133,11 +133,13 @@ class RangeCollector:
         if not self.symmetric and self._input in wanted:
             self._count_input_values(batch)
         for name, value in wanted.items():
-            low, high = np.float32(value.min()), np.float32(value.max())
+            if "mean-minmax" in self.methods:  # one scan gives each image's extremes and the batch's
+                lows, highs = self._add_per_image(name, value, len(batch))
+                low, high = np.float32(lows.min()), np.float32(highs.max())
+            else:
+                low, high = np.float32(value.min()), np.float32(value.max())
             self._min[name] = min(self._min.get(name, low), low)
             self._max[name] = max(self._max.get(name, high), high)
-            if "mean-minmax" in self.methods:
-                self._add_per_image(name, value, len(batch))
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's collectors print on every call
             for collector in self._histograms.values():
                 collector.collect({name: [value] for name, value in wanted.items()})
@@ -145,14 +147,16 @@ class RangeCollector:
             observer.add(named)
         self.count += len(batch)
 
-    def _add_per_image(self, name: str, value: np.ndarray, images: int) -> None:
+    def _add_per_image(self, name: str, value: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarray]:
         """Fold each image's min and max of ``value`` into the sums (a tensor whose first axis is not
-        the batch counts as one sample)."""
+        the batch counts as one sample); returns those mins and maxes."""
         rows = value.reshape(images, -1) if value.ndim and value.shape[0] == images and images > 0 else value.reshape(1, -1)
+        lows, highs = rows.min(axis=1), rows.max(axis=1)
         sums = self._sums.setdefault(name, [0.0, 0.0, 0])
-        sums[0] += float(rows.min(axis=1).astype(np.float64).sum())
-        sums[1] += float(rows.max(axis=1).astype(np.float64).sum())
+        sums[0] += float(lows.astype(np.float64).sum())
+        sums[1] += float(highs.astype(np.float64).sum())
         sums[2] += len(rows)
+        return lows, highs
 
     def _count_input_values(self, batch: np.ndarray) -> None:
         if self._input_values is None:
