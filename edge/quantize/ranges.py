@@ -15,7 +15,7 @@ each image's own minimum and maximum; a symmetric range takes the larger magnitu
 means. On tensors one sign dominates in every image (after a ReLU) that is exactly the scale of
 NNCF's default files (checked on the four hard-model runs); on signed tensors NNCF averages each
 image's largest |x| instead, up to 7% wider on those runs' residual branches. It clips the rare
-extremes that set minmax's range without a histogram's search: on the ResNet-50 of the hard-model
+extremes that set minmax's range without a histogram's search: on the 2-epoch ResNet-50 of the hard-model
 benchmark, target trt, full INT8 with plain rounding agreed with the float model on 98.51% of the
 10,000 test images, against 98.03% with entropy and 98.43% for NVIDIA Model Optimizer's own file
 (docs/figures.md#hard-models).
