@@ -18,7 +18,7 @@ image's largest |x| instead, up to 7% wider on those runs' residual branches. It
 extremes that set minmax's range without a histogram's search: on the 2-epoch ResNet-50 of the hard-model
 benchmark, target trt, full INT8 with plain rounding agreed with the float model on 98.51% of the
 10,000 test images, against 98.03% with entropy and 98.43% for NVIDIA Model Optimizer's own file
-(docs/figures.md#hard-models).
+(docs/figures.md#resnet-50-trained-2-epochs).
 
 The graph input gets one refinement on the asymmetric (uint8) target: an 8-bit image normalised
 with mean 0.5 and std 0.5 takes the values 2p/255 - 1, and minmax's [-1, 1] gives the scale 2/255
